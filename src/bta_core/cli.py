@@ -1,0 +1,65 @@
+"""``bta-core`` command line: one subcommand per module, each with get_args_parser()/main()."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("bta_core.score", "probability that two images come from the same source image"),
+    "train": ("bta_core.train", "train a BTA model (bta, combined or head-only recipes)"),
+    "eval": ("bta_core.evaluate", "evaluate models and baselines (paper, reuse, scan protocols)"),
+    "calibrate": ("bta_core.calibrate", "store a calibrated decision threshold in a checkpoint"),
+    "scan": ("bta_core.scan", "find reused images across folders of TIFF/PNG/JPEG files"),
+    "match": ("bta_core.match", "locate where two images match and recover the transform"),
+    "models": ("bta_core.registry", "list the bundled and cached models"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bta-core",
+        description="Detect reused, flipped, cropped or retouched microscopy images (BTA).",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        sub.add_parser(
+            name,
+            parents=[module.get_args_parser(add_help=False)],
+            help=help_text,
+            description=help_text,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        ).set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_main", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args._main(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        # Our own errors (ImageReadError, CheckpointError...) carry the file and the problem.
+        print(f"bta-core {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
