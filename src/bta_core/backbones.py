@@ -18,9 +18,7 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BARLOWTWINS_RESNET50_URL = (
-    "https://dl.fbaipublicfiles.com/barlowtwins/ep1000_bs2048_lrw0.2_lrb0.0048_lambd0.0051/resnet50.pth"
-)
+BARLOWTWINS_RESNET50_URL = "https://dl.fbaipublicfiles.com/barlowtwins/ep1000_bs2048_lrw0.2_lrb0.0048_lambd0.0051/resnet50.pth"
 
 
 @dataclass
@@ -87,7 +85,11 @@ def resnet50_barlowtwins(weights: str | None = None, progress: bool = True) -> B
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
         )
     return Backbone(
-        "resnet50-barlowtwins", model, 2048, IMAGENET_MEAN, IMAGENET_STD,
+        "resnet50-barlowtwins",
+        model,
+        2048,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
         weights or BARLOWTWINS_RESNET50_URL,
     )
 
@@ -163,4 +165,9 @@ def build_backbone(name: str, weights: str | None = None) -> Backbone:
 
 def feature_dim(name: str) -> int:
     """Feature size of a registered backbone without building it."""
-    return {"resnet50-barlowtwins": 2048, "resnet50": 2048, "efficientnet-lite0": 1280, "resnet18": 512}[name]
+    return {
+        "resnet50-barlowtwins": 2048,
+        "resnet50": 2048,
+        "efficientnet-lite0": 1280,
+        "resnet18": 512,
+    }[name]

@@ -36,6 +36,9 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -104,7 +107,9 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     """The model config stored in a checkpoint."""
     meta = read_metadata(path)
     if meta.get("format") != FORMAT or "bta_config" not in meta:
-        raise CheckpointError(f"{path}: not a napari-bta checkpoint (format {meta.get('format')!r})")
+        raise CheckpointError(
+            f"{path}: not a napari-bta checkpoint (format {meta.get('format')!r})"
+        )
     try:
         return ModelConfig.from_dict(json.loads(meta["bta_config"]))
     except (ValueError, TypeError) as exc:

@@ -10,8 +10,9 @@ Rules (also in docs/image-io.md):
 * Planes: Z and T are "planes". ``load_image`` takes one plane (``plane=0`` by default);
   ``iter_images`` yields every plane (and with ``split_channels`` every channel) as its own
   image, named ``file.tif[c=1,z=3]``.
-* Channels: 1 channel -> grey, replicated to RGB; 3 -> RGB; 4 (RGBA samples) -> alpha dropped;
-  2 or >= 5 channels -> each channel scaled on its own and averaged to grey, unless
+* Channels: 1 channel -> grey, replicated to RGB; 3 -> RGB; 4 RGBA samples (PNG, or a TIFF
+  ``S`` axis) -> alpha dropped; 2, 4 (as a ``C`` axis) or >= 5 channels -> each channel scaled
+  on its own and averaged to grey, unless
   ``channels=[...]`` picks up to three channels (mapped to R, G, B) or ``split_channels`` makes
   each channel its own image.
 * Intensity: uint8 is divided by 255. Every other dtype (uint16, int, float) is scaled per
@@ -147,10 +148,14 @@ def _split_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     if "Y" not in axes or "X" not in axes:
         axes = axes[:-2] + "YX"
     plane_axes = [i for i, a in enumerate(axes) if a not in "CYX"]
-    order = plane_axes + ([axes.index("C")] if "C" in axes else []) + [
-        axes.index("Y"),
-        axes.index("X"),
-    ]
+    order = (
+        plane_axes
+        + ([axes.index("C")] if "C" in axes else [])
+        + [
+            axes.index("Y"),
+            axes.index("X"),
+        ]
+    )
     out = np.transpose(data, order)
     if "C" not in axes:
         out = out[..., None, :, :]
@@ -171,7 +176,13 @@ def scale_intensity(channel: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
 
 
-def _to_rgb(path: str, cyx: np.ndarray, dtype: np.dtype, channels: Sequence[int] | None) -> np.ndarray:
+def _to_rgb(
+    path: str,
+    cyx: np.ndarray,
+    dtype: np.dtype,
+    channels: Sequence[int] | None,
+    samples: bool = False,
+) -> np.ndarray:
     n = cyx.shape[0]
     if channels is not None:
         channels = list(channels)
@@ -187,7 +198,7 @@ def _to_rgb(path: str, cyx: np.ndarray, dtype: np.dtype, channels: Sequence[int]
     if n == 1:
         g = scale_intensity(cyx[0], dtype)
         return np.stack([g, g, g], axis=-1)
-    if n in (3, 4):
+    if n == 3 or (n == 4 and samples):
         return np.stack([scale_intensity(cyx[c], dtype) for c in range(3)], axis=-1)
     g = np.mean([scale_intensity(cyx[c], dtype) for c in range(n)], axis=0)
     return np.stack([g, g, g], axis=-1)
@@ -222,7 +233,7 @@ def load_image(
     flat = pcyx.reshape(-1, *pcyx.shape[-3:])
     if not -flat.shape[0] <= plane < flat.shape[0]:
         raise ImageReadError(path, f"plane {plane} out of range (file has {flat.shape[0]})")
-    return _to_rgb(path, flat[plane], data.dtype, channels)
+    return _to_rgb(path, flat[plane], data.dtype, channels, samples="S" in axes)
 
 
 def iter_images(
@@ -238,21 +249,23 @@ def iter_images(
     pcyx, plane_names = _planes(path, data, axes)
     plane_shape = pcyx.shape[:-3]
     n_c = pcyx.shape[-3]
-    rgb_like = n_c in (3, 4) and ("S" in axes or axes == "")
+    samples = "S" in axes
+    rgb_like = samples and n_c in (3, 4)
     for idx in np.ndindex(*plane_shape) if plane_shape else [()]:
         cyx = pcyx[idx]
         plane = {plane_names[k].lower(): int(i) for k, i in enumerate(idx)}
         if split_channels and n_c > 1 and not rgb_like:
             for c in range(n_c):
                 tag = ",".join([f"c={c}"] + [f"{k}={v}" for k, v in plane.items()])
-                info = ImageInfo(path, f"{path}[{tag}]", axes, plane, (c,), str(data.dtype), data.shape)
+                info = ImageInfo(
+                    path, f"{path}[{tag}]", axes, plane, (c,), str(data.dtype), data.shape
+                )
                 yield info, _to_rgb(path, cyx, data.dtype, [c])
         else:
             tag = ",".join(f"{k}={v}" for k, v in plane.items())
             name = f"{path}[{tag}]" if tag else path
-            yield ImageInfo(path, name, axes, plane, None, str(data.dtype), data.shape), _to_rgb(
-                path, cyx, data.dtype, None
-            )
+            info = ImageInfo(path, name, axes, plane, None, str(data.dtype), data.shape)
+            yield info, _to_rgb(path, cyx, data.dtype, None, samples=samples)
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:
@@ -265,7 +278,9 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(
         p
         for p in root.rglob("*")
-        if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.is_file()
+        and is_image_file(p)
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
 

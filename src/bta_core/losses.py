@@ -53,20 +53,29 @@ def pair_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def all_pairs_bce_loss(
-    head: nn.Module, z_a: torch.Tensor, z_b: torch.Tensor, pos_weight: float | None = None
+    head: nn.Module,
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    pos_weight: float | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BCE over all B x B in-batch pairs ``(z_a[i], z_b[j])`` with the identity as target.
 
     ``pos_weight`` (default ``B - 1``, i.e. balanced) reweights the B positives against the
-    B^2 - B negatives; ``pos_weight=1`` gives the plain mean BCE of Algorithm 2.
+    B^2 - B negatives; ``pos_weight=1`` gives the plain mean BCE of Algorithm 2. ``mask``
+    (B x B, 0/1) drops pairs from the loss, e.g. two photos of the same field of view.
     """
     b = z_a.shape[0]
     logits = head.score_matrix(z_a, z_b, logits=True)
     target = torch.eye(b, device=logits.device)
     w = float(b - 1) if pos_weight is None else float(pos_weight)
-    return F.binary_cross_entropy_with_logits(
-        logits, target, pos_weight=torch.tensor(w, device=logits.device)
+    loss = F.binary_cross_entropy_with_logits(
+        logits, target, pos_weight=torch.tensor(w, device=logits.device), reduction="none"
     )
+    if mask is None:
+        return loss.mean()
+    mask = mask.to(loss.dtype)
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 
 def combined_loss(
@@ -77,12 +86,13 @@ def combined_loss(
     lambda_bt: float = LAMBDA_BT,
     pos_weight: float | None = 1.0,
     world_size: int = 1,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Algorithm 2: L_BTA = BCE over all in-batch pairs + lambda * L_BT.
 
     Returns the loss and its parts (as floats) for logging.
     """
-    bce = all_pairs_bce_loss(head, z_a, z_b, pos_weight=pos_weight)
+    bce = all_pairs_bce_loss(head, z_a, z_b, pos_weight=pos_weight, mask=mask)
     bt = barlow_twins_loss(z_a, z_b, lambda_bt=lambda_bt, world_size=world_size)
     loss = bce + lambda_ * bt
     return loss, {"bce": float(bce.detach()), "bt": float(bt.detach())}

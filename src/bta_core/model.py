@@ -50,7 +50,11 @@ class ModelConfig:
     def for_backbone(cls, backbone: str, projector_dim: int = 2048, **kwargs) -> ModelConfig:
         """Config with a 3-layer projector of width ``projector_dim`` on ``backbone``."""
         d = feature_dim(backbone)
-        return cls(backbone=backbone, projector_sizes=[d, projector_dim, projector_dim, projector_dim], **kwargs)
+        return cls(
+            backbone=backbone,
+            projector_sizes=[d, projector_dim, projector_dim, projector_dim],
+            **kwargs,
+        )
 
 
 class BTAModel(nn.Module):
@@ -93,7 +97,9 @@ class BTAModel(nn.Module):
 
     embed = forward
 
-    def score_pairs(self, z_a: torch.Tensor, z_b: torch.Tensor, symmetric: bool = True) -> torch.Tensor:
+    def score_pairs(
+        self, z_a: torch.Tensor, z_b: torch.Tensor, symmetric: bool = True
+    ) -> torch.Tensor:
         """P(same source) for row-wise pairs of embeddings."""
         p = torch.sigmoid(self.head(z_a, z_b).float())
         if symmetric:
@@ -101,7 +107,11 @@ class BTAModel(nn.Module):
         return p
 
     def score_matrix(
-        self, z_a: torch.Tensor, z_b: torch.Tensor, symmetric: bool = True, chunk_pairs: int = 1 << 21
+        self,
+        z_a: torch.Tensor,
+        z_b: torch.Tensor,
+        symmetric: bool = True,
+        chunk_pairs: int = 1 << 21,
     ) -> torch.Tensor:
         """P(same source) for every pair ``(z_a[i], z_b[j])``, shape ``(N, M)``."""
         if symmetric:
@@ -119,12 +129,27 @@ def to_model_input(images: Sequence[np.ndarray] | np.ndarray, image_size: int) -
     for i, img in enumerate(images):
         t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
         if t.shape[-2:] != (image_size, image_size):
-            t = F.interpolate(t, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+            t = F.interpolate(
+                t,
+                size=(image_size, image_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
         out[i] = t[0].clamp_(0, 1)
     return out
 
 
-D4_NAMES = ("identity", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")
+D4_NAMES = (
+    "identity",
+    "rot90",
+    "rot180",
+    "rot270",
+    "flip",
+    "flip_rot90",
+    "flip_rot180",
+    "flip_rot270",
+)
 
 
 def d4_orientations(x: torch.Tensor) -> list[torch.Tensor]:

@@ -36,9 +36,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, add_help=add_help)
     parser.add_argument("image_a", help="first image file")
     parser.add_argument("image_b", help="second image file")
-    parser.add_argument("--checkpoint", default=None, help="model checkpoint (default: bundled model)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="model checkpoint (default: bundled model)"
+    )
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    parser.add_argument("--tta", default=None, choices=["d4"], help="max over 8 rotations/flips of B")
+    parser.add_argument(
+        "--tta", default=None, choices=["d4"], help="max over 8 rotations/flips of B"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

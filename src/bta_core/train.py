@@ -1,0 +1,742 @@
+"""``bta-core train``: the paper's BTA and BTA-combined training (sections 3-4, Algorithms 1-2).
+
+Recipes (``--mode``):
+
+* ``bta``: backbone frozen; projector trained with L_BT, then the head with BCE on random
+  pairs (p_same = 0.4) with the projector frozen.
+* ``combined``: projector and head together with BCE over all B x B in-batch pairs
+  + lambda * L_BT.
+* ``head``: only the head, on a frozen projector (random, or the official Barlow Twins one
+  with ``--init-projector``: the paper's Barlow Twins baseline).
+
+Every image is decoded once into a uint8 tensor (on the GPU when it fits); views are made in
+batches there (``bta_core.augment``); the frozen backbone runs once per view under no_grad,
+in bf16 with channels_last on CUDA. Checkpoints are written atomically every
+``--save-every`` epochs, at the end and on Ctrl-C/cancel; ``--resume`` continues from the
+training state saved next to the checkpoint. Each epoch's randomness is seeded from
+(seed, stage, epoch), so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .augment import VIEW_RECIPES, apply_view
+from .backbones import feature_dim
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .data import decode_records, group_ids, list_records
+from .device import DEVICE_CHOICES, describe_device, get_device
+from .heads import PAPER_PROJECTOR_SIZES
+from .losses import LAMBDA_BT, LAMBDA_COMBINED, barlow_twins_loss, combined_loss
+from .model import BTAModel, ModelConfig
+
+ProgressFn = Callable[[int, int, dict], None]
+DEFAULT_EPOCHS = {"bta": 200, "combined": 200, "head": 100}
+
+
+class TrainingCancelled(Exception):
+    """Raised by ``train`` when ``should_stop`` asked it to stop (a checkpoint was saved)."""
+
+    def __init__(self, message: str, at_epoch_start: bool = False) -> None:
+        super().__init__(message)
+        self.at_epoch_start = at_epoch_start
+
+
+@dataclass
+class TrainConfig:
+    """Training options; every field is a ``bta-core train`` flag of the same name."""
+
+    data: list[str] = field(default_factory=list)
+    out: str = "bta.safetensors"
+    mode: str = "combined"
+    views: str = "paper"
+    backbone: str = "resnet50-barlowtwins"
+    backbone_weights: str | None = None
+    projector_dim: int | None = None
+    split: str | None = "train"
+    epochs: int | None = None
+    head_epochs: int = 100
+    batch_size: int = 128
+    image_size: int = 224
+    lr_start: float = 3e-3
+    lr_end: float = 5e-4
+    weight_decay: float = 1e-2
+    lambda_bt: float = LAMBDA_BT
+    lambda_: float = LAMBDA_COMBINED
+    p_same: float = 0.4
+    pos_weight: float = 1.0
+    limit: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    finetune_backbone: bool = False
+    backbone_lr_scale: float = 0.1
+    init_projector: str | None = None
+    compile: bool = False
+    save_every: int = 10
+    resume: bool = False
+    view_bank: int = 0
+    quiet: bool = False
+
+    def stages(self) -> list[tuple[str, int]]:
+        """The (stage, epochs) sequence of the recipe."""
+        epochs = self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.mode]
+        if self.mode == "bta":
+            return [("projector", epochs), ("head", self.head_epochs)]
+        if self.mode == "combined":
+            return [("combined", epochs)]
+        if self.mode == "head":
+            return [("head", epochs)]
+        raise ValueError(f"unknown mode {self.mode!r} (bta, combined or head)")
+
+
+def cosine_lr(epoch: int, epochs: int, lr_start: float, lr_end: float) -> float:
+    """Paper schedule: gamma_k = gamma_start * q_k + gamma_end * (1 - q_k), q_k = (1 + cos(pi k/K)) / 2."""
+    q = 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
+    return lr_start * q + lr_end * (1 - q)
+
+
+def state_path(out: str | os.PathLike) -> Path:
+    return Path(str(out) + ".state")
+
+
+def stats_path(out: str | os.PathLike) -> Path:
+    return Path(str(out) + ".stats.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# model construction
+
+
+def load_barlowtwins_projector(path: str) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Projector (and its final BN) from the official full Barlow Twins checkpoint.
+
+    The file (``checkpoint.pth`` of facebookresearch/barlowtwins) holds ``{"model": state}``
+    with keys ``module.projector.*`` and ``module.bn.*``; returns our Projector's state dict
+    and its layer sizes.
+    """
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    state = raw.get("model", raw) if isinstance(raw, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a Barlow Twins checkpoint (no state dict)")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith("projector."):
+            out["layers." + key[len("projector.") :]] = value
+        elif key.startswith("bn."):
+            out[key] = value
+    linears = sorted(
+        (int(k.split(".")[1]), v)
+        for k, v in out.items()
+        if k.startswith("layers.") and k.endswith(".weight") and v.ndim == 2
+    )
+    if not linears or not any(k.startswith("bn.") for k in out):
+        raise ValueError(f"{path}: no 'module.projector.*' / 'module.bn.*' tensors found")
+    sizes = [linears[0][1].shape[1]] + [w.shape[0] for _, w in linears]
+    return out, sizes
+
+
+def build_model(cfg: TrainConfig) -> BTAModel:
+    """A fresh model for the recipe (projector from the official BT checkpoint if asked)."""
+    projector_state = None
+    if cfg.init_projector:
+        projector_state, sizes = load_barlowtwins_projector(cfg.init_projector)
+    else:
+        d = feature_dim(cfg.backbone)
+        width = cfg.projector_dim or (PAPER_PROJECTOR_SIZES[1] if d == 2048 else 2048)
+        sizes = [d, width, width, width]
+    backbone_random = cfg.backbone in ("resnet18", "resnet50") and not cfg.backbone_weights
+    mcfg = ModelConfig(
+        backbone=cfg.backbone,
+        backbone_weights=cfg.backbone_weights,
+        backbone_in_checkpoint=cfg.finetune_backbone or backbone_random,
+        projector_sizes=sizes,
+        image_size=cfg.image_size,
+        recipe=recipe_dict(cfg),
+    )
+    model = BTAModel(mcfg)
+    if projector_state is not None:
+        model.projector.load_state_dict(projector_state)
+    return model
+
+
+def recipe_dict(cfg: TrainConfig) -> dict:
+    """The training recipe as stored in checkpoints (no paths that only exist on one machine)."""
+    d = asdict(cfg)
+    for key in ("out", "resume", "quiet", "device"):
+        d.pop(key)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# state save / restore
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            key = f"{prefix}.{idx}.{name}"
+            if torch.is_tensor(value):
+                tensors[key] = value.detach().cpu().contiguous()
+            else:
+                scalars[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["scalars"].items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_training_state(
+    model: BTAModel,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    stage: int,
+    epoch: int,
+    partial: bool,
+) -> None:
+    """Checkpoint (usable model) plus the optimizer/progress state needed by ``--resume``."""
+    from safetensors.torch import save_file
+
+    save_checkpoint(model, cfg.out, extra_meta={"training": {"stage": stage, "epoch": epoch}})
+    tensors, opt_meta = _flatten_optimizer(opt, "optim")
+    for prefix, module in (
+        ("projector", model.projector),
+        ("head", model.head),
+        ("backbone", model.backbone),
+    ):
+        if prefix == "backbone" and not model.config.backbone_in_checkpoint:
+            continue
+        for k, v in module.state_dict().items():
+            tensors[f"model.{prefix}.{k}"] = v.detach().cpu().contiguous().clone()
+    meta = {
+        "stage": stage,
+        "epoch": epoch,
+        "partial": partial,
+        "config": asdict(cfg),
+        "optimizer": opt_meta,
+    }
+    atomic_write(
+        state_path(cfg.out),
+        lambda tmp: save_file(tensors, tmp, metadata={"state": json.dumps(meta)}),
+    )
+
+
+def load_training_state(model: BTAModel, path: Path) -> tuple[dict, dict]:
+    """Restore model tensors from a state file; returns (meta, all tensors)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["state"])
+    tensors = load_file(str(path))
+    for prefix, module in (
+        ("projector", model.projector),
+        ("head", model.head),
+        ("backbone", model.backbone),
+    ):
+        sub = {
+            k[len(f"model.{prefix}.") :]: v
+            for k, v in tensors.items()
+            if k.startswith(f"model.{prefix}.")
+        }
+        if sub:
+            module.load_state_dict(sub)
+    return meta, tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class _Run:
+    """What one training run works with (built once by ``train``)."""
+
+    cfg: TrainConfig
+    model: BTAModel
+    images: torch.Tensor
+    groups: torch.Tensor
+    device: torch.device
+    world_size: int = 1
+    rank: int = 0
+    bank_a: torch.Tensor | None = None
+    bank_b: torch.Tensor | None = None
+
+    @property
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def generator(self, *keys: int) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        seed = self.cfg.seed
+        for k in keys:
+            seed = (seed * 1_000_003 + k + 1) % (2**63 - 1)
+        return g.manual_seed(seed)
+
+    def view_features(self, idx: torch.Tensor, g: torch.Generator, train_backbone: bool):
+        """Backbone features of two views of images ``idx`` (from the view bank when built)."""
+        if self.bank_a is not None:
+            k = torch.randint(0, self.bank_a.shape[0], (len(idx),), generator=g, device=self.device)
+            return self.bank_a[k, idx].float(), self.bank_b[k, idx].float()
+        views_a, views_b = VIEW_RECIPES[self.cfg.views]
+        x = self.images[idx].to(self.device, non_blocking=True)
+        size = self.cfg.image_size
+        va, vb = apply_view(x, views_a, size, g), apply_view(x, views_b, size, g)
+        both = torch.cat([va, vb])
+        if self.device.type == "cuda":
+            both = both.contiguous(memory_format=torch.channels_last)
+        with self.autocast, torch.set_grad_enabled(train_backbone):
+            y = self.model.features(both)
+        y = y.float()
+        return y[: len(idx)], y[len(idx) :]
+
+
+def _build_view_bank(run: _Run, on_progress: ProgressFn | None) -> None:
+    """Backbone features of ``view_bank`` random view pairs per image, computed once."""
+    k_views, n = run.cfg.view_bank, run.images.shape[0]
+    d = run.model.projector.sizes[0]
+    run.bank_a = torch.empty(k_views, n, d, device=run.device, dtype=torch.bfloat16)
+    run.bank_b = torch.empty_like(run.bank_a)
+    bs = run.cfg.batch_size
+    total = k_views * math.ceil(n / bs)
+    step = 0
+    bank_a, bank_b = run.bank_a, run.bank_b
+    run.bank_a = run.bank_b = None
+    with torch.no_grad():
+        for k in range(k_views):
+            g = run.generator(99, k)
+            for start in range(0, n, bs):
+                idx = torch.arange(start, min(start + bs, n), device=run.device)
+                ya, yb = run.view_features(idx, g, train_backbone=False)
+                bank_a[k, idx], bank_b[k, idx] = ya.to(torch.bfloat16), yb.to(torch.bfloat16)
+                step += 1
+                if on_progress is not None:
+                    on_progress(step, total, {"stage": "view-bank"})
+    run.bank_a, run.bank_b = bank_a, bank_b
+
+
+def _pair_partners(idx: torch.Tensor, groups: torch.Tensor, p_same: float, g: torch.Generator):
+    """For each batch position a partner position: itself with p_same, else another image."""
+    b = len(idx)
+    dev = idx.device
+    same = torch.rand(b, generator=g, device=dev) < p_same
+    shift = torch.randint(1, max(b, 2), (b,), generator=g, device=dev)
+    other = (torch.arange(b, device=dev) + shift) % b
+    partner = torch.where(same, torch.arange(b, device=dev), other)
+    target = (partner == torch.arange(b, device=dev)).float()
+    # another photo of the same field of view is neither a clean positive nor a negative
+    weight = torch.where((groups[idx] == groups[idx[partner]]) & (target == 0), 0.0, 1.0)
+    return partner, target, weight
+
+
+def train_one_epoch(
+    run: _Run,
+    stage: str,
+    opt: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    stage_index: int,
+    epoch: int,
+    on_step: Callable[[int, int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    """One pass over the images for ``stage`` (projector / head / combined); returns mean stats.
+
+    ``should_stop`` is polled before every step; when true, ``TrainingCancelled`` is raised.
+    """
+    cfg, model = run.cfg, run.model
+    n = run.images.shape[0]
+    g = run.generator(stage_index, epoch)
+    perm = torch.randperm(n, generator=g, device=run.device)
+    bs = cfg.batch_size * run.world_size
+    steps = max(1, n // bs) if n >= bs else 1
+    train_backbone = cfg.finetune_backbone and stage != "head"
+    model.projector.train(stage != "head")
+    model.head.train(stage != "projector")
+    model.backbone.eval()
+    sums: dict[str, float] = {}
+    seen = 0
+    t0 = time.perf_counter()
+    for step in range(steps):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(
+                f"cancelled during {stage} epoch {epoch + 1}", at_epoch_start=step == 0
+            )
+        batch = perm[step * bs : (step + 1) * bs]
+        idx = batch[run.rank :: run.world_size]
+        ya, yb = run.view_features(idx, g, train_backbone)
+        parts: dict[str, float] = {}
+        with run.autocast:
+            if stage == "head":
+                with torch.no_grad():
+                    za, zb = model.projector(ya), model.projector(yb)
+                partner, target, weight = _pair_partners(idx, run.groups, cfg.p_same, g)
+                logits = model.head(za.float(), zb[partner].float())
+                loss = (
+                    nn.functional.binary_cross_entropy_with_logits(
+                        logits.float(), target, reduction="none"
+                    )
+                    * weight
+                ).sum() / weight.sum().clamp(min=1)
+                parts["bce"] = float(loss.detach())
+            else:
+                za, zb = model.projector(ya), model.projector(yb)
+                za, zb = za.float(), zb.float()
+                if stage == "projector":
+                    loss = barlow_twins_loss(
+                        za, zb, lambda_bt=cfg.lambda_bt, world_size=run.world_size
+                    )
+                    parts["bt"] = float(loss.detach())
+                else:
+                    gi = run.groups[idx]
+                    mask = (gi[:, None] != gi[None, :]) | torch.eye(
+                        len(idx), dtype=torch.bool, device=gi.device
+                    )
+                    loss, parts = combined_loss(
+                        model.head,
+                        za,
+                        zb,
+                        lambda_=cfg.lambda_,
+                        lambda_bt=cfg.lambda_bt,
+                        pos_weight=cfg.pos_weight,
+                        world_size=run.world_size,
+                        mask=mask,
+                    )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if run.world_size > 1:
+            import torch.distributed as dist
+
+            for p in params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= run.world_size
+        opt.step()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {float(loss)} at epoch {epoch} step {step}; lower --lr-start"
+            )
+        parts["loss"] = float(loss.detach())
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+        seen += len(batch)
+        if on_step is not None:
+            on_step(
+                step + 1,
+                steps,
+                {"loss": parts["loss"], "images_per_s": seen / (time.perf_counter() - t0)},
+            )
+    stats = {k: v / steps for k, v in sums.items()}
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    stats.update(images=seen, seconds=elapsed, images_per_s=seen / max(elapsed, 1e-9))
+    return stats
+
+
+def _stage_params(model: BTAModel, stage: str, cfg: TrainConfig) -> list[dict]:
+    groups = []
+    if stage in ("projector", "combined"):
+        groups.append({"params": list(model.projector.parameters()), "lr_scale": 1.0})
+    if stage in ("head", "combined"):
+        groups.append({"params": list(model.head.parameters()), "lr_scale": 1.0})
+    if cfg.finetune_backbone and stage != "head":
+        groups.append(
+            {"params": list(model.backbone.parameters()), "lr_scale": cfg.backbone_lr_scale}
+        )
+    return groups
+
+
+def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0, get_device(cfg.device)
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return dist.get_world_size(), dist.get_rank(), device
+
+
+def train(
+    cfg: TrainConfig,
+    on_progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Path:
+    """Train a model with recipe ``cfg`` and write it to ``cfg.out``; returns the checkpoint path.
+
+    ``on_progress(step, total, info)`` is called after every optimisation step (``info`` has
+    ``stage``, ``epoch``, ``loss``, ``images_per_s``); ``should_stop()`` is polled every step
+    and, when true, saves a checkpoint and raises ``TrainingCancelled``.
+    """
+    if cfg.mode not in DEFAULT_EPOCHS:
+        raise ValueError(f"unknown mode {cfg.mode!r}; choose bta, combined or head")
+    if cfg.views not in VIEW_RECIPES:
+        raise ValueError(f"unknown views {cfg.views!r}; choose {', '.join(VIEW_RECIPES)}")
+    if not cfg.data:
+        raise ValueError("no training data given")
+    stages = cfg.stages()
+    world, rank, device = _setup_distributed(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    start_stage, start_epoch, resume_tensors, resume_meta = 0, 0, None, None
+    if cfg.resume and state_path(cfg.out).exists():
+        resume_meta, resume_tensors = load_training_state(model, state_path(cfg.out))
+        start_stage, start_epoch = resume_meta["stage"], resume_meta["epoch"]
+    model.to(device)
+    if device.type == "cuda":
+        model.backbone.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    for p in model.backbone.parameters():
+        p.requires_grad_(cfg.finetune_backbone)
+    if cfg.compile:
+        model.backbone = torch.compile(model.backbone)
+
+    records = list_records(cfg.data, split=cfg.split, limit=cfg.limit)
+    cache_size = max(cfg.image_size, round(cfg.image_size * 8 / 7))
+    skipped: list[tuple[str, str]] = []
+    images, records = decode_records(
+        records, cache_size, on_skip=lambda r, why: skipped.append((r.path, why))
+    )
+    if images.numel() < 2 * 1024**3 or device.type == "cpu":
+        images = images.to(device)
+    run = _Run(cfg, model, images, group_ids(records).to(device), device, world, rank)
+    log = _Logger(cfg, rank == 0 and not cfg.quiet)
+    log.info(
+        f"training {cfg.mode} on {len(records)} images ({len(skipped)} skipped) with {cfg.backbone} "
+        f"on {describe_device(device)}; stages {stages}"
+    )
+    for path, why in skipped:
+        log.info(f"skipped {path}: {why}")
+    if cfg.view_bank:
+        _build_view_bank(run, on_progress)
+
+    total_steps = sum(e for _, e in stages) * max(1, len(records) // (cfg.batch_size * world))
+    done_steps = 0
+    for si, (stage, epochs) in enumerate(stages):
+        if si < start_stage:
+            done_steps += epochs * max(1, len(records) // (cfg.batch_size * world))
+            continue
+        groups = _stage_params(model, stage, cfg)
+        params = [p for g in groups for p in g["params"]]
+        for p in model.projector.parameters():
+            p.requires_grad_(stage != "head")
+        opt = torch.optim.AdamW(groups, lr=cfg.lr_start, weight_decay=cfg.weight_decay)
+        first = 0
+        if si == start_stage and resume_meta is not None:
+            first = start_epoch
+            _restore_optimizer(opt, "optim", resume_tensors, resume_meta["optimizer"])
+            log.info(f"resumed {stage} at epoch {first}/{epochs}")
+        done_steps += first * max(1, len(records) // (cfg.batch_size * world))
+        epoch = first
+        try:
+            for epoch in range(first, epochs):
+                lr = cosine_lr(epoch, epochs, cfg.lr_start, cfg.lr_end)
+                for group in opt.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                bar = log.bar(f"{stage} {epoch + 1}/{epochs}")
+
+                def on_step(step: int, steps: int, info: dict, _bar=bar, _epoch=epoch) -> None:
+                    if _bar is not None:
+                        _bar.total = steps
+                        _bar.set_postfix(
+                            loss=f"{info['loss']:.4f}", img_s=f"{info['images_per_s']:.0f}"
+                        )
+                        _bar.update(1)
+                    if on_progress is not None:
+                        on_progress(
+                            done_steps + step,
+                            total_steps,
+                            {"stage": stage, "epoch": _epoch, **info},
+                        )
+
+                stats = train_one_epoch(run, stage, opt, params, si, epoch, on_step, should_stop)
+                if bar is not None:
+                    bar.close()
+                done_steps += max(1, len(records) // (cfg.batch_size * world))
+                log.stats({"stage": stage, "epoch": epoch + 1, "epochs": epochs, "lr": lr, **stats})
+                if rank == 0 and ((epoch + 1) % cfg.save_every == 0 or epoch + 1 == epochs):
+                    save_training_state(model, opt, cfg, si, epoch + 1, partial=False)
+        except (KeyboardInterrupt, TrainingCancelled) as exc:
+            if rank == 0:
+                partial = not getattr(exc, "at_epoch_start", False)
+                save_training_state(model, opt, cfg, si, epoch, partial=partial)
+                log.info(f"stopped: checkpoint saved to {cfg.out}; continue with --resume")
+            raise
+        start_epoch = 0
+        resume_meta = None
+        if rank == 0:
+            save_training_state(model, opt, cfg, si + 1, 0, partial=False)
+    log.info(f"saved {cfg.out}")
+    return Path(cfg.out)
+
+
+class _Logger:
+    """Progress bars and JSON-lines stats of rank 0."""
+
+    def __init__(self, cfg: TrainConfig, verbose: bool) -> None:
+        self.cfg, self.verbose = cfg, verbose
+
+    def info(self, text: str) -> None:
+        if self.verbose:
+            print(text, flush=True)
+
+    def bar(self, desc: str):
+        if not self.verbose:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=None, desc=desc, leave=False, dynamic_ncols=True)
+
+    def stats(self, row: dict) -> None:
+        path = stats_path(self.cfg.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"time": time.time(), **row}) + "\n")
+        if self.verbose:
+            parts = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+            print(f"[{row['stage']} {row['epoch']}/{row['epochs']}] {parts}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("data", nargs="+", help="image folders and/or splits.csv files")
+    p.add_argument("--out", default=d.out, help="checkpoint to write (safetensors)")
+    p.add_argument("--mode", default=d.mode, choices=list(DEFAULT_EPOCHS))
+    p.add_argument(
+        "--views", default=d.views, choices=list(VIEW_RECIPES), help="augmentation recipe"
+    )
+    p.add_argument(
+        "--backbone",
+        default=d.backbone,
+        help="resnet50-barlowtwins, efficientnet-lite0, resnet18, resnet50",
+    )
+    p.add_argument(
+        "--backbone-weights",
+        default=d.backbone_weights,
+        help="local weights file or URL for the backbone",
+    )
+    p.add_argument(
+        "--projector-dim",
+        type=int,
+        default=d.projector_dim,
+        help="projector width (default 4096 for 2048-d backbones, else 2048)",
+    )
+    p.add_argument("--split", default=d.split, help="split of splits.csv rows to use ('' for all)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=d.epochs,
+        help="epochs (default: bta 200 projector, combined 200, head 100)",
+    )
+    p.add_argument(
+        "--head-epochs", type=int, default=d.head_epochs, help="head epochs of --mode bta"
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument(
+        "--lr-start", type=float, default=d.lr_start, help="gamma_start of the cosine schedule"
+    )
+    p.add_argument(
+        "--lr-end", type=float, default=d.lr_end, help="gamma_end of the cosine schedule"
+    )
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--lambda-bt", type=float, default=d.lambda_bt, help="redundancy weight of L_BT")
+    p.add_argument(
+        "--lambda",
+        dest="lambda_",
+        type=float,
+        default=d.lambda_,
+        help="weight of L_BT in the combined loss",
+    )
+    p.add_argument(
+        "--p-same", type=float, default=d.p_same, help="share of same-image pairs for head training"
+    )
+    p.add_argument(
+        "--pos-weight",
+        type=float,
+        default=d.pos_weight,
+        help="weight of positives in the all-pairs BCE",
+    )
+    p.add_argument("--limit", type=int, default=d.limit, help="use only the first N images")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, choices=DEVICE_CHOICES)
+    p.add_argument(
+        "--finetune-backbone", action="store_true", help="also train the backbone (lower lr)"
+    )
+    p.add_argument("--backbone-lr-scale", type=float, default=d.backbone_lr_scale)
+    p.add_argument(
+        "--init-projector",
+        default=d.init_projector,
+        help="official Barlow Twins checkpoint.pth to take the projector from",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N epochs")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.state")
+    p.add_argument(
+        "--view-bank",
+        type=int,
+        default=d.view_bank,
+        help="precompute backbone features of K view pairs per image (frozen backbone only; much faster on a CPU)",
+    )
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    cfg.split = cfg.split or None
+    if cfg.view_bank and cfg.finetune_backbone:
+        raise ValueError("--view-bank needs a frozen backbone (drop --finetune-backbone)")
+    return cfg
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    try:
+        path = train(cfg)
+    except TrainingCancelled as exc:
+        print(str(exc))
+        return 130
+    model = load_checkpoint(path)
+    print(f"wrote {path} ({model.config.backbone}, projector {model.config.projector_sizes})")
+    return 0

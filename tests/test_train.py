@@ -1,0 +1,169 @@
+"""Training recipes on real images with tiny configs: losses fall, resume is exact, CLI works."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bta_core.checkpoint import load_checkpoint
+from bta_core.cli import main as cli_main
+from bta_core.train import (
+    TrainConfig,
+    TrainingCancelled,
+    cosine_lr,
+    load_barlowtwins_projector,
+    state_path,
+    stats_path,
+    train,
+)
+
+
+def _cfg(shared_data, tmp_path, **kw):
+    base = dict(
+        data=[
+            str(shared_data / "bccd" / "splits.csv"),
+            str(shared_data / "dsb2018" / "splits.csv"),
+        ],
+        out=str(tmp_path / "m.safetensors"),
+        backbone="efficientnet-lite0",
+        projector_dim=128,
+        image_size=48,
+        batch_size=16,
+        limit=32,
+        quiet=True,
+        device="cpu",
+        save_every=2,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(cfg):
+    return [json.loads(line) for line in stats_path(cfg.out).read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "mode, extra",
+    [("combined", {"epochs": 8}), ("bta", {"epochs": 6, "head_epochs": 8, "p_same": 0.5})],
+)
+def test_modes_lower_the_loss(shared_data, tmp_path, mode, extra):
+    cfg = _cfg(shared_data, tmp_path, mode=mode, views="reuse", view_bank=2, **extra)
+    path = train(cfg)
+    rows = _losses(cfg)
+    for stage in {r["stage"] for r in rows}:
+        losses = [r["loss"] for r in rows if r["stage"] == stage]
+        k = max(1, len(losses) // 4)
+        assert sum(losses[-k:]) / k < sum(losses[:k]) / k, (stage, losses)
+    model = load_checkpoint(path)
+    assert model.config.recipe["mode"] == mode and model.config.image_size == 48
+
+
+def test_head_mode_trains_only_the_head(shared_data, tmp_path):
+    cfg = _cfg(shared_data, tmp_path, mode="head", views="reuse", view_bank=1, epochs=2, seed=4)
+    torch.manual_seed(cfg.seed)
+    from bta_core.train import build_model
+
+    fresh = build_model(cfg)
+    trained = load_checkpoint(train(cfg))
+    for k, v in fresh.projector.state_dict().items():
+        assert torch.equal(v, trained.projector.state_dict()[k]), k
+    assert not all(
+        torch.equal(v, trained.head.state_dict()[k]) for k, v in fresh.head.state_dict().items()
+    )
+
+
+def test_full_pipeline_epoch_without_view_bank(shared_data, tmp_path):
+    cfg = _cfg(shared_data, tmp_path, mode="combined", views="paper", epochs=1)
+    train(cfg)
+    assert _losses(cfg)[0]["images"] == 32
+
+
+def test_resume_gives_same_weights(shared_data, tmp_path):
+    ref_cfg = _cfg(shared_data, tmp_path / "ref", mode="combined", views="reuse", epochs=4)
+    train(ref_cfg)
+    cfg = _cfg(shared_data, tmp_path / "cut", mode="combined", views="reuse", epochs=4)
+    calls = {"n": 0}
+
+    def stop_in_epoch_three():
+        calls["n"] += 1
+        return calls["n"] == 2 * 2 + 1  # 2 steps per epoch: first step of epoch 3
+
+    with pytest.raises(TrainingCancelled):
+        train(cfg, should_stop=stop_in_epoch_three)
+    assert state_path(cfg.out).exists()
+    assert load_checkpoint(cfg.out)  # the interrupted run left a usable checkpoint
+    cfg.resume = True
+    train(cfg)
+    a, b = load_file(ref_cfg.out), load_file(cfg.out)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_cosine_schedule_matches_paper():
+    assert cosine_lr(0, 200, 3e-3, 5e-4) == pytest.approx(3e-3)
+    assert cosine_lr(100, 200, 3e-3, 5e-4) == pytest.approx((3e-3 + 5e-4) / 2)
+    assert cosine_lr(200, 200, 3e-3, 5e-4) == pytest.approx(5e-4)
+
+
+def test_official_barlowtwins_projector_layout(tmp_path):
+    """A file with the layout of the official checkpoint.pth (module.projector.*, module.bn.*)."""
+    from bta_core.heads import Projector
+
+    ref = Projector([2048, 64, 64, 32])
+    state = {"module.backbone.conv1.weight": torch.zeros(1)}
+    state.update(
+        {
+            f"module.projector.{k[len('layers.') :]}": v
+            for k, v in ref.state_dict().items()
+            if k.startswith("layers.")
+        }
+    )
+    state.update({f"module.{k}": v for k, v in ref.state_dict().items() if k.startswith("bn.")})
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"epoch": 1000, "model": state}, path)
+    loaded, sizes = load_barlowtwins_projector(str(path))
+    assert sizes == [2048, 64, 64, 32]
+    proj = Projector(sizes)
+    proj.load_state_dict(loaded)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(proj.state_dict()[k], v)
+    torch.save({"model": {"module.backbone.x": torch.zeros(1)}}, path)
+    with pytest.raises(ValueError, match="module.projector"):
+        load_barlowtwins_projector(str(path))
+
+
+def test_cli_train_then_score(shared_data, tmp_path, capsys):
+    out = tmp_path / "t.ckpt"
+    images = shared_data / "bccd" / "images"
+    rc = cli_main(
+        [
+            "train",
+            str(images),
+            "--mode",
+            "combined",
+            "--backbone",
+            "efficientnet-lite0",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--image-size",
+            "48",
+            "--limit",
+            "16",
+            "--out",
+            str(out),
+            "--quiet",
+            "--projector-dim",
+            "64",
+        ]
+    )
+    assert rc == 0 and out.exists()
+    capsys.readouterr()
+    a, b = sorted(images.glob("*.jpg"))[:2]
+    assert cli_main(["score", str(a), str(b), "--checkpoint", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 <= result["score"] <= 1 and result["same"] == (result["score"] >= result["threshold"])
+    assert result["checkpoint"] == str(out)
