@@ -6,6 +6,8 @@ Recipes (``--mode``):
   pairs (p_same = 0.4) with the projector frozen.
 * ``combined``: projector and head together with BCE over all B x B in-batch pairs
   + lambda * L_BT.
+* ``simclr``: the paper's SimCLR baseline: projector trained with NT-Xent on the same views,
+  then the head as in ``bta``.
 * ``head``: only the head, on a frozen projector (random, or the official Barlow Twins one
   with ``--init-projector``: the paper's Barlow Twins baseline).
 
@@ -41,7 +43,7 @@ from .losses import LAMBDA_BT, LAMBDA_COMBINED, barlow_twins_loss, combined_loss
 from .model import BTAModel, ModelConfig
 
 ProgressFn = Callable[[int, int, dict], None]
-DEFAULT_EPOCHS = {"bta": 200, "combined": 200, "head": 100}
+DEFAULT_EPOCHS = {"bta": 200, "combined": 200, "head": 100, "simclr": 200}
 
 
 class TrainingCancelled(Exception):
@@ -92,6 +94,8 @@ class TrainConfig:
         epochs = self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.mode]
         if self.mode == "bta":
             return [("projector", epochs), ("head", self.head_epochs)]
+        if self.mode == "simclr":
+            return [("simclr", epochs), ("head", self.head_epochs)]
         if self.mode == "combined":
             return [("combined", epochs)]
         if self.mode == "head":
@@ -372,7 +376,7 @@ def train_one_epoch(
     steps = max(1, n // bs) if n >= bs else 1
     train_backbone = cfg.finetune_backbone and stage != "head"
     model.projector.train(stage != "head")
-    model.head.train(stage != "projector")
+    model.head.train(stage in ("head", "combined"))
     model.backbone.eval()
     sums: dict[str, float] = {}
     seen = 0
@@ -456,7 +460,7 @@ def train_one_epoch(
 
 def _stage_params(model: BTAModel, stage: str, cfg: TrainConfig) -> list[dict]:
     groups = []
-    if stage in ("projector", "combined"):
+    if stage in ("projector", "combined", "simclr"):
         groups.append({"params": list(model.projector.parameters()), "lr_scale": 1.0})
     if stage in ("head", "combined"):
         groups.append({"params": list(model.head.parameters()), "lr_scale": 1.0})
@@ -565,7 +569,15 @@ def train(
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 bar = log.bar(f"{stage} {epoch + 1}/{epochs}")
 
-                def on_step(step: int, steps: int, info: dict, _bar=bar, _epoch=epoch) -> None:
+                def on_step(
+                    step: int,
+                    steps: int,
+                    info: dict,
+                    _bar=bar,
+                    _epoch=epoch,
+                    _stage=stage,
+                    _done=done_steps,
+                ) -> None:
                     if _bar is not None:
                         _bar.total = steps
                         _bar.set_postfix(
@@ -574,9 +586,9 @@ def train(
                         _bar.update(1)
                     if on_progress is not None:
                         on_progress(
-                            done_steps + step,
+                            _done + step,
                             total_steps,
-                            {"stage": stage, "epoch": _epoch, **info},
+                            {"stage": _stage, "epoch": _epoch, **info},
                         )
 
                 stats = train_one_epoch(run, stage, opt, params, si, epoch, on_step, should_stop)
