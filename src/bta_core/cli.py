@@ -17,7 +17,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``bta-core`` parser; only the module of ``command`` is imported (fast, and one
+    subcommand's optional dependencies never break another)."""
     parser = argparse.ArgumentParser(
         prog="bta-core",
         description="Detect reused, flipped, cropped or retouched microscopy images (BTA).",
@@ -27,12 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
+        if name != command:
+            sub.add_parser(name, help=help_text, description=help_text)
             continue
+        module = importlib.import_module(module_name)
         sub.add_parser(
             name,
             parents=[module.get_args_parser(add_help=False)],
@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if a in SUBCOMMANDS), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "_main", None):
         parser.print_help()
