@@ -36,11 +36,13 @@ train() {  # train NAME SECONDS ARGS...
   { echo "--- stats $name"; cat "$CK/$name.safetensors.stats.jsonl"; } >> "$LOG" 2>/dev/null
 }
 
-step train_bench 75 python3 benchmarks/train_throughput.py $DATA --backbone $BB --image-size $SZ \
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+want bench && step train_bench 75 python3 benchmarks/train_throughput.py $DATA --backbone $BB --image-size $SZ \
   --batch-size 256 --limit $BLIM --ref-steps $REF --epochs 3 --out "$OUT/train_throughput.json"
-train default 160 --mode combined --views reuse --epochs $E
-train bta-reuse 60 --mode bta --views reuse --epochs $((E / 2)) --head-epochs $((HE / 2))
-train combined-paper 50 --mode combined --views paper --epochs $((E / 2))
-train bta-paper 50 --mode bta --views paper --epochs $((E / 2)) --head-epochs $((HE / 2))
-train simclr-paper 50 --mode simclr --views paper --epochs $((E / 2)) --head-epochs $((HE / 2))
+want default && train default 160 --mode combined --views reuse --epochs $E
+want bta-reuse && train bta-reuse 60 --mode bta --views reuse --epochs $((E / 2)) --head-epochs $((HE / 2))
+want combined-paper && train combined-paper 50 --mode combined --views paper --epochs $((E / 2))
+want bta-paper && train bta-paper 50 --mode bta --views paper --epochs $((E / 2)) --head-epochs $((HE / 2))
+want simclr-paper && train simclr-paper 50 --mode simclr --views paper --epochs $((E / 2)) --head-epochs $((HE / 2))
+want default-pw8 && train default-pw8 150 --mode combined --views reuse --epochs $E --pos-weight 8
 ls -la "$OUT" | tee -a "$LOG"

@@ -246,15 +246,15 @@ def jpeg_recompress(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     u8 = (x * 255).round_().clamp_(0, 255).to(torch.uint8)
     out = torch.empty_like(x)
     if x.is_cuda:
-        try:
+        try:  # nvjpeg: encode on the GPU, decode the CPU-held byte streams back onto the GPU
             for q in quality.unique().tolist():
                 idx = (quality == q).nonzero().flatten().tolist()
-                enc = encode_jpeg([u8[i] for i in idx], quality=int(q))
+                enc = [e.cpu() for e in encode_jpeg([u8[i] for i in idx], quality=int(q))]
                 dec = decode_jpeg(enc, device=x.device)
                 for i, d in zip(idx, dec, strict=True):
                     out[i] = d.to(x.dtype) / 255
             return out
-        except RuntimeError:  # no nvjpeg: fall back to the CPU codec
+        except Exception:  # no nvjpeg or an older torchvision: fall back to the CPU codec
             pass
     cpu = u8.cpu()
     for i in range(x.shape[0]):
