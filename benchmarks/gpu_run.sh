@@ -40,9 +40,9 @@ want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 want bench && step train_bench 75 python3 benchmarks/train_throughput.py $DATA --backbone $BB --image-size $SZ \
   --batch-size 256 --limit $BLIM --ref-steps $REF --epochs 3 --out "$OUT/train_throughput.json"
 want default && train default 160 --mode combined --views reuse --epochs $E
-want bta-reuse && train bta-reuse 60 --mode bta --views reuse --epochs $((E / 2)) --head-epochs $((HE / 2))
+want bta-reuse && train bta-reuse 90 --mode bta --views reuse --epochs $((E / 2)) --head-epochs $((HE / 2))
 want combined-paper && train combined-paper 50 --mode combined --views paper --epochs $((E / 2))
 want bta-paper && train bta-paper 50 --mode bta --views paper --epochs $((E / 2)) --head-epochs $((HE / 2))
 want simclr-paper && train simclr-paper 50 --mode simclr --views paper --epochs $((E / 2)) --head-epochs $((HE / 2))
-want default-pw8 && train default-pw8 150 --mode combined --views reuse --epochs $E --pos-weight 8
+want default-pw8 && train default-pw8 100 --mode combined --views reuse --epochs $E --pos-weight 8
 ls -la "$OUT" | tee -a "$LOG"
