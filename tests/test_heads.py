@@ -48,3 +48,13 @@ def test_symmetric_score_is_order_free():
     assert torch.allclose(s, symmetric_score_matrix(head, zb, za).T, atol=1e-6)
     one_way = head.score_matrix(za, zb)
     assert not torch.allclose(s, one_way)
+
+
+def test_symmetric_within_one_set_uses_one_pass():
+    torch.manual_seed(1)
+    head = SimilarityHead(8).eval()
+    z = torch.randn(9, 8)
+    one_pass = symmetric_score_matrix(head, z, z)
+    two_pass = symmetric_score_matrix(head, z, z.clone())
+    assert torch.allclose(one_pass, two_pass, atol=1e-6)
+    assert torch.allclose(one_pass, one_pass.T)

@@ -125,7 +125,19 @@ class SimilarityHead(nn.Module):
 def symmetric_score_matrix(
     head: SimilarityHead, z_a: torch.Tensor, z_b: torch.Tensor, chunk_pairs: int = 1 << 21
 ) -> torch.Tensor:
-    """Order-independent scores: mean of ``s(a, b)`` and ``s(b, a)`` for every pair."""
+    """Order-independent scores: mean of ``s(a, b)`` and ``s(b, a)`` for every pair.
+
+    When both sides are the same embeddings (all pairs within one set) one pass suffices:
+    ``s(b, a)`` is the transpose of ``s(a, b)``.
+    """
     ab = head.score_matrix(z_a, z_b, chunk_pairs=chunk_pairs)
+    same = (
+        z_a.shape == z_b.shape
+        and z_a.data_ptr() == z_b.data_ptr()
+        and z_a.stride() == z_b.stride()
+        and z_a.device == z_b.device
+    )
+    if same:
+        return 0.5 * (ab + ab.T)
     ba = head.score_matrix(z_b, z_a, chunk_pairs=chunk_pairs)
     return 0.5 * (ab + ba.T)

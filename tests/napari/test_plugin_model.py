@@ -1,0 +1,52 @@
+"""Model panel: load a checkpoint in a worker, share it, report failures as notifications."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_bta._model_panel import ModelPanel
+from napari_bta._state import MODEL
+
+
+def test_model_panel_loads_checkpoint_and_shows_device(
+    make_napari_viewer, qtbot, tiny_model, tmp_path
+):
+    from bta_core.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
+    viewer = make_napari_viewer()
+    panel = ModelPanel(viewer)
+    viewer.window.add_dock_widget(panel)
+    panel._device.value = "cpu"
+    worker = panel.load(str(path))
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    try:
+        assert MODEL.model is not None and MODEL.source == str(path)
+        assert "device: cpu" in panel._info.value and "64px" in panel._info.value
+    finally:
+        MODEL.clear()
+    assert panel._info.value == "No model loaded"
+
+
+def test_model_panel_reports_a_bad_checkpoint(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    viewer = make_napari_viewer()
+    panel = ModelPanel(viewer)
+    assert panel.load(str(bad)) is not None
+    # this fails at once, maybe before a waitSignal could connect: wait for the panel instead
+    qtbot.waitUntil(lambda: not panel.controls.busy, timeout=60_000)
+    assert MODEL.model is None and "failed" in panel._status.value
+    assert errors and "broken.safetensors" in errors[0]
+    assert panel._load.enabled
+
+
+@pytest.mark.parametrize("value", ["", "."])
+def test_model_panel_needs_a_file(make_napari_viewer, value, monkeypatch):
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    panel = ModelPanel(make_napari_viewer())
+    assert panel.load(value) is None and errors

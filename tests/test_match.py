@@ -1,0 +1,267 @@
+"""Localising reused regions (bta_core.match) on real BCCD and DSB2018 images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.transform import rescale
+
+from bta_core import cli
+from bta_core.imageio import ImageReadError, load_image
+from bta_core.match import (
+    D4_NAMES,
+    MatchTransform,
+    match_files,
+    match_images,
+    render_match_png,
+    upsample_heatmap,
+    warp_b_to_a,
+)
+
+
+def iou(p, q) -> float:
+    ix = max(0, min(p[2], q[2]) - max(p[0], q[0]))
+    iy = max(0, min(p[3], q[3]) - max(p[1], q[1]))
+    inter = ix * iy
+    return inter / ((p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter)
+
+
+def plant(image: np.ndarray, frac: float, orient: int, scale: float, rng: np.random.Generator):
+    """Crop ``frac`` of the area (the most detailed of a few random places), then rotate/flip
+    (``D4_NAMES[orient]``) and rescale it. Returns B and the crop's box in A."""
+    h, w = image.shape[:2]
+    aspect = rng.uniform(0.75, 1.33)
+    ch = min(h, round(np.sqrt(frac * h * w / aspect)))
+    cw = min(w, round(frac * h * w / ch))
+    places = [
+        (int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))) for _ in range(4)
+    ]
+    y0, x0 = max(places, key=lambda p: image[p[0] : p[0] + ch, p[1] : p[1] + cw].std())
+    crop = image[y0 : y0 + ch, x0 : x0 + cw]
+    b = np.rot90(np.fliplr(crop) if orient >= 4 else crop, orient % 4)
+    if scale != 1:
+        b = rescale(b, scale, channel_axis=-1, anti_aliasing=True)
+    return np.ascontiguousarray(b, dtype=np.float32), (x0, y0, x0 + cw, y0 + ch)
+
+
+def by_modality(shared_data: Path) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    with open(shared_data / "dsb2018" / "splits.csv") as fh:
+        for row in csv.DictReader(fh):
+            out.setdefault(row["modality"], []).append(shared_data / "dsb2018" / row["file"])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def groups(shared_data: Path) -> dict[str, str]:
+    out = {}
+    for ds in ("bccd", "dsb2018"):
+        with open(shared_data / ds / "same_source_groups.csv") as fh:
+            out.update({Path(r["file"]).name: r["group_id"] for r in csv.DictReader(fh)})
+    return out
+
+
+# every orientation at least once, with 1.0 / 0.7 / 1.4 rescaling, crops of 25-60 % of the area
+PLANTS_BCCD = [(0, 1.0), (1, 1.0), (2, 0.7), (3, 1.4), (4, 1.0), (5, 0.7), (6, 1.4), (7, 1.0)]
+
+
+@pytest.mark.parametrize("orient,scale", PLANTS_BCCD)
+def test_planted_crop_bccd(bccd_images, orient, scale):
+    rng = np.random.default_rng(100 + orient)
+    a = load_image(bccd_images[int(rng.integers(len(bccd_images)))])
+    b, truth = plant(a, rng.uniform(0.25, 0.6), orient, scale, rng)
+    r = match_images(a, b)
+    assert r.found, r.info
+    assert r.transform.dihedral == D4_NAMES[orient]
+    assert iou(r.box_a, truth) >= 0.7
+    assert r.transform.scale == pytest.approx(1 / scale, rel=0.05)
+    assert abs(r.transform.residual_angle) < 2
+    assert r.confidence >= 0.5
+    assert (
+        r.box_b == (0, 0, b.shape[1], b.shape[0])
+        or iou(r.box_b, (0, 0, b.shape[1], b.shape[0])) >= 0.9
+    )
+
+
+@pytest.mark.parametrize(
+    "modality,orient,scale",
+    [
+        ("tissue-colour", 5, 1.0),
+        ("tissue-colour", 2, 1.4),
+        ("fluorescence", 3, 1.0),
+        ("fluorescence", 6, 0.7),
+        ("brightfield-grey", 7, 1.0),
+        ("brightfield-grey", 1, 0.7),
+    ],
+)
+def test_planted_crop_dsb(shared_data, modality, orient, scale):
+    files = by_modality(shared_data)[modality]
+    rng = np.random.default_rng(7 + orient)
+    # dense images: the localiser needs detail inside the crop (see docs/match.md, limitations)
+    imgs = [load_image(files[int(i)]) for i in rng.choice(len(files), 3, replace=False)]
+    a = max(imgs, key=lambda im: float(np.std(im)))
+    b, truth = plant(a, rng.uniform(0.25, 0.6), orient, scale, rng)
+    r = match_images(a, b)
+    assert r.found, r.info
+    assert r.transform.dihedral == D4_NAMES[orient]
+    assert iou(r.box_a, truth) >= 0.7
+
+
+def test_same_field_bccd_pairs(shared_data):
+    """The 43 real same-field pairs: overlap found, overlap fraction as the curated phase
+    correlation says (+-0.05), and the aligned pixels agree."""
+    folder = shared_data / "bccd"
+    with open(folder / "same_source_edges.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 43
+    ok, misses = 0, []
+    for row in rows:
+        a, b = load_image(folder / "images" / row["a"]), load_image(folder / "images" / row["b"])
+        r = match_images(a, b)
+        expected = float(re.search(r"\(([\d.]+)\)", row["relation"]).group(1))
+        good = (
+            r.found
+            and r.transform.dihedral == "identity"
+            and abs(r.transform.scale - 1) < 0.02
+            and abs(r.overlap_a - expected) <= 0.05
+        )
+        if good:
+            # independent of the band-pass used inside: plain grey pixels agree once aligned
+            wb = warp_b_to_a(b, r, a.shape)
+            ga, gb = a.mean(-1)[r.mask_a], wb.mean(-1)[r.mask_a]
+            good = np.corrcoef(ga, gb)[0, 1] > 0.5  # re-photographed: focus/light differ
+        ok += good
+        if not good:
+            misses.append((row["a"], row["b"], r.overlap_a, expected))
+    rate = ok / len(rows)
+    print(f"same-field BCCD pairs localised: {ok}/{len(rows)} ({rate:.0%})")
+    assert rate >= 0.9, misses
+
+
+def test_unrelated_images_get_no_box(shared_data, bccd_images):
+    grp = groups(shared_data)
+    mods = by_modality(shared_data)
+    rng = np.random.default_rng(3)
+    pairs = []
+    for pool in (
+        bccd_images,
+        mods["fluorescence"],
+        mods["tissue-colour"],
+        bccd_images,
+        mods["fluorescence"],
+    ):
+        while True:
+            p, q = (pool[int(i)] for i in rng.choice(len(pool), 2, replace=False))
+            if grp.get(p.name) != grp.get(q.name):
+                pairs.append((p, q))
+                break
+    pairs.append((bccd_images[5], mods["fluorescence"][10]))
+    for p, q in pairs:
+        r = match_files(p, q)
+        assert not r.found, (p.name, q.name, r.to_dict()["transform"])
+        assert r.box_a is None and r.box_b is None
+        assert not r.mask_a.any() and not r.mask_b.any()
+        assert r.confidence < 0.3
+        assert r.heatmap_source == "none" and float(r.heatmap_a.max()) == 0.0
+
+
+def test_transform_decomposition_names_every_orientation():
+    """Synthetic points (a property of the maths): B = rot90^k(flip?(A region)) decodes to k, flip."""
+    h, w = 30, 50
+    ys, xs = np.mgrid[0:h, 0:w]
+    for index, name in enumerate(D4_NAMES):
+        src = np.fliplr(np.stack([xs, ys], -1)) if index >= 4 else np.stack([xs, ys], -1)
+        ob = np.rot90(src, index % 4)  # each B pixel holds its source (x, y) in A
+        oh, ow = ob.shape[:2]
+        pts_b = np.array([[0, 0, 1], [ow - 1, 0, 1], [0, oh - 1, 1]], float)
+        pts_a = np.array([[*ob[int(y), int(x)], 1] for x, y, _ in pts_b], float)
+        m = np.linalg.lstsq(pts_b, pts_a, rcond=None)[0].T
+        m = 2.0 * m  # and A twice as large
+        m[2] = [0, 0, 1]
+        t = MatchTransform.from_matrix(m)
+        assert t.dihedral == name and t.scale == pytest.approx(2.0)
+        assert t.rotation == 90 * (index % 4) and t.flip == (index >= 4)
+
+
+def test_warp_heatmap_and_png(bccd_images, tmp_path):
+    rng = np.random.default_rng(1)
+    a = load_image(bccd_images[40])
+    b, truth = plant(a, 0.4, 5, 1.0, rng)
+    r = match_images(a, b)
+    wb = warp_b_to_a(b, r, a.shape)
+    assert wb.shape == a.shape
+    assert np.abs(wb[r.mask_a] - a[r.mask_a]).mean() < 0.02
+    assert not wb[~r.mask_a].any()
+    # heatmaps: high inside the planted region, zero far from it
+    full = upsample_heatmap(r.heatmap_a, a.shape)
+    assert full.shape == a.shape[:2]
+    x0, y0, x1, y1 = truth
+    assert full[y0:y1, x0:x1].mean() > 0.5
+    outside = ~r.mask_a
+    assert full[outside].mean() < 0.2
+    assert r.heatmap_b.min() >= 0 and r.heatmap_b.max() <= 1
+    png = render_match_png(a, b, r, tmp_path / "m.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    d = r.to_dict()
+    assert json.loads(json.dumps(d))["transform"]["dihedral"] == "flip_rot90"
+
+
+def test_cli_json_and_png(shared_data, tmp_path, capsys):
+    folder = shared_data / "bccd" / "images"
+    a, b = folder / "BloodImage_00206.jpg", folder / "BloodImage_00278.jpg"
+    out = tmp_path / "out"
+    rc = cli.main(["match", str(a), str(b), "--json", "--out", str(out), "--no-model"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["found"] and data["box_a"] and data["score"] is None
+    assert len(data["transform"]["matrix"]) == 3
+    assert Path(data["png"]).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(Path(data["json"]).read_text())["box_b"] == data["box_b"]
+
+
+def test_bad_inputs_name_the_file(bccd_images, tmp_path, capsys):
+    missing = tmp_path / "nope.png"
+    assert cli.main(["match", str(bccd_images[0]), str(missing), "--no-model"]) == 1
+    assert "nope.png" in capsys.readouterr().err
+    with pytest.raises(ImageReadError, match="nope.png"):
+        match_files(bccd_images[0], missing)
+    with pytest.raises(ValueError, match="image_b"):
+        match_images(load_image(bccd_images[0]), np.zeros(10))
+    with pytest.raises(ValueError, match="image_a"):
+        match_images(np.full((40, 40), np.nan), load_image(bccd_images[0]))
+    with pytest.raises(ValueError, match="no match"):
+        warp_b_to_a(
+            load_image(bccd_images[0]),
+            match_images(*(load_image(p) for p in bccd_images[1:3])),
+            (4, 4),
+        )
+
+
+def test_model_score_heatmaps_progress_and_cancel(bccd_images, tiny_model):
+    """Plumbing with a random-head model: score and tile heatmaps are present and in range."""
+    a = np.ascontiguousarray(load_image(bccd_images[10])[::2, ::2])  # small: CPU time
+    b, _ = plant(a, 0.5, 2, 1.0, np.random.default_rng(0))
+    steps = []
+    r = match_images(
+        a,
+        b,
+        model=tiny_model,
+        model_tiles=True,
+        on_progress=lambda i, n, info: steps.append((i, n)),
+    )
+    assert steps[-1] == (4, 4)
+    assert r.found and r.heatmap_source == "alignment"
+    assert 0.0 <= r.score <= 1.0
+    assert r.model_heatmap_a.shape == r.heatmap_a.shape
+    assert 0 <= r.model_heatmap_b.min() and r.model_heatmap_b.max() <= 1
+    unrelated = match_images(a, load_image(bccd_images[200])[::2, ::2], model=tiny_model)
+    if not unrelated.found:  # model tiles are computed when no region is found
+        assert unrelated.heatmap_source == "model"
+        assert unrelated.heatmap_a is unrelated.model_heatmap_a
+    assert match_images(a, b, model=tiny_model).model_heatmap_a is None  # found: tiles skipped
+    with pytest.raises(InterruptedError):
+        match_images(a, b, should_stop=lambda: True)

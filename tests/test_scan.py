@@ -1,0 +1,457 @@
+"""bta-core scan on a folder of real images with planted copies and broken files."""
+
+from __future__ import annotations
+
+import csv
+import html.parser
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from bta_core import scan as scan_mod
+from bta_core.imageio import load_image, to_uint8
+from bta_core.scan import ScanCancelled, merge, scan
+
+# --------------------------------------------------------------------------------------------
+# A folder of real images with planted copies
+
+
+def _save(rgb: np.ndarray, path: Path, quality: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(to_uint8(rgb))
+    if quality is not None:
+        im.save(path, format="JPEG", quality=quality)
+    else:
+        im.save(path)
+
+
+def _plant(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, int | None]:
+    """A reused copy of ``rgb``: (image, JPEG quality or None)."""
+    h, w = rgb.shape[:2]
+    if kind == "flip":
+        return rgb[:, ::-1], None
+    if kind == "rot90":
+        return np.rot90(rgb), None
+    if kind == "crop":
+        return rgb[h // 8 : h - h // 8, w // 10 : w - w // 6], None
+    if kind == "jitter":
+        return np.clip((rgb - 0.5) * 1.25 + 0.55, 0, 1), None
+    if kind == "noise":
+        return np.clip(rgb + rng.normal(0, 0.04, rgb.shape), 0, 1), None
+    if kind == "jpeg":
+        return rgb, 30
+    raise ValueError(kind)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_data) -> dict:
+    """``q/``: 11 real images, 6 planted copies, corrupt, empty and truncated files (odd names);
+    ``ref/``: 4 other real images and one planted copy of a ``q/`` image."""
+    root = tmp_path_factory.mktemp("scan corpus ü")
+    rng = np.random.default_rng(0)
+    with open(shared_data / "bccd" / "same_source_groups.csv", newline="") as fh:
+        singles = [r["file"] for r in csv.DictReader(fh) if r["group_size"] == "1"]
+    with open(shared_data / "dsb2018" / "splits.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by_mod: dict[str, list[str]] = {}
+    for r in rows:
+        by_mod.setdefault(r["modality"], []).append(r["file"])
+    sources = [shared_data / "bccd" / "images" / f for f in singles[::30][:9]]
+    for mod in ("fluorescence", "tissue-colour", "brightfield-grey"):
+        sources += [shared_data / "dsb2018" / f for f in by_mod[mod][::7][:2]]
+    names = [
+        "blood smear 01.jpg",
+        "sub dir/frotis sanguíneo 02.jpg",
+        "血液 03.jpg",
+        "blood_04.jpg",
+        "blood_05.jpg",
+        "nested/deeper/blood_06.jpg",
+        "blood_07.jpg",
+        "blood_08.jpg",
+        "ref:blood_09.jpg",
+        "núcleos fluo 1.png",
+        "ref:fluo 2.png",
+        "tissue 1.png",
+        "ref:tissue 2.png",
+        "bright field 1.png",
+        "ref:bright field 2.png",
+    ]
+    q, ref = root / "q", root / "ref"
+    originals: dict[str, Path] = {}
+    for src, name in zip(sources, names, strict=True):
+        dest = ref / name[4:] if name.startswith("ref:") else q / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dest)
+        originals[name] = dest
+    plants = [
+        ("blood smear 01.jpg", "flip", "copie retournée 01.png"),
+        ("núcleos fluo 1.png", "rot90", "rotated copy.png"),
+        ("tissue 1.png", "crop", "sub dir/crop ✂ 1.png"),
+        ("blood_04.jpg", "jitter", "jittered 04.png"),
+        ("bright field 1.png", "noise", "noisy bright.png"),
+        ("血液 03.jpg", "jpeg", "再利用 03.jpg"),
+    ]
+    planted = []
+    for src_name, kind, new_name in plants:
+        img, quality = _plant(load_image(originals[src_name]), kind, rng)
+        _save(img, q / new_name, quality)
+        planted.append((str(originals[src_name]), str(q / new_name)))
+    # a cross-folder copy: a q image reused in the reference folder
+    _save(load_image(originals["blood_05.jpg"])[::-1], ref / "archive copy 05.png")
+    cross = (str(originals["blood_05.jpg"]), str(ref / "archive copy 05.png"))
+    corrupt = q / "broken ✗.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + rng.bytes(300))
+    empty = q / "empty.tif"
+    empty.write_bytes(b"")
+    truncated = q / "truncated.jpg"
+    truncated.write_bytes(originals["blood_07.jpg"].read_bytes()[:500])
+    return {
+        "root": root,
+        "q": q,
+        "ref": ref,
+        "planted": planted,
+        "cross": cross,
+        "bad": [str(corrupt), str(empty), str(truncated)],
+        "n_q_images": sum(not n.startswith("ref:") for n in names) + len(plants),
+        "n_ref_images": sum(n.startswith("ref:") for n in names) + 1,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# A frozen-backbone cosine model: validates ranking without a trained head
+
+
+class _IdentityProjector(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+
+class _CosineHead(nn.Module):
+    """P(same) = (1 + cos) / 2 with the SimilarityHead interface the scan uses."""
+
+    @staticmethod
+    def _logit(p: torch.Tensor) -> torch.Tensor:
+        return torch.logit(p.clamp(1e-6, 1 - 1e-6))
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        return self._logit((1 + F.cosine_similarity(z_a, z_b, dim=1)) / 2)
+
+    def score_matrix(self, z_a, z_b, chunk_pairs: int = 0, logits: bool = False) -> torch.Tensor:
+        p = (1 + F.normalize(z_a, dim=1) @ F.normalize(z_b, dim=1).T) / 2
+        return self._logit(p) if logits else p
+
+
+@pytest.fixture(scope="module")
+def cosine_model():
+    """efficientnet-lite0 ImageNet features compared by cosine (no training needed)."""
+    from bta_core.model import BTAModel, ModelConfig
+
+    cfg = ModelConfig.for_backbone(
+        "efficientnet-lite0", projector_dim=32, image_size=128, threshold=0.9
+    )
+    model = BTAModel(cfg)
+    model.projector = _IdentityProjector(1280)
+    model.head = _CosineHead()
+    return model.eval()
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _pair_set(pairs) -> set[frozenset]:
+    return {frozenset((p.path_a, p.path_b)) for p in pairs}
+
+
+class _HTMLCheck(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: dict[str, int] = {}
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+# --------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_scan_writes_outputs_and_skips_broken_files(corpus, tiny_model, tmp_path):
+    out = tmp_path / "out dir ü"
+    seen = []
+    result = scan(
+        corpus["q"],
+        model=tiny_model,
+        out_dir=out,
+        cache_dir=None,
+        top_k=10,
+        threshold=0.99,
+        on_progress=lambda step, total, info: seen.append(info["stage"]),
+    )
+    assert result.stats["n_images"] == corpus["n_q_images"]
+    assert {"embed", "score"} <= set(seen)
+    skipped = _read_csv(out / "skipped.csv")
+    assert sorted(r["path"] for r in skipped) == sorted(corpus["bad"])
+    assert all(r["problem"] and "\n" not in r["problem"] for r in skipped)
+
+    rows = _read_csv(out / "pairs.csv")
+    assert list(rows[0]) == ["path_a", "path_b", "score", "same"]
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert len(rows) == max(10, sum(s >= 0.99 for s in scores))
+    names = {r["path_a"] for r in rows} | {r["path_b"] for r in rows}
+    assert all(Path(n).exists() for n in names)  # unicode and spaces survive the round trip
+
+    doc = json.loads((out / "pairs.json").read_text(encoding="utf-8"))
+    assert len(doc["pairs"]) == len(rows) and doc["stats"]["n_skipped"] == 3
+    assert doc["pairs"][0]["path_a"] == rows[0]["path_a"]
+
+    page = (out / "report.html").read_text(encoding="utf-8")
+    check = _HTMLCheck()
+    check.feed(page)
+    assert check.tags.get("tr", 0) == len(rows) + 1 and check.tags.get("script") == 1
+    assert len(check.images) == 2 * len(rows)
+    assert all(src.startswith("data:image/jpeg;base64,") for src in check.images)
+    assert "broken ✗.png" in page  # the skipped files are listed in the report too
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_planted_pairs_rank_near_top_with_frozen_features(corpus, cosine_model):
+    """Ranking logic with ImageNet features + cosine (no trained head): the easy copies lead."""
+    result = scan(corpus["q"], model=cosine_model, cache_dir=None, top_k=20)
+    planted = {frozenset(p) for p in corpus["planted"]}
+    ranked = [frozenset((p.path_a, p.path_b)) for p in result.pairs]
+    assert set(ranked[:3]) <= planted
+    assert planted <= set(ranked[: len(planted) + 2])
+
+
+def test_planted_pairs_rank_first_with_trained_model(corpus, trained_checkpoint, tmp_path):
+    from bta_core.checkpoint import load_checkpoint
+
+    model = load_checkpoint(trained_checkpoint, device="cpu")
+    result = scan(corpus["q"], model=model, cache_dir=None, out_dir=tmp_path, tta="d4", verify=12)
+    planted = {frozenset(p) for p in corpus["planted"]}
+    top = {frozenset((p.path_a, p.path_b)) for p in result.pairs[: len(planted)]}
+    assert top == planted
+    assert all(p.same and p.verified for p in result.pairs[: len(planted)])
+    assert not any(p.verified for p in result.pairs[len(planted) :])
+    header = (tmp_path / "pairs.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header.endswith("verified,match_confidence,transform")
+
+
+def test_rescan_hits_cache_and_resumes_after_cancel(corpus, tiny_model, tmp_path):
+    folder = tmp_path / "q"
+    shutil.copytree(corpus["q"], folder)
+    cache = tmp_path / "cache"
+    n = corpus["n_q_images"]
+
+    calls = {"n": 0}
+
+    def stop_after_first_batch() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3  # hashing polls once, two batches embed, then cancel
+
+    with pytest.raises(ScanCancelled):
+        scan(
+            folder,
+            model=tiny_model,
+            cache_dir=cache,
+            batch_size=4,
+            should_stop=stop_after_first_batch,
+        )
+    resumed = scan(folder, model=tiny_model, cache_dir=cache, batch_size=4)
+    assert 0 < resumed.stats["n_cached"] < n
+    assert resumed.stats["n_embedded"] + resumed.stats["n_cached"] == n
+
+    again = scan(folder, model=tiny_model, cache_dir=cache)
+    assert again.stats["n_embedded"] == 0 and again.stats["n_cached"] == n
+    assert [(p.path_a, p.path_b) for p in again.pairs] == [
+        (p.path_a, p.path_b) for p in resumed.pairs
+    ]
+    np.testing.assert_allclose(
+        [p.score for p in again.pairs], [p.score for p in resumed.pairs], atol=1e-6
+    )
+
+    # a new file: only it is embedded; a renamed file is found by content
+    shutil.copy(corpus["ref"] / "archive copy 05.png", folder / "new file.png")
+    (folder / "blood_07.jpg").rename(folder / "renamed 07.jpg")
+    third = scan(folder, model=tiny_model, cache_dir=cache)
+    assert third.stats["n_embedded"] == 1 and third.stats["n_images"] == n + 1
+
+    # another model never reads these entries
+    other = scan(folder, model=_perturbed(tiny_model), cache_dir=cache)
+    assert other.stats["n_embedded"] == n + 1
+
+
+def _perturbed(model):
+    import copy
+
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.head.first.bias.add_(0.01)
+    return m
+
+
+def test_shard_and_merge_equal_single_scan(corpus, tiny_model, tmp_path):
+    kw = dict(model=tiny_model, cache_dir=None, top_k=10**6, threshold=0.0)
+    single = scan(corpus["q"], [corpus["ref"]], out_dir=tmp_path / "single", **kw)
+    shard_dirs = [tmp_path / f"shard {i}" for i in range(3)]
+    counts = []
+    for i, d in enumerate(shard_dirs):
+        r = scan(corpus["q"], [corpus["ref"]], shard=f"{i}/3", out_dir=d, **kw)
+        counts.append(r.stats["n_images"])
+        assert r.pairs == [] and (d / "embeddings.npy").exists()
+    assert sum(counts) == single.stats["n_images"] and max(counts) < single.stats["n_images"]
+    merged = merge(
+        shard_dirs, model=tiny_model, top_k=10**6, threshold=0.0, out_dir=tmp_path / "merged"
+    )
+    a = {(p.path_a, p.path_b): p.score for p in single.pairs}
+    b = {(p.path_a, p.path_b): p.score for p in merged.pairs}
+    assert a.keys() == b.keys()
+    np.testing.assert_allclose([b[k] for k in a], list(a.values()), atol=1e-5)
+    assert sorted(s.path for s in merged.skipped) == sorted(s.path for s in single.skipped)
+    assert _read_csv(tmp_path / "merged" / "skipped.csv") == _read_csv(
+        tmp_path / "single" / "skipped.csv"
+    )
+
+    with pytest.raises(ValueError, match="missing"):
+        merge(shard_dirs[:2], model=tiny_model)
+    with pytest.raises(ValueError, match="model"):
+        merge(shard_dirs, model=_perturbed(tiny_model))
+
+
+def test_reference_mode_pairs_only_across(corpus, tiny_model):
+    refs = {str(p) for p in corpus["ref"].rglob("*") if p.is_file()}
+    kw = dict(model=tiny_model, cache_dir=None, top_k=10**6, threshold=0.0)
+    res = scan(corpus["q"], [corpus["ref"]], **kw)
+    nq, nr = corpus["n_q_images"], corpus["n_ref_images"]
+    assert len(res.pairs) == nq * (nq - 1) // 2 + nq * nr
+    assert not any(p.path_a in refs and p.path_b in refs for p in res.pairs)
+    assert all(p.path_a not in refs for p in res.pairs)  # a query image always comes first
+
+    cross = scan(corpus["q"], [corpus["ref"]], within=False, **kw)
+    assert len(cross.pairs) == nq * nr
+    assert all(p.path_a not in refs and p.path_b in refs for p in cross.pairs)
+    assert frozenset(corpus["cross"]) in _pair_set(cross.pairs)
+
+
+def test_faiss_candidates_give_the_exact_top_pairs(corpus, cosine_model, tmp_path):
+    kw = dict(model=cosine_model, cache_dir=tmp_path / "cache", top_k=8, threshold=1.1)
+    exact = scan(corpus["q"], [corpus["ref"]], **kw)
+    approx = scan(corpus["q"], [corpus["ref"]], faiss_above=5, faiss_k=4, **kw)
+    assert exact.stats["method"] == "exact" and approx.stats["method"] == "faiss"
+    assert approx.stats["n_pairs_scored"] < exact.stats["n_pairs_scored"]
+    assert [(p.path_a, p.path_b) for p in approx.pairs] == [
+        (p.path_a, p.path_b) for p in exact.pairs
+    ]
+    np.testing.assert_allclose(
+        [p.score for p in approx.pairs], [p.score for p in exact.pairs], atol=1e-5
+    )
+
+
+def test_tta_scores_are_max_over_orientations(tiny_model):
+    torch.manual_seed(1)
+    za, zb = torch.randn(3, 8, tiny_model.embed_dim), torch.randn(4, 8, tiny_model.embed_dim)
+    s, code = scan_mod.block_scores(tiny_model, za, zb, "d4")
+    with torch.no_grad():
+        ref = torch.stack(
+            [tiny_model.score_matrix(za[:, 0], zb[:, o]) for o in range(8)]
+            + [tiny_model.score_matrix(za[:, o], zb[:, 0]) for o in range(1, 8)]
+        )
+    torch.testing.assert_close(s, ref.max(0).values)
+    assert int(code.min()) >= 0 and int(code.max()) < 16
+    rows, _ = scan_mod._pair_scores(tiny_model, za[:3], zb[:3], "d4")
+    torch.testing.assert_close(rows, s.diagonal())
+
+
+def test_tta_and_planes_scan(tmp_path, bccd_images, tiny_model):
+    import tifffile
+
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    rgb = [to_uint8(load_image(p)) for p in bccd_images[:3]]
+    stack = np.stack([np.stack([im[..., 0], im[..., 1]]) for im in rgb[:2]])  # (Z=2, C=2, Y, X)
+    tifffile.imwrite(folder / "stack ü.tif", stack, metadata={"axes": "ZCYX"})
+    Image.fromarray(rgb[2]).save(folder / "single.png")
+    res = scan(
+        folder, model=tiny_model, cache_dir=None, planes=True, tta="d4", out_dir=tmp_path / "o"
+    )
+    names = sorted(it.name for it in res.items)
+    assert len(names) == 5 and any(n.endswith("stack ü.tif[c=1,z=1]") for n in names)
+    assert all(p.orientation and p.orientation[:2] in ("a:", "b:") for p in res.pairs)
+    rows = _read_csv(tmp_path / "o" / "pairs.csv")
+    assert "orientation" in rows[0] and len(rows) == 10
+    check = _HTMLCheck()
+    check.feed((tmp_path / "o" / "report.html").read_text(encoding="utf-8"))
+    assert len(check.images) == 20 and all(src for src in check.images)
+
+
+def test_cli_scan_shards_and_merge(corpus, tiny_model, tmp_path, capsys):
+    from bta_core.checkpoint import save_checkpoint
+    from bta_core.cli import main
+
+    ckpt = save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
+    base = ["scan", "--checkpoint", str(ckpt), "--device", "cpu", "--quiet", "--top", "5"]
+    assert main(base + [str(corpus["q"]), "--out", str(tmp_path / "cli"), "--no-cache"]) == 0
+    assert len(_read_csv(tmp_path / "cli" / "pairs.csv")) >= 5
+    cache = str(tmp_path / "cache")
+    for i in range(2):
+        argv = base + [
+            str(corpus["q"]),
+            "--shard",
+            f"{i}/2",
+            "--out",
+            str(tmp_path / f"s{i}"),
+            "--cache",
+            cache,
+        ]
+        assert main(argv) == 0
+    merged = tmp_path / "merged"
+    assert (
+        main(base + ["--merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(merged)])
+        == 0
+    )
+    assert _read_csv(merged / "pairs.csv") == _read_csv(tmp_path / "cli" / "pairs.csv")
+    assert main(base + ["--out", str(tmp_path / "x")]) == 1  # no folder: clear error
+    assert "FOLDER" in capsys.readouterr().err
+
+
+def test_collector_keeps_threshold_and_top_k():
+    c = scan_mod._Collector(threshold=0.5, top_k=3, max_pairs=100)
+    s = torch.tensor([0.1, 0.9, 0.6, 0.2, 0.3, 0.55])
+    idx = torch.arange(6)
+    c.add(s, idx, idx + 10, torch.full((6,), -1))
+    rows = c.result()
+    assert rows[:, 0].tolist() == pytest.approx([0.9, 0.6, 0.55])
+    c.add(torch.tensor([0.4]), torch.tensor([7]), torch.tensor([8]), torch.tensor([-1]))
+    c2 = scan_mod._Collector(threshold=0.95, top_k=2, max_pairs=100)
+    c2.add(s, idx, idx + 10, torch.full((6,), -1))
+    assert c2.result()[:, 0].tolist() == pytest.approx([0.9, 0.6])
+
+
+def test_report_match_overlay_for_top_pairs(corpus, tiny_model, tmp_path):
+    pytest.importorskip("bta_core.match")
+    folder = tmp_path / "two"
+    folder.mkdir()
+    src, copy = corpus["planted"][1]  # a rotated copy of a small fluorescence image
+    shutil.copy(src, folder / "a.png")
+    shutil.copy(copy, folder / "b.png")
+    scan(folder, model=tiny_model, cache_dir=None, out_dir=tmp_path / "o", match_top=1)
+    check = _HTMLCheck()
+    check.feed((tmp_path / "o" / "report.html").read_text(encoding="utf-8"))
+    assert len(check.images) == 3 and check.images[2].startswith("data:image/png;base64,")
