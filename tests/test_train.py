@@ -45,7 +45,11 @@ def _losses(cfg):
 
 @pytest.mark.parametrize(
     "mode, extra",
-    [("combined", {"epochs": 8}), ("bta", {"epochs": 6, "head_epochs": 8, "p_same": 0.5}), ("simclr", {"epochs": 4, "head_epochs": 1})],
+    [
+        ("combined", {"epochs": 8}),
+        ("bta", {"epochs": 6, "head_epochs": 8, "p_same": 0.5}),
+        ("simclr", {"epochs": 4, "head_epochs": 1}),
+    ],
 )
 def test_modes_lower_the_loss(shared_data, tmp_path, mode, extra):
     cfg = _cfg(shared_data, tmp_path, mode=mode, views="reuse", view_bank=2, **extra)
@@ -169,3 +173,47 @@ def test_cli_train_then_score(shared_data, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert 0 <= result["score"] <= 1 and result["same"] == (result["score"] >= result["threshold"])
     assert result["checkpoint"] == str(out)
+
+
+def test_two_process_ddp_on_cpu(shared_data, tmp_path):
+    """torchrun with 2 CPU processes (gloo): the global BT cross-correlation is all-reduced."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp.safetensors"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "bta_core.cli",
+        "train",
+        str(shared_data / "bccd" / "images"),
+        "--mode",
+        "combined",
+        "--backbone",
+        "efficientnet-lite0",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "48",
+        "--limit",
+        "32",
+        "--projector-dim",
+        "64",
+        "--view-bank",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("wrote") == 1  # only rank 0 writes and reports
+    rows = _losses(TrainConfig(out=str(out)))
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["images"] == 32  # whole set per epoch
+    assert load_checkpoint(out).config.recipe["mode"] == "combined"

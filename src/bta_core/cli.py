@@ -7,6 +7,7 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("bta_core.demo", "scan the bundled sample images (planted reuse) and write a report"),
     "score": ("bta_core.score", "probability that two images come from the same source image"),
     "train": ("bta_core.train", "train a BTA model (bta, combined or head-only recipes)"),
     "eval": ("bta_core.evaluate", "evaluate models and baselines (paper, reuse, scan protocols)"),

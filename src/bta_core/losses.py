@@ -31,9 +31,14 @@ def cross_correlation(z_a: torch.Tensor, z_b: torch.Tensor, world_size: int = 1)
     c = za.T @ zb
     n = z_a.shape[0] * world_size
     if world_size > 1:
-        import torch.distributed as dist
+        # differentiable sum over ranks: every rank sees the global C and its gradient
+        import warnings
 
-        dist.all_reduce(c)
+        from torch.distributed.nn.functional import all_reduce
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            c = all_reduce(c)
     return c / n
 
 

@@ -534,7 +534,7 @@ def train(
     if images.numel() < 2 * 1024**3 or device.type == "cpu":
         images = images.to(device)
     run = _Run(cfg, model, images, group_ids(records).to(device), device, world, rank)
-    log = _Logger(cfg, rank == 0 and not cfg.quiet)
+    log = _Logger(cfg, rank == 0 and not cfg.quiet, write=rank == 0)
     log.info(
         f"training {cfg.mode} on {len(records)} images ({len(skipped)} skipped) with {cfg.backbone} "
         f"on {describe_device(device)}; stages {stages}"
@@ -615,8 +615,8 @@ def train(
 class _Logger:
     """Progress bars and JSON-lines stats of rank 0."""
 
-    def __init__(self, cfg: TrainConfig, verbose: bool) -> None:
-        self.cfg, self.verbose = cfg, verbose
+    def __init__(self, cfg: TrainConfig, verbose: bool, write: bool = True) -> None:
+        self.cfg, self.verbose, self.write = cfg, verbose, write
 
     def info(self, text: str) -> None:
         if self.verbose:
@@ -630,6 +630,8 @@ class _Logger:
         return tqdm(total=None, desc=desc, leave=False, dynamic_ncols=True)
 
     def stats(self, row: dict) -> None:
+        if not self.write:
+            return
         path = stats_path(self.cfg.out)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as fh:
@@ -749,6 +751,8 @@ def main(args: argparse.Namespace) -> int:
     except TrainingCancelled as exc:
         print(str(exc))
         return 130
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     model = load_checkpoint(path)
     print(f"wrote {path} ({model.config.backbone}, projector {model.config.projector_sizes})")
     return 0
