@@ -83,7 +83,9 @@ def ours_images_per_s(cfg: TrainConfig, model, images, groups, device, epochs: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("data", nargs="+")
     ap.add_argument("--split", default=None)
     ap.add_argument("--backbone", default="resnet50")
@@ -102,8 +104,15 @@ def main() -> None:
     device = get_device(args.device)
     torch.manual_seed(0)
     cfg = TrainConfig(
-        data=args.data, backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
-        views=args.views, mode="combined", device=str(device), quiet=True, compile=args.compile,
+        data=args.data,
+        backbone=args.backbone,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        views=args.views,
+        mode="combined",
+        device=str(device),
+        quiet=True,
+        compile=args.compile,
     )
     records = list_records(args.data, split=args.split, limit=args.limit)
     cache = max(args.image_size, round(args.image_size * 8 / 7))
@@ -114,7 +123,9 @@ def main() -> None:
     from PIL import Image
 
     pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images[: max(64, 16 * 4)]]
-    ref = None if args.skip_reference else reference_images_per_s(model, pil, device, args.ref_steps)
+    ref = (
+        None if args.skip_reference else reference_images_per_s(model, pil, device, args.ref_steps)
+    )
 
     if device.type == "cuda":
         model.backbone.to(memory_format=torch.channels_last)

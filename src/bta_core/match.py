@@ -34,22 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .dihedral import D4_NAMES
+
 if TYPE_CHECKING:  # torch is imported lazily: keypoint matching does not need it
     from .model import BTAModel
 
 ProgressFn = Callable[[int, int, dict], None]
 
-D4_NAMES = (
-    "identity",
-    "rot90",
-    "rot180",
-    "rot270",
-    "flip",
-    "flip_rot90",
-    "flip_rot180",
-    "flip_rot270",
-)
-"""Names of the 8 orientations (same order and meaning as ``bta_core.model.D4_NAMES``)."""
 
 MAX_SIDE = 512
 """Keypoints are found on copies resized so that the longer side is about this many pixels."""

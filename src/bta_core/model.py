@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone, build_backbone, feature_dim
+from .dihedral import D4_NAMES  # noqa: F401 (re-exported)
 from .heads import PAPER_HEAD_SIZES, Projector, SimilarityHead, symmetric_score_matrix
 
 ProgressFn = Callable[[int, int, dict], None]
@@ -138,18 +139,6 @@ def to_model_input(images: Sequence[np.ndarray] | np.ndarray, image_size: int) -
             )
         out[i] = t[0].clamp_(0, 1)
     return out
-
-
-D4_NAMES = (
-    "identity",
-    "rot90",
-    "rot180",
-    "rot270",
-    "flip",
-    "flip_rot90",
-    "flip_rot180",
-    "flip_rot270",
-)
 
 
 def d4_orientations(x: torch.Tensor) -> list[torch.Tensor]:
