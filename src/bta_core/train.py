@@ -153,7 +153,17 @@ def load_barlowtwins_projector(path: str) -> tuple[dict[str, torch.Tensor], list
 def build_model(cfg: TrainConfig) -> BTAModel:
     """A fresh model for the recipe (projector from the official BT checkpoint if asked)."""
     projector_state = None
-    if cfg.init_projector:
+    if cfg.init_projector and str(cfg.init_projector).endswith(".safetensors"):
+        from .checkpoint import load_checkpoint as _load
+
+        source = _load(cfg.init_projector)
+        if source.config.backbone != cfg.backbone:
+            raise ValueError(
+                f"{cfg.init_projector}: projector was trained on {source.config.backbone}, "
+                f"not {cfg.backbone}"
+            )
+        projector_state, sizes = source.projector.state_dict(), list(source.config.projector_sizes)
+    elif cfg.init_projector:
         projector_state, sizes = load_barlowtwins_projector(cfg.init_projector)
     else:
         d = feature_dim(cfg.backbone)
@@ -720,7 +730,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--init-projector",
         default=d.init_projector,
-        help="official Barlow Twins checkpoint.pth to take the projector from",
+        help="take the projector from the official Barlow Twins checkpoint.pth or from a napari-bta .safetensors checkpoint",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N epochs")
