@@ -940,7 +940,13 @@ def plot_reuse_bars(res: dict, path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"recall at {res['target_fpr']:.0%} FPR")
     ax.set_title("reuse protocol: recall per manipulation (hard negatives)")
-    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=min(5, len(names) + 1), frameon=False)
+    ax.legend(
+        fontsize=7,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.08),
+        ncol=min(5, len(names) + 1),
+        frameon=False,
+    )
     fig.tight_layout()
     _save_fig(fig, path)
 
