@@ -58,12 +58,3 @@ def test_symmetric_within_one_set_uses_one_pass():
     two_pass = symmetric_score_matrix(head, z, z.clone())
     assert torch.allclose(one_pass, two_pass, atol=1e-6)
     assert torch.allclose(one_pass, one_pass.T)
-
-
-def test_platt_scaling_folds_into_last_layer():
-    torch.manual_seed(2)
-    head = SimilarityHead(8).eval()
-    za, zb = torch.randn(6, 8), torch.randn(6, 8)
-    before = head(za, zb)
-    head.rescale_logits(2.5, -0.7)
-    assert torch.allclose(head(za, zb), 2.5 * before - 0.7, atol=1e-5)

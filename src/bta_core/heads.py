@@ -114,13 +114,6 @@ class SimilarityHead(nn.Module):
                 out[i : i + rows, j : j + cols] = s
         return out if logits else torch.sigmoid(out)
 
-    @torch.no_grad()
-    def rescale_logits(self, scale: float, shift: float) -> None:
-        """Fold Platt scaling into the last layer: new logit = scale * logit + shift."""
-        last = self.rest[-1]
-        last.weight.mul_(scale)
-        last.bias.mul_(scale).add_(shift)
-
     def concat_score_matrix(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         """Reference all-pairs scoring through explicit concatenation (paper code's way)."""
         n, m = z_a.shape[0], z_b.shape[0]
