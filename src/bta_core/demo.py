@@ -55,14 +55,22 @@ def main(args: argparse.Namespace) -> int:
         return frozenset(Path(x).name for x in (p.path_a, p.path_b))
 
     found = [p for p in result.pairs if p.same and key(p) in truth]
-    say(f"{len(result.pairs)} pairs reported, {sum(p.same for p in result.pairs)} judged same:")
+    n_verified = sum(bool(p.verified) for p in result.pairs)
+    n_suspect = sum(p.same and not p.verified for p in result.pairs)
+    say(
+        f"{len(result.pairs)} pairs reported: {n_verified} reuses with a verified overlap, "
+        f"{n_suspect} more above the model's threshold ({model.config.threshold:.3f}):"
+    )
     for rank, p in enumerate(result.pairs[:8], 1):
         tag = truth.get(key(p), "")
-        verdict = "SAME" if p.same else "    "
-        check = " (verified)" if p.verified else ""
-        say(
-            f"  {rank}. {p.score:.3f} {verdict}{check}  {Path(p.path_a).name} <-> {Path(p.path_b).name}  {tag}"
-        )
+        if p.verified:
+            verdict = "REUSE (overlap verified)"
+        elif p.same:
+            verdict = "suspect (model only)"
+        else:
+            verdict = ""
+        names = f"{Path(p.path_a).name} <-> {Path(p.path_b).name}"
+        say(f"  {rank}. {p.score:.3f}  {verdict:<24} {names}  {tag}")
     say(
         f"planted pairs found: {len(found)}/{len(truth)}; skipped files: {[Path(s.path).name for s in result.skipped]}"
     )
