@@ -2,7 +2,7 @@
 # One prepared GPU session: the training benchmark, the default model and the evaluation
 # candidates, most important first; every result lands in $OUT as soon as it exists, so a run
 # cut short still returns what it finished. Run from the repo root with .gpu/ (data resized to
-# 256 px, see docs/model-card.md) and .whl/ carried. SMOKE=1 runs every step tiny on any machine.
+# 256 px by tools/pack_gpu_data.py) and .whl/ carried. SMOKE=1 runs every step tiny on any machine.
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"; LOG="$OUT/run.log"; CK=/tmp/bta_ckpt; mkdir -p $CK
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
