@@ -829,6 +829,7 @@ th,td{border-bottom:1px solid #ddd;padding:6px;text-align:left;vertical-align:mi
 th{cursor:pointer;background:#f4f4f4;position:sticky;top:0;user-select:none}
 th:after{content:" \\2195";color:#aaa}
 td img{max-width:192px;max-height:192px;display:block}
+td img.match{max-width:480px;max-height:none}
 td.path{font-family:monospace;font-size:12px;word-break:break-all;max-width:22em}
 tr.same td.score{color:#b00;font-weight:bold}
 .meta{color:#555;font-size:13px}
@@ -974,9 +975,9 @@ def _match_overlay(matcher, rgb_a: np.ndarray, rgb_b: np.ndarray, model: BTAMode
         res = matcher.match_images(rgb_a, rgb_b, model=model)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "match.png")
-            matcher.render_match_png(rgb_a, rgb_b, res, path, dpi=60)
+            matcher.render_match_png(rgb_a, rgb_b, res, path, dpi=80)
             with open(path, "rb") as fh:
-                return f'<img src="{_png_data_uri(fh.read())}" alt="match">'
+                return f'<img class="match" src="{_png_data_uri(fh.read())}" alt="match">'
     except Exception as exc:  # the overlay is a bonus: never fail the report for it
         return html.escape(f"(match failed: {type(exc).__name__})")
 
