@@ -36,3 +36,13 @@ def test_bad_file_gives_one_clear_line(tmp_path, capsys, bccd_images):
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("bta-core score: error: ") and str(bad) in err
     assert "Traceback" not in err
+
+
+def test_score_verify_finds_the_planted_crop(capsys):
+    a, b, c = (str(SAMPLES / n) for n in ("smear_1.jpg", "figure3_panel_b.png", "smear_2.jpg"))
+    assert cli_main(["score", a, b, "--verify", "--json"]) == 0
+    reused = json.loads(capsys.readouterr().out)
+    assert reused["verified"] and reused["same"] and reused["transform"]["rotation"] in (90, 270)
+    assert cli_main(["score", a, c, "--verify", "--json"]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert not other["verified"] and other["transform"] is None

@@ -43,6 +43,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tta", default=None, choices=["d4"], help="max over 8 rotations/flips of B"
     )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="also look for the overlap with keypoint matching (bta-core match); a verified "
+        "overlap makes the verdict 'same' whatever the score",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -50,7 +56,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     device = get_device(args.device)
     model = load_checkpoint(args.checkpoint, device=device)
-    score = score_files(model, args.image_a, args.image_b, tta=args.tta)
+    image_a, image_b = load_image(args.image_a), load_image(args.image_b)
+    score = score_arrays(model, image_a, image_b, tta=args.tta)
     threshold = float(model.config.threshold)
     result = {
         "image_a": str(args.image_a),
@@ -62,9 +69,22 @@ def main(args: argparse.Namespace) -> int:
         "device": describe_device(device),
         "tta": args.tta,
     }
+    if args.verify:
+        from .match import match_images, summary
+
+        found = match_images(image_a, image_b)
+        result.update(
+            verified=bool(found.found),
+            match_confidence=float(found.confidence),
+            transform=found.transform.to_dict() if found.found and found.transform else None,
+            same=bool(result["same"] or found.found),
+        )
+        result["match"] = summary(found)
     if args.json:
         print(json.dumps(result))
     else:
         verdict = "SAME source" if result["same"] else "different sources"
         print(f"{score:.4f}  ({verdict} at threshold {threshold:.3f})")
+        if args.verify:
+            print(result["match"])
     return 0
