@@ -22,11 +22,13 @@ How (details in docs/match.md):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -438,8 +440,30 @@ class _Candidate:
     coincidences: int = 0
 
 
+_SIFT_CACHE: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+SIFT_CACHE_SIZE = 512
+"""Keypoints of this many recent images are kept, so checking many pairs that share images
+(``bta-core scan --verify``) detects each image's keypoints once."""
+
+
 def _sift(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """SIFT keypoints ``(N, 2)`` as ``(x, y)`` and descriptors; empty when none are found."""
+    """SIFT keypoints ``(N, 2)`` as ``(x, y)`` and descriptors (cached by image content)."""
+    key = hashlib.blake2b(np.ascontiguousarray(g).tobytes(), digest_size=16).digest()
+    key += repr(g.shape).encode()
+    hit = _SIFT_CACHE.get(key)
+    if hit is not None:
+        _SIFT_CACHE.move_to_end(key)
+        return hit
+    feats = _sift_uncached(g)
+    for arr in feats:
+        arr.setflags(write=False)  # shared between calls
+    _SIFT_CACHE[key] = feats
+    if len(_SIFT_CACHE) > SIFT_CACHE_SIZE:
+        _SIFT_CACHE.popitem(last=False)
+    return feats
+
+
+def _sift_uncached(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from skimage.feature import SIFT
 
     det = SIFT(upsampling=1)

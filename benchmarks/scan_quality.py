@@ -1,0 +1,139 @@
+"""Scan quality with and without keypoint verification, on the eval's scan protocol as files.
+
+The test images of ../shared/data plus planted manipulated copies of a quarter of them (the same
+planting as ``bta-core eval --protocol scan``: every manipulation in turn, fixed seed) are written
+to a folder as PNG files; ``bta_core.scan.scan`` ranks all pairs with the bundled model, once
+with the model score alone and once with the best pairs verified by keypoint matching. Pairs of
+two different photos of one field are left out, as in the eval. Prints average precision and
+recall@k of the planted pairs and writes JSON.
+
+    python benchmarks/scan_quality.py --verify 0 200 --out benchmarks/scan_quality_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage.io import imsave
+
+from bta_core.checkpoint import load_checkpoint
+from bta_core.evaluate import (
+    MANIPULATIONS,
+    average_precision,
+    load_eval_data,
+    manipulate,
+    recall_at_k,
+    resize_batch,
+)
+from bta_core.scan import scan
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def build_corpus(folder: Path, size: int, split: str, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """Write originals and planted copies; returns file -> (owner, group) and the groups."""
+    ed = load_eval_data(
+        [DATA / "bccd" / "splits.csv", DATA / "dsb2018" / "splits.csv"], split, size
+    )
+    rng = np.random.default_rng(seed)
+    n = len(ed.groups)
+    n_plant = max(1, round(0.25 * n))
+    src = np.sort(rng.choice(n, n_plant, replace=False))
+    kinds = [MANIPULATIONS[k % len(MANIPULATIONS)] for k in range(n_plant)]
+    meta: dict[str, tuple[int, int]] = {}
+    originals = resize_batch(ed.images, size)
+    for i in range(n):
+        name = f"img_{i:03d}.png"
+        imsave(
+            folder / name,
+            (originals[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
+            check_contrast=False,
+        )
+        meta[name] = (i, int(ed.groups[i]))
+    for k, name in enumerate(MANIPULATIONS):
+        sel = [j for j, kind in enumerate(kinds) if kind == name]
+        if not sel:
+            continue
+        copies = manipulate(ed.images[torch.as_tensor(src[sel])], name, size, seed + k)
+        for j, img in zip(sel, copies, strict=True):
+            fname = f"copy_{j:03d}_{name}.png"
+            imsave(
+                folder / fname,
+                (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
+                check_contrast=False,
+            )
+            meta[fname] = (int(src[j]), int(ed.groups[src[j]]))
+    return meta, n_plant
+
+
+def quality(result, meta: dict, n_plant: int) -> dict:
+    """AP / recall@k of planted pairs in the scan's final order (verified first, then by score)."""
+    y, rank_score = [], []
+    total = len(result.pairs)
+    for r, p in enumerate(result.pairs):
+        a, b = meta[Path(p.path_a).name], meta[Path(p.path_b).name]
+        planted = a[0] == b[0]
+        if not planted and a[1] == b[1]:
+            continue  # another photo of the same field: neither positive nor negative
+        y.append(int(planted))
+        rank_score.append(total - r)  # the scan's order, as a score
+    y, s = np.array(y), np.array(rank_score, dtype=float)
+    return {
+        "average_precision": average_precision(y, s),
+        "recall@k": recall_at_k(y, s, n_plant),
+        "recall@2k": recall_at_k(y, s, 2 * n_plant),
+        "planted_in_ranking": int(y.sum()),
+        "n_planted": n_plant,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--size", type=int, default=448, help="side of the written images")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--verify", type=int, nargs="+", default=[0, 200])
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    model = load_checkpoint(args.checkpoint)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        meta, n_plant = build_corpus(folder, args.size, args.split)
+        n = len(meta)
+        for v in args.verify:
+            t0 = time.perf_counter()
+            result = scan(folder, model=model, cache_dir=folder / ".cache", verify=v, top_k=n * n)
+            rows[v] = {
+                **quality(result, meta, n_plant),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            print(
+                f"verify {v:>4}: AP {rows[v]['average_precision']:.3f}  recall@k {rows[v]['recall@k']:.3f}  "
+                f"recall@2k {rows[v]['recall@2k']:.3f}  ({rows[v]['seconds']} s)",
+                flush=True,
+            )
+    doc = {
+        "images": n,
+        "planted": n_plant,
+        "size": args.size,
+        "split": args.split,
+        "checkpoint": getattr(model, "checkpoint_path", None),
+        "date": time.strftime("%Y-%m-%d"),
+        "results": rows,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main()
