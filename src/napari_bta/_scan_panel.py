@@ -26,17 +26,18 @@ def _get(row: Any, key: str, default: Any = None) -> Any:
 
 
 def top_pairs(result: Any, n: int = 50) -> list[dict]:
-    """The ``n`` highest-scoring pairs of a scan result as plain dicts, best first."""
+    """The ``n`` best pairs of a scan result as plain dicts: verified overlaps first, then by score."""
     rows = [
         {
             "path_a": str(_get(r, "path_a")),
             "path_b": str(_get(r, "path_b")),
             "score": float(_get(r, "score", 0.0)),
             "same": bool(_get(r, "same", False)),
+            "verified": bool(_get(r, "verified", False)),
         }
         for r in (_get(result, "pairs", None) or [])
     ]
-    rows.sort(key=lambda r: r["score"], reverse=True)
+    rows.sort(key=lambda r: (r["verified"], r["score"]), reverse=True)  # verified overlaps first
     return rows[:n]
 
 
@@ -46,6 +47,8 @@ def scan_job(
     out_dir: str,
     tta: str | None = None,
     stop: threading.Event | None = None,
+    reference: Sequence[str] | None = None,
+    verify: int = 0,
 ) -> Generator[Progress, None, Any]:
     """Generator worker around ``bta_core.scan.scan``."""
     prepare_torch_import()
@@ -53,7 +56,14 @@ def scan_job(
 
     return (
         yield from run_with_progress(
-            scan, list(folders), model=model, out_dir=out_dir, tta=tta, stop=stop
+            scan,
+            list(folders),
+            reference=list(reference) if reference else None,
+            model=model,
+            out_dir=out_dir,
+            tta=tta,
+            verify=verify,
+            stop=stop,
         )
     )
 
@@ -87,21 +97,27 @@ class ScanPanel(Container):
     def __init__(self, viewer: Any) -> None:
         self._viewer = viewer
         self._folder = FileEdit(label="Folder", mode="d", value="")
+        self._reference = FileEdit(label="Reference folder (optional)", mode="d", value="")
         self._out = FileEdit(label="Output folder (optional)", mode="d", value="")
         self._top = SpinBox(label="Top pairs", min=1, max=10000, value=50)
         self._tta = CheckBox(text="Also match rotated/flipped copies (slower)", value=False)
+        self._verify = SpinBox(label="Verify best pairs (keypoints)", min=0, max=100000, value=100)
         self._run = PushButton(text="Scan")
         self._cancel = PushButton(text="Cancel")
         self._status = Label(value="")
         self._verdict = Label(value="")
-        self._table = Table(value={"data": [], "index": [], "columns": ["score", "same", "A", "B"]})
+        self._table = Table(
+            value={"data": [], "index": [], "columns": ["score", "same", "verified", "A", "B"]}
+        )
         self._table.read_only = True
         super().__init__(
             widgets=[
                 self._folder,
+                self._reference,
                 self._out,
                 self._top,
                 self._tta,
+                self._verify,
                 self._run,
                 self._cancel,
                 self._status,
@@ -135,7 +151,18 @@ class ScanPanel(Container):
             self._tmp = tempfile.TemporaryDirectory(prefix="napari-bta-scan-")
             out = self._tmp.name
         tta = "d4" if self._tta.value else None
-        return self.controls.start(scan_job, [folder], model, out, tta, on_return=self._show)
+        ref = str(self._reference.value)
+        reference = [ref] if ref not in ("", ".") and Path(ref).is_dir() else None
+        return self.controls.start(
+            scan_job,
+            [folder],
+            model,
+            out,
+            tta,
+            reference=reference,
+            verify=int(self._verify.value),
+            on_return=self._show,
+        )
 
     def _show(self, result: Any) -> None:
         self.pairs = top_pairs(result, int(self._top.value))
@@ -144,13 +171,14 @@ class ScanPanel(Container):
                 [
                     f"{p['score']:.3f}",
                     "yes" if p["same"] else "",
+                    "yes" if p["verified"] else "",
                     Path(p["path_a"]).name,
                     Path(p["path_b"]).name,
                 ]
                 for p in self.pairs
             ],
             "index": [str(k + 1) for k in range(len(self.pairs))],
-            "columns": ["score", "same", "A", "B"],
+            "columns": ["score", "same", "verified", "A", "B"],
         }
         skipped = _get(result, "skipped", None) or []
         self._status.value = f"Scanning: done, {len(self.pairs)} pairs shown" + (

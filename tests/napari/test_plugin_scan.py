@@ -56,6 +56,9 @@ def test_top_pairs_sorts_rows_of_any_shape():
     rows = top_pairs(result, 5)
     assert [r["path_a"] for r in rows] == ["c", "a"] and rows[0]["same"] is True
     assert top_pairs(SimpleNamespace(pairs=[]), 5) == []
+    verified = SimpleNamespace(path_a="e", path_b="f", score=0.1, same=True, verified=True)
+    result.pairs.append(verified)
+    assert [r["path_a"] for r in top_pairs(result, 5)] == ["e", "c", "a"]
 
 
 def test_scan_panel_lists_planted_pairs_first_and_opens_them(
@@ -74,6 +77,7 @@ def test_scan_panel_lists_planted_pairs_first_and_opens_them(
         pass
     top = {frozenset((p["path_a"], p["path_b"])) for p in panel.pairs[: len(planted)]}
     assert top == planted
+    assert all(p["verified"] for p in panel.pairs[: len(planted)])  # keypoints confirm them
     assert panel._table.native.rowCount() == len(panel.pairs) >= len(planted)
 
     worker = panel.open_row(0)
