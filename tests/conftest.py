@@ -58,3 +58,42 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     if DEFAULT_MODEL_PATH.exists():
         return DEFAULT_MODEL_PATH
     pytest.skip("bundled default model not present yet")
+
+
+@pytest.fixture(scope="session")
+def cosine_model():
+    """efficientnet-lite0 ImageNet features scored by cosine, (1 + cos) / 2, behind the BTA
+    model interface: ranks easy copies without a trained head (plumbing and ranking tests)."""
+    import torch
+    import torch.nn.functional as F
+
+    from bta_core.model import BTAModel, ModelConfig
+
+    class Passthrough(torch.nn.Module):
+        def __init__(self, dim: int) -> None:
+            super().__init__()
+            self.out_dim = dim
+
+        def forward(self, y: torch.Tensor) -> torch.Tensor:
+            return y
+
+    class CosineScore(torch.nn.Module):
+        @staticmethod
+        def _probs(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+            za, zb = F.normalize(z_a.float(), dim=1), F.normalize(z_b.float(), dim=1)
+            return ((1 + za @ zb.T) / 2).clamp(1e-6, 1 - 1e-6)
+
+        def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+            return torch.logit(self._probs(z_a, z_b).diagonal())
+
+        def score_matrix(self, z_a, z_b, chunk_pairs: int = 0, logits: bool = False):
+            p = self._probs(z_a, z_b)
+            return torch.logit(p) if logits else p
+
+    cfg = ModelConfig.for_backbone(
+        "efficientnet-lite0", projector_dim=32, image_size=128, threshold=0.9
+    )
+    model = BTAModel(cfg)
+    model.projector, model.head = Passthrough(1280), CosineScore()
+    model.checkpoint_path = "test: efficientnet-lite0 features + cosine"
+    return model.eval()

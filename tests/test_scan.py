@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from bta_core import scan as scan_mod
 from bta_core.imageio import load_image, to_uint8
@@ -122,48 +120,6 @@ def corpus(tmp_path_factory, shared_data) -> dict:
         "n_q_images": sum(not n.startswith("ref:") for n in names) + len(plants),
         "n_ref_images": sum(n.startswith("ref:") for n in names) + 1,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# A frozen-backbone cosine model: validates ranking without a trained head
-
-
-class _IdentityProjector(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.out_dim = dim
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return y
-
-
-class _CosineHead(nn.Module):
-    """P(same) = (1 + cos) / 2 with the SimilarityHead interface the scan uses."""
-
-    @staticmethod
-    def _logit(p: torch.Tensor) -> torch.Tensor:
-        return torch.logit(p.clamp(1e-6, 1 - 1e-6))
-
-    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        return self._logit((1 + F.cosine_similarity(z_a, z_b, dim=1)) / 2)
-
-    def score_matrix(self, z_a, z_b, chunk_pairs: int = 0, logits: bool = False) -> torch.Tensor:
-        p = (1 + F.normalize(z_a, dim=1) @ F.normalize(z_b, dim=1).T) / 2
-        return self._logit(p) if logits else p
-
-
-@pytest.fixture(scope="module")
-def cosine_model():
-    """efficientnet-lite0 ImageNet features compared by cosine (no training needed)."""
-    from bta_core.model import BTAModel, ModelConfig
-
-    cfg = ModelConfig.for_backbone(
-        "efficientnet-lite0", projector_dim=32, image_size=128, threshold=0.9
-    )
-    model = BTAModel(cfg)
-    model.projector = _IdentityProjector(1280)
-    model.head = _CosineHead()
-    return model.eval()
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -12,47 +12,6 @@ import torch  # noqa: F401  isort: skip
 import torchvision  # noqa: F401  isort: skip
 
 
-class _Passthrough(torch.nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.out_dim = dim
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return y
-
-
-class _CosineScore(torch.nn.Module):
-    """P(same) = (1 + cos(z_a, z_b)) / 2, shaped like the BTA similarity head."""
-
-    @staticmethod
-    def _probs(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        za = torch.nn.functional.normalize(z_a.float(), dim=1)
-        zb = torch.nn.functional.normalize(z_b.float(), dim=1)
-        return ((1 + za @ zb.T) / 2).clamp(1e-6, 1 - 1e-6)
-
-    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        return torch.logit(self._probs(z_a, z_b).diagonal())
-
-    def score_matrix(self, z_a, z_b, chunk_pairs: int = 0, logits: bool = False) -> torch.Tensor:
-        p = self._probs(z_a, z_b)
-        return torch.logit(p) if logits else p
-
-
-@pytest.fixture(scope="session")
-def feature_model():
-    """Pretrained efficientnet-lite0 features scored by cosine: ranks easy copies without training."""
-    from bta_core.model import BTAModel, ModelConfig
-
-    cfg = ModelConfig.for_backbone(
-        "efficientnet-lite0", projector_dim=32, image_size=128, threshold=0.9
-    )
-    model = BTAModel(cfg)
-    model.projector = _Passthrough(1280)
-    model.head = _CosineScore()
-    model.checkpoint_path = "test: efficientnet-lite0 features + cosine"
-    return model.eval()
-
-
 @pytest.fixture
 def held_model():
     """Set a model into the plugin's shared holder for one test, then clear it."""

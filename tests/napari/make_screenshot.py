@@ -1,8 +1,7 @@
 """Save docs/napari-screenshot.png: the sample pair, the Compare panel and its overlays.
 
-Run with ``xvfb-run -a python tests/napari/make_screenshot.py [checkpoint]``. Without a
-checkpoint (and without the bundled default model) it scores with ImageNet efficientnet-lite0
-features and cosine similarity, which is enough to show the panel and overlays.
+Run with ``xvfb-run -a python tests/napari/make_screenshot.py [checkpoint]`` (default: the
+bundled model).
 """
 
 from __future__ import annotations
@@ -18,22 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _model(checkpoint: str | None):
-    from bta_core.checkpoint import DEFAULT_MODEL_PATH, load_checkpoint
+    from bta_core.checkpoint import load_checkpoint
 
-    if checkpoint or DEFAULT_MODEL_PATH.exists():
-        return load_checkpoint(checkpoint, device="cpu")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bta_core.model import BTAModel, ModelConfig
-    from conftest import _CosineScore, _Passthrough
-
-    model = BTAModel(
-        ModelConfig.for_backbone(
-            "efficientnet-lite0", projector_dim=32, image_size=128, threshold=0.9
-        )
-    )
-    model.projector, model.head = _Passthrough(1280), _CosineScore()
-    model.checkpoint_path = "efficientnet-lite0 ImageNet features + cosine (illustration)"
-    return model.eval()
+    return load_checkpoint(checkpoint, device="cpu")  # default: the bundled model
 
 
 def main() -> None:

@@ -42,10 +42,10 @@ def test_layer_items_from_layers_and_from_one_stack(make_napari_viewer):
 
 
 def test_compare_panel_matrix_heatmap_shapes_aligned(
-    make_napari_viewer, qtbot, feature_model, held_model
+    make_napari_viewer, qtbot, cosine_model, held_model
 ):
     pytest.importorskip("bta_core.match")
-    held_model(feature_model)
+    held_model(cosine_model)
     viewer = make_napari_viewer()
     layers = _add_pair(viewer)[:2]  # field A and the rotated crop of it
     panel = ComparePanel(viewer)

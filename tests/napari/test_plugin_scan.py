@@ -62,12 +62,12 @@ def test_top_pairs_sorts_rows_of_any_shape():
 
 
 def test_scan_panel_lists_planted_pairs_first_and_opens_them(
-    make_napari_viewer, qtbot, planted_folder, feature_model, held_model, monkeypatch, tmp_path
+    make_napari_viewer, qtbot, planted_folder, cosine_model, held_model, monkeypatch, tmp_path
 ):
     pytest.importorskip("bta_core.scan")
     monkeypatch.setenv("BTA_CACHE_DIR", str(tmp_path / "cache"))
     folder, planted = planted_folder
-    held_model(feature_model)
+    held_model(cosine_model)
     viewer = make_napari_viewer()
     panel = ScanPanel(viewer)
     viewer.window.add_dock_widget(panel)
