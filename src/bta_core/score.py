@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import torch
 
@@ -23,13 +22,6 @@ def score_arrays(model: BTAModel, image_a, image_b, tta: str | None = None) -> f
     z = embed_images(model, [image_a, image_b]).to(model.device)
     with torch.no_grad():
         return float(model.score_pairs(z[:1], z[1:2])[0])
-
-
-def score_files(
-    model: BTAModel, path_a: str | os.PathLike, path_b: str | os.PathLike, tta: str | None = None
-) -> float:
-    """Symmetric score of two image files (read with ``imageio.load_image``)."""
-    return score_arrays(model, load_image(path_a), load_image(path_b), tta=tta)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
