@@ -14,3 +14,22 @@ D4_NAMES = (
     "flip_rot180",
     "flip_rot270",
 )
+
+
+def apply_d4(array, index: int):
+    """Orientation ``D4_NAMES[index]`` of an array whose first two axes are (rows, columns).
+
+    Works for numpy arrays (grey or (H, W, C)); the order matches ``D4_NAMES``: ``rot90`` is
+    ``np.rot90`` (counter-clockwise) and the ``flip_*`` entries mirror left-right first.
+    """
+    import numpy as np
+
+    src = np.fliplr(array) if index >= 4 else array
+    return np.ascontiguousarray(np.rot90(src, index % 4, axes=(0, 1)))
+
+
+def invert_d4(index: int) -> int:
+    """The index whose orientation undoes ``D4_NAMES[index]``."""
+    if index >= 4:
+        return index  # a mirror followed by a rotation is its own inverse
+    return (4 - index) % 4

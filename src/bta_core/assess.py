@@ -1,0 +1,83 @@
+"""The evidence cascade for one pair of images, ending in the one decision rule (``verdict``).
+
+``score``, ``match`` and the napari Compare panel call :func:`assess_pair`; ``scan`` gathers the
+same evidence in batches and calls the same :func:`bta_core.verdict.decide`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .fingerprint import fingerprint, pair_phash
+from .runtime import ProgressFn, StopFn, check_cancel
+from .verdict import Decision, Evidence, Policy, decide
+
+
+@dataclass
+class Assessment:
+    """A pair's decision plus the localisation result when matching ran (else None)."""
+
+    decision: Decision
+    match: Any = None
+
+
+def policy_for(model: Any) -> Policy:
+    """The decision policy a checkpoint implies (its calibrated threshold)."""
+    return Policy(threshold=float(model.config.threshold))
+
+
+def assess_pair(
+    model: Any,
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    *,
+    verify: bool = True,
+    tta: str | None = None,
+    policy: Policy | None = None,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> Assessment:
+    """Gather every kind of evidence for A and B (float RGB arrays) and decide.
+
+    Matching (the slow part) runs when ``verify`` is set and the pixels are not identical.
+    """
+    from .score import score_arrays  # noqa: PLC0415  (moved by the restructure)
+
+    total = 4 if verify else 3
+
+    def progress(step: int, stage: str) -> None:
+        if on_progress is not None:
+            on_progress(step, total, {"stage": stage})
+
+    fa, fb = fingerprint(image_a), fingerprint(image_b)
+    distance, orientation = pair_phash(fa, fb)
+    evidence = Evidence(
+        identical_pixels=fa.pixel_hash == fb.pixel_hash,
+        phash_distance=distance,
+        phash_orientation=orientation,
+    )
+    progress(1, "fingerprints")
+    check_cancel(should_stop, "comparison")
+    evidence.model_score = score_arrays(model, image_a, image_b, tta=tta)
+    progress(2, "model score")
+    found = None
+    if verify and not evidence.identical_pixels:
+        check_cancel(should_stop, "comparison")
+        from .match import match_images  # noqa: PLC0415
+
+        found = match_images(image_a, image_b, should_stop=should_stop)
+        evidence.verified = bool(found.found)
+        evidence.match_confidence = float(found.confidence)
+        evidence.inliers = int(found.inliers)
+        if found.found and found.transform is not None:
+            t = found.transform.to_dict()
+            evidence.transform = (
+                f"{t.get('dihedral', '')} scale {t.get('scale', 1):.2f}".strip()
+            )
+        progress(3, "keypoint verification")
+    decision = decide(evidence, policy or policy_for(model))
+    progress(total, "decision")
+    return Assessment(decision, found)

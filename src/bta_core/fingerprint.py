@@ -1,0 +1,91 @@
+"""Per-image fingerprints for the first two kinds of evidence: identical pixels and near copies.
+
+``pixel_hash`` hashes the decoded pixel array (shape, dtype and bytes), so a lossless re-save in
+another format matches while the file bytes differ. ``d4_phash`` is a 256-bit perceptual hash
+(imagehash's DCT pHash) of the image in each of its 8 rotations/flips; the smallest Hamming
+distance between A's identity hash and B's 8 hashes tells re-encoded, resized, recoloured and
+rotated/flipped copies from different images. Torch-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+from .dihedral import D4_NAMES, apply_d4
+
+PHASH_SIZE = 16
+"""Hash side: 16 gives 256 bits (8 gives 64, too coarse for look-alike microscopy fields)."""
+_WORK_SIDE = PHASH_SIZE * 4
+"""pHash reads a ``4 * hash_size`` square, so resizing once to it and rotating that is exact."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the cascade needs of one image before any model runs."""
+
+    pixel_hash: str
+    phash: np.ndarray
+    """``(8, PHASH_SIZE**2 // 8)`` uint8: packed bits of the hash of each D4 orientation."""
+
+
+def pixel_hash(image: np.ndarray) -> str:
+    """SHA-256 of an image array's shape, dtype and bytes (identical decoded pixels)."""
+    arr = np.ascontiguousarray(image)
+    h = hashlib.sha256(f"{arr.shape}|{arr.dtype.str}|".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _grey_uint8(image: np.ndarray) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 3:
+        arr = arr[..., :3].mean(axis=-1) if arr.shape[-1] >= 3 else arr[..., 0]
+    arr = arr.astype(np.float32)
+    if arr.size and float(arr.max()) <= 1.0 + 1e-6:
+        arr = arr * 255.0
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def d4_phash(image: np.ndarray) -> np.ndarray:
+    """Packed 256-bit pHash of each of the 8 orientations of ``image`` (grey or RGB, uint8 or [0,1])."""
+    small = Image.fromarray(_grey_uint8(image)).resize((_WORK_SIDE, _WORK_SIDE), Image.LANCZOS)
+    base = np.asarray(small)
+    rows = []
+    for k in range(len(D4_NAMES)):
+        oriented = Image.fromarray(apply_d4(base, k))
+        bits = imagehash.phash(oriented, hash_size=PHASH_SIZE).hash
+        rows.append(np.packbits(bits.reshape(-1)))
+    return np.stack(rows)
+
+
+def fingerprint(image: np.ndarray) -> Fingerprint:
+    """Both fingerprints of one decoded image."""
+    return Fingerprint(pixel_hash(image), d4_phash(image))
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def phash_distances(query: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest Hamming distance from each query hash to each other image over its 8 orientations.
+
+    ``query``: ``(N, 8, B)`` or ``(N, B)`` packed hashes (only the identity orientation is used);
+    ``others``: ``(M, 8, B)``. Returns ``(N, M)`` distances and ``(N, M)`` the orientation index of
+    the other image at that distance.
+    """
+    q = query[:, 0] if query.ndim == 3 else query
+    diff = np.bitwise_xor(q[:, None, None, :], others[None, :, :, :])
+    dist = _POPCOUNT[diff].sum(axis=-1, dtype=np.int32)  # (N, M, 8)
+    best = dist.argmin(axis=-1)
+    return np.take_along_axis(dist, best[..., None], axis=-1)[..., 0], best
+
+
+def pair_phash(fa: Fingerprint, fb: Fingerprint) -> tuple[int, str]:
+    """Smallest distance between two images' hashes and the orientation of B that gives it."""
+    dist, best = phash_distances(fa.phash[None], fb.phash[None])
+    return int(dist[0, 0]), D4_NAMES[int(best[0, 0])]

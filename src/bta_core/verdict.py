@@ -1,0 +1,130 @@
+"""The one place that turns a pair's evidence into a verdict: ``same``, ``suspect`` or ``different``.
+
+Evidence comes in four kinds, strongest first (the cascade):
+
+1. identical decoded pixels (a hash of the pixel array, so a re-saved lossless copy counts);
+2. a perceptual-hash match under one of the 8 rotations/flips (re-encoded, resized, recoloured
+   copies);
+3. a keypoint-verified, localised overlap (crops, rotations, retouching around the overlap);
+4. the learned model score, P(same source) from the similarity head.
+
+The first three are each enough for ``same``; the model score alone, above the calibrated
+threshold, gives ``suspect`` (worth a look, not proof). Everything the user sees (``score``,
+``scan``, ``match``, the HTML report, ``demo`` and every napari panel) calls :func:`decide` and
+sorts with :func:`rank_key`; nothing else re-derives "same" from a score and a threshold.
+Torch-free, so napari can import it without loading torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+SAME, SUSPECT, DIFFERENT = "same", "suspect", "different"
+VERDICTS = (SAME, SUSPECT, DIFFERENT)
+
+IDENTICAL_PIXELS = "identical pixels"
+PERCEPTUAL_HASH = "perceptual hash"
+VERIFIED_OVERLAP = "verified overlap"
+MODEL_SCORE = "model score"
+NO_EVIDENCE = "no evidence"
+
+DEFAULT_PHASH_MAX_DISTANCE = 10
+"""Largest Hamming distance (of the 256-bit D4 perceptual hash) still called a near-exact copy."""
+
+_TIER = {IDENTICAL_PIXELS: 5, PERCEPTUAL_HASH: 4, VERIFIED_OVERLAP: 3, MODEL_SCORE: 1, NO_EVIDENCE: 0}
+
+
+@dataclass
+class Evidence:
+    """What is known about a pair; ``None`` means "not checked"."""
+
+    model_score: float | None = None
+    """Learned P(same source) from the similarity head (calibrated by the checkpoint)."""
+    identical_pixels: bool | None = None
+    phash_distance: int | None = None
+    """Smallest Hamming distance between A's and B's perceptual hashes over B's 8 orientations."""
+    phash_orientation: str | None = None
+    """The orientation of B (a D4 name) at that smallest distance."""
+    verified: bool | None = None
+    """True when keypoint/correlation matching located and verified a geometric overlap."""
+    match_confidence: float | None = None
+    transform: str | None = None
+    """Short description of the verified transform (orientation, scale, shift)."""
+    inliers: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The thresholds of the decision; the model threshold comes from the checkpoint."""
+
+    threshold: float = 0.5
+    phash_max_distance: int = DEFAULT_PHASH_MAX_DISTANCE
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.threshold, int | float) and math.isfinite(self.threshold)):
+            raise ValueError(f"model threshold must be a finite number, got {self.threshold!r}")
+
+
+@dataclass
+class Decision:
+    """A verdict, the evidence that decided it, and one probability that the pair is one source."""
+
+    verdict: str
+    decided_by: str
+    probability: float
+    evidence: Evidence
+
+    @property
+    def is_same(self) -> bool:
+        return self.verdict == SAME
+
+    def explain(self) -> str:
+        """One line for people: the verdict and why."""
+        ev = self.evidence
+        if self.decided_by == IDENTICAL_PIXELS:
+            why = "identical pixels"
+        elif self.decided_by == PERCEPTUAL_HASH:
+            why = f"perceptual hash match ({ev.phash_orientation or 'identity'}, distance {ev.phash_distance})"
+        elif self.decided_by == VERIFIED_OVERLAP:
+            why = "verified overlap" + (f": {ev.transform}" if ev.transform else "")
+        elif self.decided_by == MODEL_SCORE:
+            why = f"model score {ev.model_score:.3f} above threshold, no geometric confirmation"
+        else:
+            why = "no evidence of reuse" + (
+                f" (model score {ev.model_score:.3f})" if ev.model_score is not None else ""
+            )
+        return f"{self.verdict}: {why}"
+
+    def to_dict(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "decided_by": self.decided_by,
+            "probability": round(float(self.probability), 6),
+            **self.evidence.to_dict(),
+        }
+
+
+def decide(evidence: Evidence, policy: Policy | None = None) -> Decision:
+    """The verdict for one pair: the strongest evidence present decides."""
+    policy = policy or Policy()
+    score = evidence.model_score
+    p_model = float(score) if score is not None and math.isfinite(score) else 0.0
+    if evidence.identical_pixels:
+        return Decision(SAME, IDENTICAL_PIXELS, 1.0, evidence)
+    if evidence.phash_distance is not None and evidence.phash_distance <= policy.phash_max_distance:
+        return Decision(SAME, PERCEPTUAL_HASH, max(p_model, 0.999), evidence)
+    if evidence.verified:
+        conf = float(evidence.match_confidence or 0.0)
+        return Decision(SAME, VERIFIED_OVERLAP, max(p_model, 0.95 + 0.049 * conf), evidence)
+    if score is not None and p_model >= policy.threshold:
+        return Decision(SUSPECT, MODEL_SCORE, p_model, evidence)
+    return Decision(DIFFERENT, NO_EVIDENCE, p_model, evidence)
+
+
+def rank_key(decision: Decision) -> tuple[float, float]:
+    """Sort key, larger first: the kind of evidence, then the probability."""
+    return (_TIER[decision.decided_by], decision.probability)
