@@ -1,24 +1,25 @@
-"""Time per pair of ``bta_core.match.match_images`` on 512x512 crops of real DSB2018 images.
+"""Keypoint verification, side by side: scikit-image vs OpenCV SIFT + RANSAC in ``match_images``.
 
-Cases (``--pairs`` each):
+The same pairs for every backend, built from real test-split images of ../shared/data (BCCD,
+DSB2018, phase_culture), each resized to a 512 px long side:
 
-* ``reuse``: two 512x512 crops of one image, shifted by 64-192 px, the second rotated/flipped by
-  a random dihedral op (the keypoint path; the usual case for a flagged pair).
-* ``unrelated``: crops of two different images (keypoints fail, so the 8-orientation
-  correlation search runs too: the slowest path without a model).
-* with ``--model``, efficientnet-lite0 at 224 px with a random head (speed does not depend on
-  training): ``reuse+model`` adds the pair score (B in 8 orientations); ``unrelated+model``
-  also the model tile heatmaps (computed when no region is found: ~150 crops embedded).
+* ``reuse``: B is a crop of A (25-60 % of the area), rotated/flipped by a random dihedral op and
+  rescaled by 0.7, 1.0 or 1.4. Scored: found, dihedral right, box IoU with the truth >= 0.7.
+* ``unrelated``: A and B are different images of one data set from different same-source groups
+  (hard negatives: same modality). Scored: false positives (a region found).
 
-Prints a table and writes JSON:
+Each backend runs twice over the pairs: ``cold`` (keypoints detected on first sight of an image:
+about 3 detections per pair) and ``cached`` (the per-image keypoint cache is warm, as when a scan
+verifies the best k pairs of each image). Prints a table and writes JSON:
 
-    python benchmarks/match_time.py --out benchmarks/match_cpu.json [--model]
+    python benchmarks/match_time.py --pairs 24 --out benchmarks/match_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import json
 import os
 import platform
@@ -28,129 +29,158 @@ from pathlib import Path
 
 import numpy as np
 
+from bta_core import match as M
+from bta_core.dihedral import D4_NAMES
 from bta_core.imageio import load_image
-from bta_core.match import D4_NAMES, match_images
+from bta_core.match import keypoints as KP
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "dsb2018"
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
 SIDE = 512
+SCALES = (0.7, 1.0, 1.4)
 
 
-def big_images(data: Path) -> list[Path]:
-    """DSB images with both sides >= 512 + 64 px of room (brightfield and large fluorescence)."""
-    with open(data / "splits.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    return sorted(
-        data / r["file"] for r in rows if int(r["width"]) >= SIDE + 64 and int(r["height"]) >= SIDE
-    )
+def set_backend(name: str) -> None:
+    """Select the keypoint backend of ``bta_core.match`` (this also empties its keypoint cache)."""
+    KP.set_backend(name)
 
 
-def crop(img: np.ndarray, y: int, x: int) -> np.ndarray:
-    return np.ascontiguousarray(img[y : y + SIDE, x : x + SIDE])
+def test_images(data: Path, per_set: int, rng: np.random.Generator) -> list[tuple[Path, str]]:
+    """``per_set`` random test-split images (>= 256 px) of each data set, with their group."""
+    out = []
+    for ds in ("bccd", "dsb2018", "phase_culture"):
+        with open(data / ds / "splits.csv") as fh:
+            rows = [
+                r
+                for r in csv.DictReader(fh)
+                if r["split"] == "test" and min(int(r["width"]), int(r["height"])) >= 256
+            ]
+        for k in rng.choice(len(rows), min(per_set, len(rows)), replace=False):
+            out.append((data / ds / rows[int(k)]["file"], rows[int(k)]["group_id"]))
+    return out
 
 
-def reuse_pair(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+def resize_long(img: np.ndarray, side: int = SIDE) -> np.ndarray:
+    import cv2
+
     h, w = img.shape[:2]
-    dy_max, dx_max = min(192, h - SIDE), min(192, w - SIDE)
-    dy = int(rng.integers(0, dy_max + 1)) if dy_max > 0 else 0
-    dx = int(rng.integers(max(0, 64 - dy), dx_max + 1)) if dx_max > 0 else 0
-    a = crop(img, 0, 0)
+    f = side / max(h, w)
+    out = cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def plant(a: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int, tuple]:
+    """A crop of ``a`` in a random orientation and scale; returns B, the orientation, the box."""
+    import cv2
+
+    h, w = a.shape[:2]
+    frac = rng.uniform(0.25, 0.6)
+    ch = min(h, round(np.sqrt(frac * h * w)))
+    cw = min(w, round(frac * h * w / ch))
+    y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = a[y0 : y0 + ch, x0 : x0 + cw]
     orient = int(rng.integers(8))
-    b = crop(img, dy, dx)
-    b = np.rot90(np.fliplr(b) if orient >= 4 else b, orient % 4)
-    return a, np.ascontiguousarray(b), orient
+    b = np.rot90(np.fliplr(crop) if orient >= 4 else crop, orient % 4)
+    s = float(rng.choice(SCALES))
+    if s != 1.0:
+        b = cv2.resize(np.ascontiguousarray(b), None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(b, dtype=np.float32), orient, (x0, y0, x0 + cw, y0 + ch)
+
+
+def iou(p, q) -> float:
+    ix = max(0, min(p[2], q[2]) - max(p[0], q[0]))
+    iy = max(0, min(p[3], q[3]) - max(p[1], q[1]))
+    inter = ix * iy
+    return inter / ((p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter)
 
 
 def summarise(times: list[float]) -> dict:
     return {
         "n": len(times),
-        "median_s": statistics.median(times),
-        "mean_s": statistics.fmean(times),
-        "p90_s": float(np.percentile(times, 90)),
-        "max_s": max(times),
+        "median_s": round(statistics.median(times), 4),
+        "mean_s": round(statistics.fmean(times), 4),
+        "p90_s": round(float(np.percentile(times, 90)), 4),
     }
+
+
+def run_backend(name: str, reuse: list, unrelated: list) -> dict:
+    set_backend(name)
+    out: dict = {}
+    for phase in ("cold", "cached"):
+        times, found, right, located = [], 0, 0, 0
+        for a, b, orient, box in reuse:
+            t0 = time.perf_counter()
+            r = M.match_images(a, b)
+            times.append(time.perf_counter() - t0)
+            found += r.found
+            if r.found:
+                right += r.transform.dihedral == D4_NAMES[orient]
+                located += r.box_a is not None and iou(r.box_a, box) >= 0.7
+        out[f"reuse_{phase}"] = {
+            **summarise(times),
+            "found": found,
+            "dihedral_right": right,
+            "located_iou70": located,
+        }
+        times, fp = [], 0
+        for a, b in unrelated:
+            t0 = time.perf_counter()
+            r = M.match_images(a, b)
+            times.append(time.perf_counter() - t0)
+            fp += r.found
+        out[f"unrelated_{phase}"] = {**summarise(times), "false_positives": fp}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--pairs", type=int, default=12)
-    parser.add_argument("--model", action="store_true", help="also time with a 224 px lite0 model")
+    parser.add_argument("--pairs", type=int, default=24, help="reuse pairs (and unrelated pairs)")
+    parser.add_argument("--backends", nargs="+", default=["skimage", "opencv"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
+    import cv2
+
+    cv2.setNumThreads(1)  # one core, comparable with the single-threaded scikit-image path
     rng = np.random.default_rng(args.seed)
-    files = big_images(args.data)
-    picks = [files[int(i)] for i in rng.choice(len(files), 2 * args.pairs, replace=False)]
-    images = [load_image(p) for p in picks]
-    match_images(crop(images[0], 0, 0), crop(images[1], 0, 0))  # warm-up (imports, FFT plans)
+    picks = test_images(args.data, -(-args.pairs // 3) + 2, rng)
+    images = [(resize_long(load_image(p)), g, p) for p, g in picks]
+    reuse = [(a, *plant(a, rng)) for a, _, _ in images[: args.pairs]]
+    unrelated = []
+    while len(unrelated) < args.pairs:
+        i, j = (int(v) for v in rng.choice(len(images), 2, replace=False))
+        same_set = images[i][2].parent == images[j][2].parent
+        if same_set and images[i][1] != images[j][1]:
+            unrelated.append((images[i][0], images[j][0]))
+    M.match_images(reuse[0][0], reuse[0][1])  # warm-up (imports, FFT plans)
 
-    results: dict[str, dict] = {}
-    times, found, right = [], 0, 0
-    for img in images[: args.pairs]:
-        a, b, orient = reuse_pair(img, rng)
-        t0 = time.perf_counter()
-        r = match_images(a, b)
-        times.append(time.perf_counter() - t0)
-        found += r.found
-        right += r.found and r.transform.dihedral == D4_NAMES[orient]
-    results["reuse"] = {**summarise(times), "found": found, "dihedral_right": right}
-
-    times, found = [], 0
-    for i in range(args.pairs):
-        a, b = crop(images[i], 0, 0), crop(images[args.pairs + i], 0, 0)
-        t0 = time.perf_counter()
-        r = match_images(a, b)
-        times.append(time.perf_counter() - t0)
-        found += r.found
-    results["unrelated"] = {**summarise(times), "found": found}
-
-    if args.model:
-        import torch
-
-        from bta_core.model import BTAModel, ModelConfig
-
-        torch.manual_seed(0)
-        model = BTAModel(ModelConfig.for_backbone("efficientnet-lite0", image_size=224)).eval()
-        a, b, _ = reuse_pair(images[0], rng)
-        match_images(a, b, model=model)  # warm-up
-        n_model = max(3, args.pairs // 3)
-        times = []
-        for img in images[:n_model]:
-            a, b, _ = reuse_pair(img, rng)
-            t0 = time.perf_counter()
-            match_images(a, b, model=model)
-            times.append(time.perf_counter() - t0)
-        results["reuse+model"] = summarise(times)
-        times = []
-        for i in range(n_model):
-            a, b = crop(images[i], 0, 0), crop(images[args.pairs + i], 0, 0)
-            t0 = time.perf_counter()
-            match_images(a, b, model=model)
-            times.append(time.perf_counter() - t0)
-        results["unrelated+model"] = summarise(times)
-        results["unrelated+model"]["threads"] = torch.get_num_threads()
-
-    print(f"match_images, {SIDE}x{SIDE} crops of real DSB2018 images, CPU ({os.cpu_count()} cores)")
-    print(f"{'case':<17}{'n':>4}{'median s':>10}{'mean s':>9}{'p90 s':>8}{'max s':>8}  found")
-    for case, r in results.items():
-        extra = f"{r.get('found', '')}" + (
-            f" (dihedral right {r['dihedral_right']})" if "dihedral_right" in r else ""
-        )
-        print(
-            f"{case:<17}{r['n']:>4}{r['median_s']:>10.3f}{r['mean_s']:>9.3f}{r['p90_s']:>8.3f}"
-            f"{r['max_s']:>8.3f}  {extra}"
-        )
+    results = {b: run_backend(b, reuse, unrelated) for b in args.backends}
+    print(f"match_images, real images at {SIDE} px long side, 1 thread ({os.cpu_count()}-core CPU)")
+    print(f"{'backend':<9}{'case':<18}{'n':>4}{'median s':>10}{'mean s':>9}{'p90 s':>8}  result")
+    for b, res in results.items():
+        for case, r in res.items():
+            extra = (
+                f"found {r['found']}, dihedral {r['dihedral_right']}, IoU>=0.7 {r['located_iou70']}"
+                if "found" in r
+                else f"false positives {r['false_positives']}"
+            )
+            print(
+                f"{b:<9}{case:<18}{r['n']:>4}{r['median_s']:>10.3f}{r['mean_s']:>9.3f}"
+                f"{r['p90_s']:>8.3f}  {extra}"
+            )
     if args.out:
         meta = {
             "machine": platform.platform(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "opencv": cv2.__version__,
+            "date": datetime.date.today().isoformat(),
             "side": SIDE,
             "pairs": args.pairs,
             "seed": args.seed,
-            "images": [p.name for p in picks],
+            "images": [str(p.relative_to(args.data)) for _, _, p in images],
         }
         args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
         print(f"wrote {args.out}")

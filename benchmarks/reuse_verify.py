@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from bta_core.checkpoint import load_checkpoint
-from bta_core.evaluate import MANIPULATIONS, load_eval_data, manipulate, resize_batch
+from bta_core.evaluation.datasets import load_eval_data
+from bta_core.evaluation.pairs import MANIPULATIONS, manipulate, resize_batch
 from bta_core.match import match_images
 from bta_core.model import embed_images
 

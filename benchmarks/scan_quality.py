@@ -23,14 +23,9 @@ import torch
 from skimage.io import imsave
 
 from bta_core.checkpoint import load_checkpoint
-from bta_core.evaluate import (
-    MANIPULATIONS,
-    average_precision,
-    load_eval_data,
-    manipulate,
-    recall_at_k,
-    resize_batch,
-)
+from bta_core.evaluation.datasets import load_eval_data
+from bta_core.evaluation.metrics import average_precision, recall_at_k
+from bta_core.evaluation.pairs import MANIPULATIONS, manipulate, resize_batch
 from bta_core.scan import scan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +122,7 @@ def main() -> None:
         "planted": n_plant,
         "size": args.size,
         "split": args.split,
-        "checkpoint": getattr(model, "checkpoint_path", None),
+        "checkpoint": model.checkpoint_path,
         "date": time.strftime("%Y-%m-%d"),
         "results": rows,
     }

@@ -3,7 +3,7 @@
 import json
 
 from bta_core.cli import main as cli_main
-from bta_core.demo import SAMPLES, planted_pairs
+from bta_core.cli.demo import SAMPLES, planted_pairs
 
 
 def test_demo_finds_every_planted_pair(tmp_path, capsys):

@@ -9,7 +9,11 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from bta_core import evaluate as ev
+from bta_core.evaluation import metrics as mt
+from bta_core.evaluation import pairs
+from bta_core.evaluation.calibrate import calibrate, checkpoint_is_half
+from bta_core.evaluation.methods import BackboneFeatures, ModelMethod
+from bta_core.evaluation.protocols import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -23,25 +27,25 @@ def known_scores() -> tuple[np.ndarray, np.ndarray]:
 def test_threshold_metrics_match_sklearn(known_scores):
     y, s = known_scores
     pred = s >= 0.5
-    m = ev.threshold_metrics(y, s, 0.5)
+    m = mt.threshold_metrics(y, s, 0.5)
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
     assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
     assert m["recall"] == pytest.approx(skm.recall_score(y, pred))
     assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
-    empty = ev.threshold_metrics(y, s, 99.0)
+    empty = mt.threshold_metrics(y, s, 99.0)
     assert empty["precision"] == 0.0 and empty["f1"] == 0.0
 
 
 def test_ranking_metrics_match_sklearn(known_scores):
     y, s = known_scores
-    assert ev.roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s))
-    assert ev.average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s))
-    fpr, tpr, thr = ev.roc_curve(y, s)
+    assert mt.roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s))
+    assert mt.average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s))
+    fpr, tpr, thr = mt.roc_curve(y, s)
     sk_fpr, sk_tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
     np.testing.assert_allclose(fpr, sk_fpr)
     np.testing.assert_allclose(tpr, sk_tpr)
     # best-F1 threshold: no other threshold does better
-    t, f1 = ev.best_f1_threshold(y, s)
+    t, f1 = mt.best_f1_threshold(y, s)
     assert f1 == pytest.approx(max(skm.f1_score(y, s >= u) for u in np.unique(s)))
     assert skm.f1_score(y, s >= t) == pytest.approx(f1)
 
@@ -49,11 +53,11 @@ def test_ranking_metrics_match_sklearn(known_scores):
 def test_recall_at_fpr_and_at_k():
     y = np.r_[np.ones(10), np.zeros(200)]
     s = np.r_[np.linspace(0.5, 1.0, 10), np.linspace(0.0, 0.9, 200)]
-    recall, thr = ev.recall_at_fpr(y, s, 0.01)
+    recall, thr = mt.recall_at_fpr(y, s, 0.01)
     neg = s[y == 0]
     assert np.mean(neg >= thr) <= 0.01
     assert recall == pytest.approx(np.mean(s[y == 1] >= thr))
-    assert ev.recall_at_k(y, s, 10) == pytest.approx(np.sum(np.argsort(-s)[:10] < 10) / 10)
+    assert mt.recall_at_k(y, s, 10) == pytest.approx(np.sum(np.argsort(-s)[:10] < 10) / 10)
 
 
 def test_sampler_label_rate_and_no_bad_negatives():
@@ -62,7 +66,7 @@ def test_sampler_label_rate_and_no_bad_negatives():
     population = np.arange(600) % 3
     rates = []
     for _ in range(5):
-        partner, label = ev.sample_partners(groups, rng, 0.4, population=population)
+        partner, label = pairs.sample_partners(groups, rng, 0.4, population=population)
         neg = label == 0
         assert np.all(partner[label == 1] == np.flatnonzero(label == 1))
         assert not np.any(partner[neg] == np.flatnonzero(neg))  # no self-negatives
@@ -70,15 +74,15 @@ def test_sampler_label_rate_and_no_bad_negatives():
         assert np.all(population[partner[neg]] == population[neg])  # hard negatives
         rates.append(label.mean())
     assert np.mean(rates) == pytest.approx(0.4, abs=0.03)
-    ia, ib = ev.hard_negative_pairs(groups, population, rng, per_image=5)
+    ia, ib = pairs.hard_negative_pairs(groups, population, rng, per_image=5)
     assert np.all(groups[ia] != groups[ib]) and np.all(population[ia] == population[ib])
 
 
 def test_model_pair_scores_match_model(tiny_model):
     torch.manual_seed(0)
     x = torch.rand(6, 3, 64, 64)
-    method = ev.ModelMethod("tiny", tiny_model, "memory")
-    feats = ev.Features(x)
+    method = ModelMethod("tiny", tiny_model, "memory")
+    feats = BackboneFeatures(x)
     rep = method.represent(feats)
     ia, ib = np.array([0, 1, 2, 5]), np.array([3, 4, 2, 0])
     with torch.no_grad():
@@ -87,10 +91,10 @@ def test_model_pair_scores_match_model(tiny_model):
     np.testing.assert_allclose(method.score(rep, rep, ia, ib), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ev.MANIPULATIONS)
+@pytest.mark.parametrize("name", pairs.MANIPULATIONS)
 def test_manipulations_shape(name):
     x = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
-    y = ev.manipulate(x, name, 32)
+    y = pairs.manipulate(x, name, 32)
     assert y.shape == (2, 3, 32, 32) and y.dtype == torch.float32
     assert float(y.min()) >= 0 and float(y.max()) <= 1
 
@@ -102,7 +106,7 @@ MANIPS = ("identity", "rot90", "crop25", "jpeg30", "combo")
 def eval_run(shared_data, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     data = [shared_data / "bccd" / "splits.csv", shared_data / "dsb2018" / "splits.csv"]
-    res = ev.evaluate(
+    res = evaluate(
         data,
         protocols=("paper", "reuse", "scan"),
         models=[("tiny", tiny_model)],
@@ -141,7 +145,6 @@ def test_end_to_end_writes_all_outputs(eval_run):
 
 
 def test_calibrate_round_trip(shared_data, tiny_model, tmp_path):
-    from bta_core.calibrate import calibrate
     from bta_core.checkpoint import read_config, save_checkpoint
 
     ckpt = save_checkpoint(tiny_model, tmp_path / "tiny.safetensors", half=True)
@@ -152,9 +155,8 @@ def test_calibrate_round_trip(shared_data, tiny_model, tmp_path):
     assert cfg.threshold == pytest.approx(info["threshold"]) and cfg.threshold != 0.5
     assert cfg.calibration["method"] == "max-f1" and cfg.calibration["split"] == "val"
     assert cfg.calibration["n_pairs"] == info["n_pairs"] > 0
-    from bta_core.calibrate import _is_half
 
-    assert _is_half(out)  # same precision as the input
+    assert checkpoint_is_half(out)  # same precision as the input
     fpr_info = calibrate(out, data, split="val", target_fpr=0.05, limit=5, repeats=1, quiet=True)
     assert fpr_info["fpr"] <= 0.05
     assert read_config(out).calibration["method"] == "fpr<=0.05"

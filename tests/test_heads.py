@@ -58,3 +58,54 @@ def test_symmetric_within_one_set_uses_one_pass():
     two_pass = symmetric_score_matrix(head, z, z.clone())
     assert torch.allclose(one_pass, two_pass, atol=1e-6)
     assert torch.allclose(one_pass, one_pass.T)
+
+
+def test_symmetric_head_is_order_free_and_identity_is_maximal():
+    from bta_core.heads import SymmetricHead
+
+    torch.manual_seed(0)
+    head = SymmetricHead(16, (8, 4)).eval()
+    with torch.no_grad():  # move the parameters off their initial values
+        for p in head.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    za, zb = torch.randn(40, 16), torch.randn(40, 16)
+    ab, ba = head(za, zb), head(zb, za)
+    assert torch.allclose(ab, ba, atol=1e-5)
+    self_a = head(za, za)
+    # s(z, z) is the same maximum for every z, and no other pair beats it
+    assert torch.allclose(self_a, head.bias.expand(40), atol=1e-5)
+    assert (self_a[:, None] >= head.score_matrix(za, zb, logits=True) - 1e-5).all()
+    near = head(za, za + 1e-3 * torch.randn_like(za))
+    far = head(za, za + 1.0 * torch.randn_like(za))
+    assert (near <= self_a + 1e-6).all() and (far.mean() < near.mean())
+
+
+def test_symmetric_head_score_matrix_matches_rowwise_and_chunks():
+    from bta_core.heads import SymmetricHead
+
+    torch.manual_seed(1)
+    head = SymmetricHead(12, (6, 4)).eval()
+    za, zb = torch.randn(9, 12), torch.randn(7, 12)
+    ref = torch.stack([torch.sigmoid(head(za[i].expand(7, -1), zb)) for i in range(9)])
+    for chunk in (1 << 21, 10, 1):
+        assert torch.allclose(head.score_matrix(za, zb, chunk_pairs=chunk), ref, atol=1e-5)
+    s = symmetric_score_matrix(head, za, zb)  # one pass: already symmetric
+    assert torch.allclose(s, symmetric_score_matrix(head, zb, za).T, atol=1e-5)
+
+
+def test_model_config_selects_head_and_old_configs_default_to_paper():
+    from bta_core.heads import SymmetricHead
+    from bta_core.model import ModelConfig
+
+    assert ModelConfig().head == "paper"
+    old = ModelConfig().to_dict()
+    old.pop("head")
+    assert ModelConfig.from_dict(old).head == "paper"  # checkpoints written before the field
+    from bta_core.heads import build_head
+
+    assert isinstance(build_head("symmetric", 32), SymmetricHead)
+    assert isinstance(build_head("paper", 32), SimilarityHead)
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown head"):
+        build_head("nope", 32)

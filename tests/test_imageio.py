@@ -1,5 +1,7 @@
 """Image IO rules on real images, TIFF stacks built from them, and every kind of bad input."""
 
+import os
+
 import numpy as np
 import pytest
 import tifffile
@@ -106,7 +108,10 @@ def test_float_tiff_scaled(tmp_path, real_rgb):
     [
         (lambda p, rgb: p.write_bytes(b""), "empty"),
         (lambda p, rgb: p.write_bytes(open_bytes(rgb)[:300]), "cannot decode"),
-        (lambda p, rgb: p.write_text("this is not an image"), "cannot decode"),
+        (
+            lambda p, rgb: p.write_text("this is not an image"),
+            "not an image file: it holds plain text",
+        ),
         (lambda p, rgb: tifffile.imwrite(p, np.zeros((1, 1), np.uint8)), "too small"),
         (lambda p, rgb: tifffile.imwrite(p, np.full((8, 8), np.nan, np.float32)), "NaN"),
         (
@@ -157,3 +162,165 @@ def test_find_images_recursive(tmp_path, bccd_images):
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / ".hidden.png").write_bytes(b"")
     assert [p.name for p in find_images(tmp_path)] == ["x y.jpg"]
+
+
+# ---------------------------------------------------------------------------------------------
+# odd and hostile files made from real images (issue 13)
+
+
+def test_cmyk_jpeg_is_converted_to_rgb(tmp_path, real_rgb):
+    from PIL import Image
+
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(real_rgb).convert("CMYK").save(path, quality=95)
+    assert Image.open(path).mode == "CMYK"
+    img = load_image(path)
+    assert img.shape == real_rgb.shape
+    assert np.abs(img - real_rgb / 255.0).mean() < 0.01  # JPEG loss only, not CMY read as RGB
+
+
+def test_grey_alpha_png_is_one_grey_image(tmp_path, dsb_images):
+    from PIL import Image
+
+    grey = np.asarray(Image.open(dsb_images[0]).convert("L"))
+    path = tmp_path / "la.png"
+    Image.fromarray(grey).convert("LA").save(path)
+    assert Image.open(path).mode == "LA"
+    img = load_image(path)
+    assert img.shape == grey.shape + (3,)
+    assert np.allclose(img[..., 0], grey / 255.0) and np.array_equal(img[..., 0], img[..., 2])
+    assert len(list(iter_images(path))) == 1  # one image, not one per row
+
+
+def test_partly_non_finite_float_image_is_filled_with_a_warning(tmp_path, real_rgb):
+    from bta_core.imageio import ImageReadWarning
+
+    ratio = real_rgb[..., 0].astype(np.float32) / (real_rgb[..., 2].astype(np.float32) + 1)
+    masked = ratio.copy()
+    masked[:60, :80] = np.nan  # masked region of a ratio image
+    masked[200, 300] = -np.inf
+    path = tmp_path / "ratio.tif"
+    tifffile.imwrite(path, masked)
+    with pytest.warns(ImageReadWarning, match=r"ratio.tif: 4,801 of 307,200 .*NaN or infinite"):
+        img = load_image(path)
+    assert np.isfinite(img).all() and 0 <= img.min() and img.max() <= 1
+    filled = masked.copy()
+    filled[~np.isfinite(filled)] = np.nanmin(masked[np.isfinite(masked)])
+    ref = tmp_path / "filled.tif"
+    tifffile.imwrite(ref, filled)
+    assert np.array_equal(img, load_image(ref))
+    assert (img[:60, :80] == 0).all()
+
+
+def test_only_all_non_finite_images_are_refused(tmp_path, real_rgb):
+    data = np.where(real_rgb[..., 0] > 128, np.inf, np.nan).astype(np.float32)
+    path = tmp_path / "allbad.tif"
+    tifffile.imwrite(path, data)
+    with pytest.raises(ImageReadError, match="every pixel is NaN or infinite"):
+        load_image(path)
+
+
+def _declare_size(path, width, height):
+    """Rewrite a TIFF's header so it declares width x height pixels (the data stay small)."""
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tags = tif.pages[0].tags
+        tags["ImageWidth"].overwrite(width)
+        tags["ImageLength"].overwrite(height)
+        tags["RowsPerStrip"].overwrite(height)
+
+
+def test_pixel_budget_applies_to_tiff_before_reading(tmp_path, real_rgb, monkeypatch):
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, real_rgb[..., 0])
+    _declare_size(path, 40_000, 40_000)
+    monkeypatch.setattr(
+        tifffile.TiffPageSeries, "asarray", lambda *a, **k: pytest.fail("pixels were read")
+    )
+    with pytest.raises(ImageReadError, match=r"too large: declares 40000 x 40000 = 1,600,000,000"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png", ".jpg"])
+def test_one_pixel_budget_for_every_format(tmp_path, real_rgb, monkeypatch, suffix):
+    from PIL import Image
+
+    path = tmp_path / f"img{suffix}"
+    if suffix == ".tif":
+        tifffile.imwrite(path, real_rgb, photometric="rgb")
+    else:
+        Image.fromarray(real_rgb).save(path)
+    assert load_image(path).shape == (480, 640, 3)
+    monkeypatch.setenv("BTA_MAX_PIXELS", str(480 * 640 * 3 - 1))
+    with pytest.raises(ImageReadError, match=r"480 x 640 x 3 = 921,600 pixel values, over"):
+        load_image(path)
+
+
+@pytest.mark.parametrize(
+    "content, holds",
+    [
+        (b"<!DOCTYPE html><html><body>Not found</body></html>", "an HTML page"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "a PDF document"),
+        (b"PK\x03\x04\x14\x00\x00\x00\x08\x00", "a ZIP archive"),
+        (b"Bilder der Zellkultur, Tag 3\n", "plain text"),
+        (bytes(range(7, 200)), "unknown binary data"),
+    ],
+)
+def test_non_image_jpg_says_what_it_is(tmp_path, content, holds):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError) as err:
+        load_image(path)
+    assert err.value.problem == f"not an image file: it holds {holds}"
+    assert "Tiff" not in str(err.value)
+
+
+def test_format_comes_from_content_not_name(tmp_path, real_rgb, bccd_images):
+    tiff_named_jpg = tmp_path / "really_a_tiff.jpg"
+    tifffile.imwrite(tiff_named_jpg, real_rgb, photometric="rgb")
+    assert np.allclose(load_image(tiff_named_jpg), real_rgb / 255.0)
+    jpeg_named_tif = tmp_path / "really_a_jpeg.tif"
+    jpeg_named_tif.write_bytes(bccd_images[0].read_bytes())
+    assert np.allclose(load_image(jpeg_named_tif), real_rgb / 255.0, atol=1e-6)
+
+
+def test_three_plane_16bit_tiff_without_axes_is_three_channels(tmp_path, real_rgb):
+    chans = np.moveaxis(real_rgb, -1, 0).astype(np.uint16) * 257  # (3, Y, X), no axis metadata
+    path = tmp_path / "cyx.tif"
+    tifffile.imwrite(path, chans, photometric="minisblack")
+    img = load_image(path)
+    assert not np.array_equal(img[..., 0], img[..., 2])  # colour, not a grey plane
+    for c in range(3):
+        ref = tmp_path / f"c{c}.tif"
+        tifffile.imwrite(ref, chans[c])
+        assert np.array_equal(img[..., c], load_image(ref)[..., 0])
+    zstack = np.stack([chans[c % 3] for c in range(12)])  # 12 planes without axes: Z
+    tifffile.imwrite(tmp_path / "z.tif", zstack, photometric="minisblack")
+    names = [info.name for info, _ in iter_images(tmp_path / "z.tif")]
+    assert names == [f"{tmp_path / 'z.tif'}[z={z}]" for z in range(12)]
+
+
+def test_extreme_float_values_give_finite_output(tmp_path, real_rgb):
+    for scale in (1e300, 1e-300):
+        path = tmp_path / "extreme.tif"
+        tifffile.imwrite(path, real_rgb[..., 1].astype(np.float64) * scale - scale * 100)
+        img = load_image(path)
+        assert np.isfinite(img).all() and img.max() == 1.0 and img.min() == 0.0
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        load_image(fifo)
+
+
+def test_in_memory_arrays_follow_the_same_missing_value_rule(real_rgb):
+    from bta_core.imageio import ImageReadWarning, to_float_rgb
+
+    grey = real_rgb[..., 1].astype(np.float32) * 7.0
+    grey[:10] = np.nan
+    with pytest.warns(ImageReadWarning, match="layer A: 6,400 of 307,200"):
+        rgb = to_float_rgb(grey, "layer A")
+    assert np.isfinite(rgb).all() and (rgb[:10] == 0).all()
+    with pytest.raises(ImageReadError, match="layer A: every pixel"):
+        to_float_rgb(np.full((8, 8), np.nan), "layer A")

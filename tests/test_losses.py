@@ -1,5 +1,6 @@
 """Losses against plain reference implementations written here, plus their properties."""
 
+import pytest
 import torch
 
 from bta_core.heads import SimilarityHead
@@ -75,8 +76,12 @@ def test_combined_loss_is_bce_plus_lambda_bt():
     torch.manual_seed(0)
     head = SimilarityHead(8)
     za, zb = torch.randn(6, 8), torch.randn(6, 8)
-    loss, parts = combined_loss(head, za, zb, lambda_=0.5, lambda_bt=4e-3)
-    assert abs(loss.item() - (parts["bce"] + 0.5 * parts["bt"])) < 1e-4
+    loss, parts = combined_loss(head, za, zb, lambda_=0.5, lambda_bt=4e-3, pos_weight=1.0)
+    # the parts are computed here independently, not read back from the same call
+    bce = all_pairs_bce_loss(head, za, zb, pos_weight=1.0)
+    bt = reference_bt_loss(za, zb, 4e-3)
+    assert abs(loss.item() - (bce.item() + 0.5 * bt)) < 1e-3
+    assert parts["bce"] == pytest.approx(bce.item(), abs=1e-5)
 
 
 def test_mask_removes_pairs():
@@ -95,3 +100,47 @@ def test_nt_xent_prefers_matching_views():
     assert float(nt_xent_loss(z, z + 0.01 * torch.randn_like(z))) < float(
         nt_xent_loss(z, torch.randn(16, 32))
     )
+
+
+def test_balanced_bce_gives_positives_half_the_weight():
+    from bta_core.feature_train import balanced_pair_bce
+
+    b = 16
+    logits = torch.zeros(b, b, requires_grad=True)
+    valid = torch.ones(b, b, dtype=torch.bool)
+    loss, _ = balanced_pair_bce(logits, valid, hard_k=0)
+    loss.backward()
+    g = logits.grad
+    pos_total = float(g.diagonal().abs().sum())
+    neg_total = float(g.abs().sum()) - pos_total
+    assert abs(pos_total - neg_total) < 1e-5  # 1 positive per row weighs as much as B-1 negatives
+    # the plain mean BCE of the paper gives the positives only 1/B of the gradient
+    logits.grad = None
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.eye(b)).backward()
+    g = logits.grad
+    assert float(g.diagonal().abs().sum()) < 0.1 * float(g.abs().sum())
+
+
+def test_balanced_bce_hard_negatives_and_masks():
+    from bta_core.feature_train import balanced_pair_bce
+
+    torch.manual_seed(0)
+    logits = torch.randn(8, 8)
+    valid = torch.ones(8, 8, dtype=torch.bool)
+    valid[0, 1] = valid[1, 0] = False  # same field of view: neither positive nor negative
+    base, parts = balanced_pair_bce(logits, valid, hard_k=0)
+    hard, parts_h = balanced_pair_bce(logits, valid, hard_k=2)
+    assert "bce_hard" in parts_h and hard > base  # the hardest negatives cost more than the mean
+    bumped = logits.clone()
+    bumped[0, 1] = 50.0  # a masked pair changes nothing
+    assert torch.allclose(balanced_pair_bce(bumped, valid, hard_k=2)[0], hard)
+
+
+def test_all_pairs_bce_default_is_balanced():
+    torch.manual_seed(0)
+    head = SimilarityHead(8)
+    za, zb = torch.randn(6, 8), torch.randn(6, 8)
+    balanced = all_pairs_bce_loss(head, za, zb)
+    assert torch.allclose(balanced, all_pairs_bce_loss(head, za, zb, pos_weight=5.0))
+    _, parts = combined_loss(head, za, zb)
+    assert abs(parts["bce"] - float(balanced.detach())) < 1e-6

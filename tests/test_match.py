@@ -12,9 +12,9 @@ import pytest
 from skimage.transform import rescale
 
 from bta_core import cli
+from bta_core.dihedral import D4_NAMES
 from bta_core.imageio import ImageReadError, load_image
 from bta_core.match import (
-    D4_NAMES,
     MatchTransform,
     match_files,
     match_images,
@@ -259,9 +259,9 @@ def test_model_score_heatmaps_progress_and_cancel(bccd_images, tiny_model):
     assert r.model_heatmap_a.shape == r.heatmap_a.shape
     assert 0 <= r.model_heatmap_b.min() and r.model_heatmap_b.max() <= 1
     unrelated = match_images(a, load_image(bccd_images[200])[::2, ::2], model=tiny_model)
-    if not unrelated.found:  # model tiles are computed when no region is found
-        assert unrelated.heatmap_source == "model"
-        assert unrelated.heatmap_a is unrelated.model_heatmap_a
+    assert not unrelated.found  # two different smears: no region
+    assert unrelated.heatmap_source == "model"  # so the model's tiles are the heatmap
+    assert unrelated.heatmap_a is unrelated.model_heatmap_a
     assert match_images(a, b, model=tiny_model).model_heatmap_a is None  # found: tiles skipped
     with pytest.raises(InterruptedError):
         match_images(a, b, should_stop=lambda: True)

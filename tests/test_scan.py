@@ -13,9 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bta_core import scan as scan_mod
 from bta_core.imageio import load_image, to_uint8
-from bta_core.scan import ScanCancelled, merge, scan
+from bta_core.runtime import Cancelled
+from bta_core.scan import candidates as scan_candidates
+from bta_core.scan import merge, scan
+from bta_core.scan.outputs import PAIR_COLUMNS
+from bta_core.verdict import Evidence, Policy, decide
 
 # --------------------------------------------------------------------------------------------
 # A folder of real images with planted copies
@@ -157,6 +160,7 @@ def test_scan_writes_outputs_and_skips_broken_files(corpus, tiny_model, tmp_path
         cache_dir=None,
         top_k=10,
         threshold=0.99,
+        verify_per_image=0,
         on_progress=lambda step, total, info: seen.append(info["stage"]),
     )
     assert result.stats["n_images"] == corpus["n_q_images"]
@@ -166,16 +170,32 @@ def test_scan_writes_outputs_and_skips_broken_files(corpus, tiny_model, tmp_path
     assert all(r["problem"] and "\n" not in r["problem"] for r in skipped)
 
     rows = _read_csv(out / "pairs.csv")
-    assert list(rows[0]) == ["path_a", "path_b", "score", "same"]
-    scores = [float(r["score"]) for r in rows]
-    assert scores == sorted(scores, reverse=True)
-    assert len(rows) == max(10, sum(s >= 0.99 for s in scores))
+    assert list(rows[0]) == list(PAIR_COLUMNS)
+    # every row's verdict is the one decision rule applied to the evidence in its own columns
+    for r in rows:
+        ev = Evidence(
+            model_score=float(r["score"]),
+            identical_pixels=r["identical_pixels"] == "1",
+            phash_distance=int(r["phash_distance"]),
+        )
+        assert decide(ev, Policy(threshold=0.99)).verdict == r["verdict"], r
+    # ranked by the kind of evidence, then the probability
+    tiers = {"identical pixels": 5, "perceptual hash": 4, "model score": 1, "no evidence": 0}
+    keys = [(tiers[r["decided_by"]], float(r["probability"])) for r in rows]
+    assert keys == sorted(keys, reverse=True)
+    model_only = [r for r in rows if r["decided_by"] in ("model score", "no evidence")]
+    assert len(model_only) >= 10  # the 10 best model scores are always listed
+    planted = {frozenset(p) for p in corpus["planted"]}
+    by_hash = {frozenset((r["path_a"], r["path_b"])) for r in rows if r["verdict"] == "same"}
+    assert by_hash <= planted and len(by_hash) >= 3  # flip, JPEG q30, noise: near-exact copies
     names = {r["path_a"] for r in rows} | {r["path_b"] for r in rows}
     assert all(Path(n).exists() for n in names)  # unicode and spaces survive the round trip
 
     doc = json.loads((out / "pairs.json").read_text(encoding="utf-8"))
     assert len(doc["pairs"]) == len(rows) and doc["stats"]["n_skipped"] == 3
     assert doc["pairs"][0]["path_a"] == rows[0]["path_a"]
+    assert doc["pairs"][0]["verdict"] == rows[0]["verdict"]
+    assert doc["pairs"][0]["decided_by"] == rows[0]["decided_by"]
 
     page = (out / "report.html").read_text(encoding="utf-8")
     check = _HTMLCheck()
@@ -189,7 +209,7 @@ def test_scan_writes_outputs_and_skips_broken_files(corpus, tiny_model, tmp_path
 
 def test_planted_pairs_rank_near_top_with_frozen_features(corpus, cosine_model):
     """Ranking logic with ImageNet features + cosine (no trained head): the easy copies lead."""
-    result = scan(corpus["q"], model=cosine_model, cache_dir=None, top_k=20)
+    result = scan(corpus["q"], model=cosine_model, cache_dir=None, top_k=20, verify_per_image=0)
     planted = {frozenset(p) for p in corpus["planted"]}
     ranked = [frozenset((p.path_a, p.path_b)) for p in result.pairs]
     assert set(ranked[:3]) <= planted
@@ -200,14 +220,21 @@ def test_planted_pairs_rank_first_with_trained_model(corpus, trained_checkpoint,
     from bta_core.checkpoint import load_checkpoint
 
     model = load_checkpoint(trained_checkpoint, device="cpu")
-    result = scan(corpus["q"], model=model, cache_dir=None, out_dir=tmp_path, tta="d4", verify=12)
+    result = scan(
+        corpus["q"], model=model, cache_dir=None, out_dir=tmp_path, tta="d4", verify_per_image=2
+    )
     planted = {frozenset(p) for p in corpus["planted"]}
     top = {frozenset((p.path_a, p.path_b)) for p in result.pairs[: len(planted)]}
     assert top == planted
-    assert all(p.same and p.verified for p in result.pairs[: len(planted)])
-    assert not any(p.verified for p in result.pairs[len(planted) :])
+    assert all(p.same for p in result.pairs[: len(planted)])
+    assert {p.decided_by for p in result.pairs[: len(planted)]} <= {
+        "perceptual hash",
+        "verified overlap",
+    }
+    assert not any(p.same or p.verified for p in result.pairs[len(planted) :])
+    assert result.stats["n_checked"] > 0
     header = (tmp_path / "pairs.csv").read_text(encoding="utf-8").splitlines()[0]
-    assert header.endswith("verified,match_confidence,transform")
+    assert header == ",".join(PAIR_COLUMNS) + ",orientation"
 
 
 def test_rescan_hits_cache_and_resumes_after_cancel(corpus, tiny_model, tmp_path):
@@ -222,19 +249,20 @@ def test_rescan_hits_cache_and_resumes_after_cancel(corpus, tiny_model, tmp_path
         calls["n"] += 1
         return calls["n"] > 3  # hashing polls once, two batches embed, then cancel
 
-    with pytest.raises(ScanCancelled):
+    with pytest.raises(Cancelled):
         scan(
             folder,
             model=tiny_model,
             cache_dir=cache,
             batch_size=4,
+            verify_per_image=0,
             should_stop=stop_after_first_batch,
         )
-    resumed = scan(folder, model=tiny_model, cache_dir=cache, batch_size=4)
+    resumed = scan(folder, model=tiny_model, cache_dir=cache, batch_size=4, verify_per_image=0)
     assert 0 < resumed.stats["n_cached"] < n
     assert resumed.stats["n_embedded"] + resumed.stats["n_cached"] == n
 
-    again = scan(folder, model=tiny_model, cache_dir=cache)
+    again = scan(folder, model=tiny_model, cache_dir=cache, verify_per_image=0)
     assert again.stats["n_embedded"] == 0 and again.stats["n_cached"] == n
     assert [(p.path_a, p.path_b) for p in again.pairs] == [
         (p.path_a, p.path_b) for p in resumed.pairs
@@ -246,11 +274,11 @@ def test_rescan_hits_cache_and_resumes_after_cancel(corpus, tiny_model, tmp_path
     # a new file: only it is embedded; a renamed file is found by content
     shutil.copy(corpus["ref"] / "archive copy 05.png", folder / "new file.png")
     (folder / "blood_07.jpg").rename(folder / "renamed 07.jpg")
-    third = scan(folder, model=tiny_model, cache_dir=cache)
+    third = scan(folder, model=tiny_model, cache_dir=cache, verify_per_image=0)
     assert third.stats["n_embedded"] == 1 and third.stats["n_images"] == n + 1
 
     # another model never reads these entries
-    other = scan(folder, model=_perturbed(tiny_model), cache_dir=cache)
+    other = scan(folder, model=_perturbed(tiny_model), cache_dir=cache, verify_per_image=0)
     assert other.stats["n_embedded"] == n + 1
 
 
@@ -264,7 +292,7 @@ def _perturbed(model):
 
 
 def test_shard_and_merge_equal_single_scan(corpus, tiny_model, tmp_path):
-    kw = dict(model=tiny_model, cache_dir=None, top_k=10**6, threshold=0.0)
+    kw = dict(model=tiny_model, cache_dir=None, top_k=10**6, threshold=0.0, verify_per_image=0)
     single = scan(corpus["q"], [corpus["ref"]], out_dir=tmp_path / "single", **kw)
     shard_dirs = [tmp_path / f"shard {i}" for i in range(3)]
     counts = []
@@ -274,7 +302,12 @@ def test_shard_and_merge_equal_single_scan(corpus, tiny_model, tmp_path):
         assert r.pairs == [] and (d / "embeddings.npy").exists()
     assert sum(counts) == single.stats["n_images"] and max(counts) < single.stats["n_images"]
     merged = merge(
-        shard_dirs, model=tiny_model, top_k=10**6, threshold=0.0, out_dir=tmp_path / "merged"
+        shard_dirs,
+        model=tiny_model,
+        top_k=10**6,
+        threshold=0.0,
+        verify_per_image=0,
+        out_dir=tmp_path / "merged",
     )
     a = {(p.path_a, p.path_b): p.score for p in single.pairs}
     b = {(p.path_a, p.path_b): p.score for p in merged.pairs}
@@ -293,7 +326,7 @@ def test_shard_and_merge_equal_single_scan(corpus, tiny_model, tmp_path):
 
 def test_reference_mode_pairs_only_across(corpus, tiny_model):
     refs = {str(p) for p in corpus["ref"].rglob("*") if p.is_file()}
-    kw = dict(model=tiny_model, cache_dir=None, top_k=10**6, threshold=0.0)
+    kw = dict(model=tiny_model, cache_dir=None, top_k=10**6, threshold=0.0, verify_per_image=0)
     res = scan(corpus["q"], [corpus["ref"]], **kw)
     nq, nr = corpus["n_q_images"], corpus["n_ref_images"]
     assert len(res.pairs) == nq * (nq - 1) // 2 + nq * nr
@@ -307,7 +340,9 @@ def test_reference_mode_pairs_only_across(corpus, tiny_model):
 
 
 def test_faiss_candidates_give_the_exact_top_pairs(corpus, cosine_model, tmp_path):
-    kw = dict(model=cosine_model, cache_dir=tmp_path / "cache", top_k=8, threshold=1.1)
+    kw = dict(
+        model=cosine_model, cache_dir=tmp_path / "cache", top_k=8, threshold=1.1, verify_per_image=0
+    )
     exact = scan(corpus["q"], [corpus["ref"]], **kw)
     approx = scan(corpus["q"], [corpus["ref"]], faiss_above=5, faiss_k=4, **kw)
     assert exact.stats["method"] == "exact" and approx.stats["method"] == "faiss"
@@ -323,7 +358,7 @@ def test_faiss_candidates_give_the_exact_top_pairs(corpus, cosine_model, tmp_pat
 def test_tta_scores_are_max_over_orientations(tiny_model):
     torch.manual_seed(1)
     za, zb = torch.randn(3, 8, tiny_model.embed_dim), torch.randn(4, 8, tiny_model.embed_dim)
-    s, code = scan_mod.block_scores(tiny_model, za, zb, "d4")
+    s, code = scan_candidates.block_scores(tiny_model, za, zb, "d4")
     with torch.no_grad():
         ref = torch.stack(
             [tiny_model.score_matrix(za[:, 0], zb[:, o]) for o in range(8)]
@@ -331,7 +366,7 @@ def test_tta_scores_are_max_over_orientations(tiny_model):
         )
     torch.testing.assert_close(s, ref.max(0).values)
     assert int(code.min()) >= 0 and int(code.max()) < 16
-    rows, _ = scan_mod._pair_scores(tiny_model, za[:3], zb[:3], "d4")
+    rows, _ = scan_candidates.pair_scores(tiny_model, za[:3], zb[:3], "d4")
     torch.testing.assert_close(rows, s.diagonal())
 
 
@@ -345,7 +380,13 @@ def test_tta_and_planes_scan(tmp_path, bccd_images, tiny_model):
     tifffile.imwrite(folder / "stack ü.tif", stack, metadata={"axes": "ZCYX"})
     Image.fromarray(rgb[2]).save(folder / "single.png")
     res = scan(
-        folder, model=tiny_model, cache_dir=None, planes=True, tta="d4", out_dir=tmp_path / "o"
+        folder,
+        model=tiny_model,
+        cache_dir=None,
+        planes=True,
+        tta="d4",
+        verify_per_image=0,
+        out_dir=tmp_path / "o",
     )
     names = sorted(it.name for it in res.items)
     assert len(names) == 5 and any(n.endswith("stack ü.tif[c=1,z=1]") for n in names)
@@ -363,6 +404,7 @@ def test_cli_scan_shards_and_merge(corpus, tiny_model, tmp_path, capsys):
 
     ckpt = save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
     base = ["scan", "--checkpoint", str(ckpt), "--device", "cpu", "--quiet", "--top", "5"]
+    base += ["--verify-per-image", "0"]
     assert main(base + [str(corpus["q"]), "--out", str(tmp_path / "cli"), "--no-cache"]) == 0
     assert len(_read_csv(tmp_path / "cli" / "pairs.csv")) >= 5
     cache = str(tmp_path / "cache")
@@ -388,20 +430,19 @@ def test_cli_scan_shards_and_merge(corpus, tiny_model, tmp_path, capsys):
 
 
 def test_collector_keeps_threshold_and_top_k():
-    c = scan_mod._Collector(threshold=0.5, top_k=3, max_pairs=100)
+    c = scan_candidates.PairCollector(threshold=0.5, top_k=3, max_pairs=100)
     s = torch.tensor([0.1, 0.9, 0.6, 0.2, 0.3, 0.55])
     idx = torch.arange(6)
     c.add(s, idx, idx + 10, torch.full((6,), -1))
     rows = c.result()
     assert rows[:, 0].tolist() == pytest.approx([0.9, 0.6, 0.55])
     c.add(torch.tensor([0.4]), torch.tensor([7]), torch.tensor([8]), torch.tensor([-1]))
-    c2 = scan_mod._Collector(threshold=0.95, top_k=2, max_pairs=100)
+    c2 = scan_candidates.PairCollector(threshold=0.95, top_k=2, max_pairs=100)
     c2.add(s, idx, idx + 10, torch.full((6,), -1))
     assert c2.result()[:, 0].tolist() == pytest.approx([0.9, 0.6])
 
 
 def test_report_match_overlay_for_top_pairs(corpus, tiny_model, tmp_path):
-    pytest.importorskip("bta_core.match")
     folder = tmp_path / "two"
     folder.mkdir()
     src, copy = corpus["planted"][1]  # a rotated copy of a small fluorescence image

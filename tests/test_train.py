@@ -47,7 +47,7 @@ def _losses(cfg):
     "mode, extra",
     [
         ("combined", {"epochs": 8}),
-        ("bta", {"epochs": 6, "head_epochs": 8, "p_same": 0.5}),
+        ("bta", {"epochs": 6, "head_epochs": 8, "p_same": 0.5, "head": "paper"}),
         ("simclr", {"epochs": 4, "head_epochs": 1}),
     ],
 )
@@ -63,6 +63,29 @@ def test_modes_lower_the_loss(shared_data, tmp_path, mode, extra):
         assert sum(losses[-k:]) / k < sum(losses[:k]) / k, (stage, losses)
     model = load_checkpoint(path)
     assert model.config.recipe["mode"] == mode and model.config.image_size == 48
+    first = rows[0]
+    if mode == "simclr":  # the first stage really optimises NT-Xent, not the combined loss
+        assert first["stage"] == "simclr" and "nt_xent" in first and "bce" not in first
+        assert abs(first["nt_xent"] - first["loss"]) < 1e-9
+    if mode == "combined":
+        assert "bce" in first and "bt" in first and "nt_xent" not in first
+
+
+def test_simclr_stage_calls_nt_xent(shared_data, tmp_path, monkeypatch):
+    import bta_core.train as train_mod
+
+    calls = []
+    real = train_mod.nt_xent_loss
+
+    def spy(za, zb, *a, **kw):
+        calls.append(za.shape)
+        return real(za, zb, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "nt_xent_loss", spy)
+    cfg = _cfg(shared_data, tmp_path, mode="simclr", views="reuse", view_bank=1, epochs=1)
+    cfg.head_epochs = 1
+    train(cfg)
+    assert len(calls) == 2  # 32 images, batch 16: two simclr steps, none in the head stage
 
 
 def test_head_mode_trains_only_the_head(shared_data, tmp_path):

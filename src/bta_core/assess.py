@@ -29,6 +29,28 @@ def policy_for(model: Any) -> Policy:
     return Policy(threshold=float(model.config.threshold))
 
 
+def fingerprint_evidence(image_a: np.ndarray, image_b: np.ndarray) -> Evidence:
+    """The first two kinds of evidence: identical pixels and the perceptual-hash distance."""
+    fa, fb = fingerprint(image_a), fingerprint(image_b)
+    distance, orientation = pair_phash(fa, fb)
+    return Evidence(
+        identical_pixels=fa.pixel_hash == fb.pixel_hash,
+        phash_distance=distance,
+        phash_orientation=orientation,
+    )
+
+
+def add_match(evidence: Evidence, found: Any) -> Evidence:
+    """Record a ``match.MatchResult`` as the keypoint-verification evidence of a pair."""
+    evidence.verified = bool(found.found)
+    evidence.match_confidence = round(float(found.confidence), 4)
+    evidence.inliers = int(found.inliers)
+    if found.found and found.transform is not None:
+        t = found.transform
+        evidence.transform = f"{t.dihedral}, scale {t.scale:.2f}"
+    return evidence
+
+
 def assess_pair(
     model: Any,
     image_a: np.ndarray,
@@ -44,7 +66,7 @@ def assess_pair(
 
     Matching (the slow part) runs when ``verify`` is set and the pixels are not identical.
     """
-    from .score import score_arrays  # noqa: PLC0415  (moved by the restructure)
+    from .scoring import score_arrays  # noqa: PLC0415  (lazy: torch)
 
     total = 4 if verify else 3
 
@@ -52,13 +74,7 @@ def assess_pair(
         if on_progress is not None:
             on_progress(step, total, {"stage": stage})
 
-    fa, fb = fingerprint(image_a), fingerprint(image_b)
-    distance, orientation = pair_phash(fa, fb)
-    evidence = Evidence(
-        identical_pixels=fa.pixel_hash == fb.pixel_hash,
-        phash_distance=distance,
-        phash_orientation=orientation,
-    )
+    evidence = fingerprint_evidence(image_a, image_b)
     progress(1, "fingerprints")
     check_cancel(should_stop, "comparison")
     evidence.model_score = score_arrays(model, image_a, image_b, tta=tta)
@@ -69,14 +85,7 @@ def assess_pair(
         from .match import match_images  # noqa: PLC0415
 
         found = match_images(image_a, image_b, should_stop=should_stop)
-        evidence.verified = bool(found.found)
-        evidence.match_confidence = float(found.confidence)
-        evidence.inliers = int(found.inliers)
-        if found.found and found.transform is not None:
-            t = found.transform.to_dict()
-            evidence.transform = (
-                f"{t.get('dihedral', '')} scale {t.get('scale', 1):.2f}".strip()
-            )
+        add_match(evidence, found)
         progress(3, "keypoint verification")
     decision = decide(evidence, policy or policy_for(model))
     progress(total, "decision")

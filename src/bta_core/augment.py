@@ -240,26 +240,37 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def jpeg_recompress(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-    """JPEG-encode and decode each sample of a float batch at its own quality."""
-    from torchvision.io import decode_jpeg, encode_jpeg
+    """JPEG-encode and decode each sample of a float batch at its own quality.
 
+    On CUDA, nvJPEG through TorchCodec when it is installed (torchvision's image codecs are
+    deprecated since 0.29); otherwise Pillow's libjpeg on the CPU (same bytes as torchvision's).
+    """
     u8 = (x * 255).round_().clamp_(0, 255).to(torch.uint8)
     out = torch.empty_like(x)
     if x.is_cuda:
-        try:  # nvjpeg: encode on the GPU, decode the CPU-held byte streams back onto the GPU
-            for q in quality.unique().tolist():
-                idx = (quality == q).nonzero().flatten().tolist()
-                enc = [e.cpu() for e in encode_jpeg([u8[i] for i in idx], quality=int(q))]
-                dec = decode_jpeg(enc, device=x.device)
-                for i, d in zip(idx, dec, strict=True):
-                    out[i] = d.to(x.dtype) / 255
+        try:  # nvJPEG: encode and decode on the GPU
+            from torchcodec.decoders import decode_jpeg
+            from torchcodec.encoders import JpegEncoder
+
+            for i in range(x.shape[0]):
+                enc = JpegEncoder(u8[i]).to_tensor(quality=int(quality[i]))
+                out[i] = decode_jpeg(enc.cpu(), device=x.device).to(x.dtype) / 255
             return out
-        except Exception:  # no nvjpeg or an older torchvision: fall back to the CPU codec
+        except Exception:  # no TorchCodec or no nvJPEG: fall back to the CPU codec
             pass
-    cpu = u8.cpu()
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    cpu = u8.permute(0, 2, 3, 1).cpu().numpy()
     for i in range(x.shape[0]):
-        dec = decode_jpeg(encode_jpeg(cpu[i], quality=int(quality[i])))
-        out[i] = dec.to(x.device, x.dtype) / 255
+        buf = io.BytesIO()
+        Image.fromarray(cpu[i].squeeze(-1) if cpu.shape[-1] == 1 else cpu[i]).save(
+            buf, format="JPEG", quality=int(quality[i])
+        )
+        dec = np.array(Image.open(buf)).reshape(cpu.shape[1:])
+        out[i] = torch.from_numpy(dec).permute(2, 0, 1).to(x.device, x.dtype) / 255
     return out
 
 

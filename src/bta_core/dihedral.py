@@ -1,7 +1,8 @@
-"""Names of the 8 orientations of the dihedral group D4 (rotations by 90 degrees and flips).
+"""The 8 orientations of the dihedral group D4 (rotations by 90 degrees and flips): one home.
 
-Kept free of torch so keypoint matching can use them without loading it. Order: the four
-rotations of the image, then the four rotations of its left-right mirror.
+Names, numpy apply/invert and the torch batch version used for test-time augmentation. Kept
+free of a torch import so keypoint matching and napari can use it without loading torch. Order:
+the four rotations of the image, then the four rotations of its left-right mirror.
 """
 
 D4_NAMES = (
@@ -33,3 +34,12 @@ def invert_d4(index: int) -> int:
     if index >= 4:
         return index  # a mirror followed by a rotation is its own inverse
     return (4 - index) % 4
+
+
+def d4_orientations(x):
+    """The 8 orientations of a torch ``(..., H, W)`` batch, in ``D4_NAMES`` order (same as
+    :func:`apply_d4` on each image)."""
+    flipped = x.flip(-1)
+    return [x.rot90(k, dims=(-2, -1)) for k in range(4)] + [
+        flipped.rot90(k, dims=(-2, -1)) for k in range(4)
+    ]

@@ -16,7 +16,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from .dihedral import D4_NAMES, apply_d4
+from .dihedral import D4_NAMES, apply_d4, invert_d4
 
 PHASH_SIZE = 16
 """Hash side: 16 gives 256 bits (8 gives 64, too coarse for look-alike microscopy fields)."""
@@ -85,7 +85,26 @@ def phash_distances(query: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, 
     return np.take_along_axis(dist, best[..., None], axis=-1)[..., 0], best
 
 
+def pairs_phash(phash_a: np.ndarray, phash_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric distance of row-wise pairs: ``(K, 8, B)`` hashes each -> ``(K,)`` distances and
+    ``(K,)`` the D4 index of B's orientation that matches A.
+
+    The smaller of A against B's 8 orientations and B against A's 8, so a pair gets the same
+    distance whichever image comes first (when B's identity matches A in orientation ``m``, B
+    is A turned by ``m`` and B's matching orientation is ``invert_d4(m)``).
+    """
+    a_id, b_id = phash_a[:, 0], phash_b[:, 0]
+    d_ab = _POPCOUNT[np.bitwise_xor(a_id[:, None, :], phash_b)].sum(axis=-1, dtype=np.int32)
+    d_ba = _POPCOUNT[np.bitwise_xor(b_id[:, None, :], phash_a)].sum(axis=-1, dtype=np.int32)
+    k_ab, k_ba = d_ab.argmin(axis=1), d_ba.argmin(axis=1)
+    rows = np.arange(len(a_id))
+    best_ab, best_ba = d_ab[rows, k_ab], d_ba[rows, k_ba]
+    inverse = np.array([invert_d4(k) for k in range(len(D4_NAMES))])
+    use_ab = best_ab <= best_ba
+    return np.where(use_ab, best_ab, best_ba), np.where(use_ab, k_ab, inverse[k_ba])
+
+
 def pair_phash(fa: Fingerprint, fb: Fingerprint) -> tuple[int, str]:
-    """Smallest distance between two images' hashes and the orientation of B that gives it."""
-    dist, best = phash_distances(fa.phash[None], fb.phash[None])
-    return int(dist[0, 0]), D4_NAMES[int(best[0, 0])]
+    """Symmetric smallest distance between two images' hashes and the orientation of B giving it."""
+    dist, best = pairs_phash(fa.phash[None], fb.phash[None])
+    return int(dist[0]), D4_NAMES[int(best[0])]

@@ -5,8 +5,14 @@ last plain ``Linear``; its output is normalised by a ``BatchNorm1d(affine=False)
 ``Normalize`` step of Algorithm 1: batch statistics while training, running statistics at
 inference, so one image's embedding never depends on the rest of its batch).
 
-The similarity head is the paper code's MLP on ``concat(z_a, z_b)``:
-``2D -> 512 -> 256 -> 64 -> 16 -> 1`` with ReLU, and a sigmoid on top.
+Two similarity heads (``ModelConfig.head``):
+
+* ``"paper"``: the paper code's MLP on ``concat(z_a, z_b)``:
+  ``2D -> 512 -> 256 -> 64 -> 16 -> 1`` with ReLU, and a sigmoid on top. Not symmetric, and
+  it cannot represent "identical" (kept for the paper's protocol and table).
+* ``"symmetric"`` (default of new models): ``logit = c - D(a, b)`` where ``D`` is a learned,
+  monotone function of non-negative pair features that vanish exactly when ``a == b``, so
+  ``s(a, b) == s(b, a)`` and ``s(z, z) = sigmoid(c)`` is the maximum by construction.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PAPER_PROJECTOR_SIZES = (2048, 4096, 4096, 4096)
 PAPER_HEAD_SIZES = (512, 256, 64, 16)
+SYMMETRIC_HEAD_SIZES = (256, 16)
+"""Symmetric head: width of the learned metric space, hidden units of the monotone MLP."""
+HEAD_TYPES = ("paper", "symmetric")
 
 
 class Projector(nn.Module):
@@ -123,14 +133,16 @@ class SimilarityHead(nn.Module):
 
 
 def symmetric_score_matrix(
-    head: SimilarityHead, z_a: torch.Tensor, z_b: torch.Tensor, chunk_pairs: int = 1 << 21
+    head: nn.Module, z_a: torch.Tensor, z_b: torch.Tensor, chunk_pairs: int = 1 << 21
 ) -> torch.Tensor:
     """Order-independent scores: mean of ``s(a, b)`` and ``s(b, a)`` for every pair.
 
-    When both sides are the same embeddings (all pairs within one set) one pass suffices:
+    A head that is symmetric by construction is scored once. When both sides are the same embeddings (all pairs within one set) one pass suffices:
     ``s(b, a)`` is the transpose of ``s(a, b)``.
     """
     ab = head.score_matrix(z_a, z_b, chunk_pairs=chunk_pairs)
+    if isinstance(head, SymmetricHead):
+        return ab
     same = (
         z_a.shape == z_b.shape
         and z_a.data_ptr() == z_b.data_ptr()
@@ -141,3 +153,97 @@ def symmetric_score_matrix(
         return 0.5 * (ab + ab.T)
     ba = head.score_matrix(z_b, z_a, chunk_pairs=chunk_pairs)
     return 0.5 * (ab + ba.T)
+
+
+class SymmetricHead(nn.Module):
+    """Identity-aware, order-free head: ``logit(a, b) = c - D(f(a, b))``.
+
+    ``e = W z`` is a learned metric space. The pair features ``f`` are ``1 - cos(e_a, e_b)``,
+    ``|e_a - e_b|^2 / m`` (the squared elementwise difference, i.e. ``|e_a|^2 + |e_b|^2 -
+    2 e_a . e_b``, so it carries the product features too) and ``1 - cos(z_a, z_b)``: all are
+    >= 0, symmetric, and 0 when ``a == b``. ``D`` is a small MLP with non-negative weights and
+    ReLUs, minus ``D(0)``: non-decreasing in every feature, so ``D >= 0 = D(f(z, z))``. Hence
+    ``s(a, b) = s(b, a) <= s(z, z) = sigmoid(c)``. All features come from Gram matrices, so
+    all-pairs scoring costs two matrix products plus a tiny per-pair MLP.
+    """
+
+    n_features = 3
+
+    def __init__(self, embed_dim: int, sizes: Sequence[int] = SYMMETRIC_HEAD_SIZES) -> None:
+        super().__init__()
+        metric_dim, hidden = (int(s) for s in sizes)
+        self.proj = nn.Linear(int(embed_dim), metric_dim, bias=False)
+        k = self.n_features
+        self.w1 = nn.Parameter(torch.randn(hidden, k) * 0.5)
+        self.b1 = nn.Parameter(torch.linspace(-2.0, 0.0, hidden))
+        self.w2 = nn.Parameter(torch.full((hidden,), -3.0))
+        self.lin = nn.Parameter(torch.zeros(k))
+        self.scale = nn.Parameter(torch.zeros(k))
+        self.bias = nn.Parameter(torch.tensor(5.0))
+        self.embed_dim, self.metric_dim, self.hidden = int(embed_dim), metric_dim, hidden
+
+    def _distance(self, f: torch.Tensor) -> torch.Tensor:
+        """Monotone ``D(f) - D(0)`` of non-negative features ``(..., k)``."""
+        f = f * F.softplus(self.scale) * 2.0
+        w1, w2 = F.softplus(self.w1), F.softplus(self.w2)
+        h = torch.relu(f @ w1.T + self.b1) - torch.relu(self.b1)
+        return f @ F.softplus(self.lin) + h @ w2
+
+    def _parts(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        e = self.proj(z.float())
+        return e, F.normalize(e, dim=1), F.normalize(z.float(), dim=1)
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        """Logits for the row-wise pairs ``(z_a[i], z_b[i])``, shape ``(N,)``."""
+        ea, na, ua = self._parts(z_a)
+        eb, nb, ub = self._parts(z_b)
+        f = torch.stack(
+            [
+                0.5 * (na - nb).pow(2).sum(1),
+                (ea - eb).pow(2).sum(1) / self.metric_dim,
+                0.5 * (ua - ub).pow(2).sum(1),
+            ],
+            dim=1,
+        )
+        return self.bias - self._distance(f)
+
+    def pair_features(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        """All-pairs features ``(N, M, 3)`` from Gram matrices (clamped at 0)."""
+        ea, na, ua = self._parts(z_a)
+        eb, nb, ub = self._parts(z_b)
+        sq = (ea.pow(2).sum(1)[:, None] + eb.pow(2).sum(1)[None, :] - 2 * ea @ eb.T).clamp(min=0)
+        f = torch.stack([1 - na @ nb.T, sq / self.metric_dim, 1 - ua @ ub.T], dim=-1)
+        return f.clamp(min=0)
+
+    def score_matrix(
+        self,
+        z_a: torch.Tensor,
+        z_b: torch.Tensor,
+        chunk_pairs: int = 1 << 21,
+        logits: bool = False,
+    ) -> torch.Tensor:
+        """Scores of every pair ``(z_a[i], z_b[j])`` as an ``(N, M)`` matrix (symmetric head).
+
+        Rows are processed in blocks of about ``chunk_pairs`` pairs to bound memory.
+        """
+        n, m = z_a.shape[0], z_b.shape[0]
+        out = torch.empty(n, m, device=z_a.device, dtype=torch.float32)
+        rows = max(1, chunk_pairs // max(m, 1))
+        for i in range(0, n, rows):
+            f = self.pair_features(z_a[i : i + rows], z_b)
+            out[i : i + rows] = self.bias - self._distance(f)
+        return out if logits else torch.sigmoid(out)
+
+
+def build_head(kind: str, embed_dim: int, sizes: Sequence[int] | None = None) -> nn.Module:
+    """The similarity head ``kind`` (``"paper"`` or ``"symmetric"``) on ``embed_dim`` inputs."""
+    if kind == "paper":
+        return SimilarityHead(embed_dim, sizes or PAPER_HEAD_SIZES)
+    if kind == "symmetric":
+        return SymmetricHead(embed_dim, sizes or SYMMETRIC_HEAD_SIZES)
+    raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEAD_TYPES)}")
+
+
+def is_symmetric(head: nn.Module) -> bool:
+    """True for heads whose scores are order-free by construction."""
+    return isinstance(head, SymmetricHead)

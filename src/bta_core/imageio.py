@@ -2,35 +2,49 @@
 
 Rules (also in docs/image-io.md):
 
-* Formats: TIFF / OME-TIFF through tifffile; PNG, JPEG, BMP and other common formats through
-  scikit-image.
+* Formats: chosen from the file's first bytes, not its name. TIFF / OME-TIFF through tifffile;
+  PNG, JPEG, BMP, GIF, WebP through Pillow (first frame). A file that is no image says what
+  it holds (HTML, PDF, text...).
+* Pixel budget: a file may declare at most ``MAX_PIXELS`` values (width x height x channels x
+  planes; ``BTA_MAX_PIXELS`` overrides), checked from the header before decoding.
 * Axes: a TIFF's axes come from its first series (``YX``, ``CYX``, ``YXS``, ``ZCYX``,
-  ``TZCYX``...). Unknown layouts are guessed: a last axis of 3 or 4 is RGB(A) samples, a small
-  leading axis (<= 8) is channels.
+  ``TZCYX``...). Files without axis names (tifffile's ``Q``/``I``) are guessed: a last axis of
+  3 or 4 is RGB(A) samples, a small leading axis (<= 8) is channels, a larger one Z.
 * Planes: Z and T are "planes". ``load_image`` takes one plane (``plane=0`` by default);
   ``iter_images`` yields every plane (and with ``split_channels`` every channel) as its own
   image, named ``file.tif[c=1,z=3]``.
-* Channels: 1 channel -> grey, replicated to RGB; 3 -> RGB; 4 RGBA samples (PNG, or a TIFF
-  ``S`` axis) -> alpha dropped; 2, 4 (as a ``C`` axis) or >= 5 channels -> each channel scaled
-  on its own and averaged to grey, unless
+* Channels: 1 channel -> grey, replicated to RGB; grey + alpha -> grey; 3 -> RGB; 4 RGBA
+  samples -> alpha dropped; CMYK -> RGB (ICC profile when embedded); 2, 4 (as a ``C`` axis) or
+  >= 5 channels -> each channel scaled on its own and averaged to grey, unless
   ``channels=[...]`` picks up to three channels (mapped to R, G, B) or ``split_channels`` makes
   each channel its own image.
 * Intensity: uint8 is divided by 255. Every other dtype (uint16, int, float) is scaled per
   channel from its 0.1st to 99.9th percentile to [0, 1] and clipped (robust to hot pixels;
-  a constant image maps to 0). bool and complex data are refused.
-* Bad input raises ``ImageReadError`` naming the file and the problem: missing, truncated or
-  corrupt files, non-images, empty or 1-pixel images, NaN/inf values, bool/complex dtypes,
-  more than 5 dimensions.
+  a constant image maps to 0). NaN / inf pixels are missing values: filled per channel with an
+  ``ImageReadWarning``; an image with no finite value is refused. bool and complex data are
+  refused.
+* Bad input raises ``ImageReadError`` naming the file and the problem.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .decode import (  # noqa: F401 (errors and budget are re-exported from here)
+    MAX_PIXELS,
+    ImageReadError,
+    ImageReadWarning,
+    decode_file,
+    first_series,
+    pixel_budget,
+    quiet_tifffile,
+)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 OTHER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -38,15 +52,6 @@ IMAGE_SUFFIXES = TIFF_SUFFIXES + OTHER_SUFFIXES
 PERCENTILES = (0.1, 99.9)
 MIN_SIZE = 2
 MAX_NDIM = 5
-
-
-class ImageReadError(ValueError):
-    """An image file could not be used; ``path`` and ``problem`` say which and why."""
-
-    def __init__(self, path: str | os.PathLike, problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass
@@ -67,45 +72,33 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
-def _read_tiff(path: str) -> tuple[np.ndarray, str]:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise ImageReadError(path, "TIFF file holds no image series")
-        series = tif.series[0]
-        data = series.asarray()
-        axes = series.axes
-    return data, axes
-
-
 def read_array(path: str | os.PathLike) -> tuple[np.ndarray, str]:
-    """Raw array of a file and its axes string (``Y``, ``X``, ``C``, ``S``, ``Z``, ``T``...)."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise ImageReadError(path, "file not found")
-    if os.path.isdir(path):
-        raise ImageReadError(path, "is a folder, not an image file")
-    if os.path.getsize(path) == 0:
-        raise ImageReadError(path, "file is empty (0 bytes)")
-    try:
-        if path.lower().endswith(TIFF_SUFFIXES):
-            data, axes = _read_tiff(path)
-        else:
-            from skimage import io as skio
+    """Raw array of a file and its axes string (``Y``, ``X``, ``C``, ``S``, ``Z``, ``T``...).
 
-            data = np.asarray(skio.imread(path))
-            axes = ""
-    except ImageReadError:
-        raise
-    except MemoryError as exc:
-        raise ImageReadError(path, "image is too large to load into memory") from exc
-    except Exception as exc:  # decoders raise many types for damaged files
-        raise ImageReadError(path, f"cannot decode file ({type(exc).__name__}: {exc})") from exc
-    if data.dtype == object or data.size == 0 and data.ndim == 0:
+    The format comes from the file's first bytes, not its name; a file that is no image says
+    what it holds. Size and pixel type are checked from the header before pixels are decoded.
+    """
+    path = str(path)
+    data, axes = decode_file(path)
+    if data.dtype == object or data.ndim == 0:
         raise ImageReadError(path, "file does not hold a pixel array")
-    axes = axes.upper() if axes and len(axes) == data.ndim else _guess_axes(data.shape)
-    return data, axes
+    return data, resolve_axes(axes, data.shape)
+
+
+def resolve_axes(axes: str, shape: Sequence[int]) -> str:
+    """Axes of an array: the file's own, or guessed when it has none or only unnamed ones.
+
+    tifffile names axes it cannot identify ``Q`` (unknown) or ``I`` (a page sequence); a file
+    with nothing better than those is treated as one without axis metadata.
+    """
+    axes = (axes or "").upper()
+    if len(axes) != len(shape) or len(set(axes)) != len(axes):
+        return _guess_axes(tuple(shape))
+    if "Y" not in axes or "X" not in axes:
+        return _guess_axes(tuple(shape))
+    if set(axes) & set("QI") and not set(axes) - set("QIYXS"):
+        return _guess_axes(tuple(shape))
+    return axes
 
 
 def _guess_axes(shape: tuple[int, ...]) -> str:
@@ -164,16 +157,32 @@ def _split_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
 
 
 def scale_intensity(channel: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Map one channel to float32 [0, 1]: uint8 / 255, others by robust percentiles."""
+    """Map one channel to float32 [0, 1]: uint8 / 255, others by robust percentiles.
+
+    NaN and infinite values are left out of the percentiles and come out as 0; values of any
+    magnitude (float64 up to 1e308, 64-bit integers) give a finite result.
+    """
     if dtype == np.uint8:
         return channel.astype(np.float32) / 255.0
-    x = channel.astype(np.float32)
-    lo, hi = np.percentile(x, PERCENTILES)
-    if hi <= lo:
-        lo, hi = float(x.min()), float(x.max())
-    if hi <= lo:
-        return np.zeros_like(x)
-    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    x = np.asarray(channel)
+    vals = x
+    if x.dtype.kind == "f":
+        finite = np.isfinite(x)
+        if not finite.all():
+            vals = x[finite]
+    if vals.size == 0:
+        return np.zeros(x.shape, np.float32)
+    vmax = float(np.max(np.abs(vals.astype(np.float64))))
+    if vmax > 1e30 or 0 < vmax < 1e-30:  # bring extreme magnitudes into float32's range
+        x = x.astype(np.float64) / vmax
+        vals = vals.astype(np.float64) / vmax
+    lo, hi = (float(v) for v in np.percentile(vals, PERCENTILES))
+    if not hi > lo:
+        lo, hi = float(vals.min()), float(vals.max())
+    if not hi > lo:
+        return np.zeros(x.shape, np.float32)
+    out = (x.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return np.nan_to_num(np.clip(out, 0.0, 1.0), nan=0.0)
 
 
 def _to_rgb(
@@ -195,7 +204,7 @@ def _to_rgb(
         while len(picked) < 3:
             picked.append(picked[0] if len(channels) == 1 else np.zeros_like(picked[0]))
         return np.stack(picked, axis=-1)
-    if n == 1:
+    if n == 1 or (n == 2 and samples):  # grey, or grey + alpha samples
         g = scale_intensity(cyx[0], dtype)
         return np.stack([g, g, g], axis=-1)
     if n == 3 or (n == 4 and samples):
@@ -204,15 +213,45 @@ def _to_rgb(
     return np.stack([g, g, g], axis=-1)
 
 
+def _fill_non_finite(path: str, pcyx: np.ndarray) -> np.ndarray:
+    """Treat NaN / inf pixels as missing: fill them per channel and warn; refuse all-missing.
+
+    NaN and -inf take the channel's lowest finite value, +inf its highest, so masked regions
+    of ratio images become background instead of spreading NaN through the model.
+    """
+    if pcyx.dtype.kind != "f":
+        return pcyx
+    finite = np.isfinite(pcyx)
+    n_bad = int(finite.size - np.count_nonzero(finite))
+    if n_bad == 0:
+        return pcyx
+    if n_bad == finite.size:
+        raise ImageReadError(path, "every pixel is NaN or infinite (no usable values)")
+    out = np.array(pcyx, copy=True)
+    for c in range(out.shape[-3]):
+        ch, ok = out[..., c, :, :], finite[..., c, :, :]
+        good = ch[ok]
+        lo, hi = (good.min(), good.max()) if good.size else (0.0, 0.0)
+        ch[np.isposinf(ch)] = hi
+        ch[~np.isfinite(ch)] = lo
+    warnings.warn(
+        ImageReadWarning(
+            path,
+            f"{n_bad:,} of {finite.size:,} pixel values are NaN or infinite; "
+            "treated as missing (filled with the channel's lowest value, +inf with its highest)",
+        ),
+        stacklevel=3,
+    )
+    return out
+
+
 def _planes(path: str, data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     _check_array(path, data)
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
-        raise ImageReadError(path, "image contains NaN or infinite values")
     pcyx, plane_names = _split_axes(data, axes)
     h, w = pcyx.shape[-2:]
     if h < MIN_SIZE or w < MIN_SIZE:
         raise ImageReadError(path, f"image is too small ({h}x{w} pixels)")
-    return pcyx, plane_names
+    return _fill_non_finite(path, pcyx), plane_names
 
 
 def load_image(
@@ -268,22 +307,88 @@ def iter_images(
             yield info, _to_rgb(path, cyx, data.dtype, None, samples=samples)
 
 
-def find_images(folder: str | os.PathLike) -> list[Path]:
-    """All image files below ``folder`` (recursive, sorted, hidden files skipped)."""
+SkipFn = Callable[[Path, str], None]
+
+
+def find_images(folder: str | os.PathLike, on_skip: SkipFn | None = None) -> list[Path]:
+    """All image files below ``folder`` (recursive, sorted, hidden files skipped).
+
+    Symbolic links to folders are followed once: a link back to a folder already walked (a
+    loop) is not. What cannot be used is reported through ``on_skip(path, problem)`` instead
+    of silently left out: folders that cannot be listed, link loops, broken links, and image
+    names that are pipes, sockets or devices.
+    """
     root = Path(folder)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: folder not found")
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and is_image_file(p)
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    skip = on_skip or (lambda path, problem: None)
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder_path = stack.pop()
+        try:
+            st = folder_path.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                skip(folder_path, "symbolic link loop: the folder it points to is already scanned")
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder_path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            skip(folder_path, f"cannot list folder ({exc.strerror or exc})")
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                if entry.is_dir():  # follows links; loops are caught by ``seen``
+                    stack.append(path)
+                    continue
+                if not is_image_file(entry.name):
+                    continue
+                if entry.is_symlink() and not path.exists():
+                    skip(path, "broken symbolic link")
+                elif not entry.is_file():
+                    skip(path, "not a regular file (a pipe, socket or device)")
+                else:
+                    found.append(path)
+            except OSError as exc:
+                skip(path, f"cannot read file ({exc.strerror or exc})")
+    return sorted(found)
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
     """float [0, 1] RGB -> uint8 RGB (for caches and thumbnails)."""
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_float_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Any 2-D grey or (H, W, 1|3|4) array -> float32 (H, W, 3) in [0, 1]: the one rule.
+
+    Floats already in [0, 1] are kept as they are; uint8 is divided by 255; every other range
+    is stretched per channel by :func:`scale_intensity`. A fourth (alpha) channel is dropped.
+    Raises ``ValueError`` naming ``name`` for shapes, pixel types or values it cannot use.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == bool or np.iscomplexobj(arr) or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name}: unsupported pixel type {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{name}: expected a (H, W) or (H, W, 3|4) image, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # missing values, as for files
+        arr = np.moveaxis(_fill_non_finite(name, np.moveaxis(arr, -1, 0)), 0, -1)
+    chans = arr.shape[-1] if arr.shape[-1] != 4 else 3
+    if arr.dtype.kind == "f" and arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+        rgb = arr[..., :chans].astype(np.float32)
+    else:
+        rgb = np.stack([scale_intensity(arr[..., c], arr.dtype) for c in range(chans)], axis=-1)
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    return np.ascontiguousarray(rgb, dtype=np.float32)

@@ -89,12 +89,15 @@ def combined_loss(
     z_b: torch.Tensor,
     lambda_: float = LAMBDA_COMBINED,
     lambda_bt: float = LAMBDA_BT,
-    pos_weight: float | None = 1.0,
+    pos_weight: float | None = None,
     world_size: int = 1,
     mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Algorithm 2: L_BTA = BCE over all in-batch pairs + lambda * L_BT.
 
+    The BCE is balanced by default (``pos_weight=None``): with the plain mean of the paper
+    (``pos_weight=1``) the B positives weigh 1/B of the loss, and a head that scores every
+    pair low is already near the optimum, which left the old default model's head near zero.
     Returns the loss and its parts (as floats) for logging.
     """
     bce = all_pairs_bce_loss(head, z_a, z_b, pos_weight=pos_weight, mask=mask)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone, build_backbone, feature_dim
-from .dihedral import D4_NAMES  # noqa: F401 (re-exported)
-from .heads import PAPER_HEAD_SIZES, Projector, SimilarityHead, symmetric_score_matrix
-
-ProgressFn = Callable[[int, int, dict], None]
+from .device import autocast
+from .dihedral import D4_NAMES, d4_orientations  # noqa: F401 (re-exported)
+from .heads import PAPER_HEAD_SIZES, Projector, build_head, is_symmetric, symmetric_score_matrix
+from .runtime import ProgressFn, StopFn, check_cancel
 
 
 @dataclass
@@ -28,6 +28,9 @@ class ModelConfig:
     """True when the backbone's tensors are stored in the checkpoint (fine-tuned or random)."""
     projector_sizes: list[int] = field(default_factory=lambda: [1280, 2048, 2048, 2048])
     head_sizes: list[int] = field(default_factory=lambda: list(PAPER_HEAD_SIZES))
+    head: str = "paper"
+    """Similarity head: ``"paper"`` (concatenation MLP; the default of checkpoints written
+    before the field existed) or ``"symmetric"`` (identity-aware; the default of new training)."""
     image_size: int = 224
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -75,9 +78,11 @@ class BTAModel(nn.Module):
                 f"projector expects {config.projector_sizes[0]}"
             )
         self.config = config
+        self.checkpoint_path: str | None = None
+        """The file the model was loaded from (None: built in memory); set by ``load_checkpoint``."""
         self.backbone = backbone.module
         self.projector = Projector(config.projector_sizes)
-        self.head = SimilarityHead(config.projector_sizes[-1], config.head_sizes)
+        self.head = build_head(config.head, config.projector_sizes[-1], config.head_sizes)
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
 
@@ -103,7 +108,7 @@ class BTAModel(nn.Module):
     ) -> torch.Tensor:
         """P(same source) for row-wise pairs of embeddings."""
         p = torch.sigmoid(self.head(z_a, z_b).float())
-        if symmetric:
+        if symmetric and not is_symmetric(self.head):
             p = 0.5 * (p + torch.sigmoid(self.head(z_b, z_a).float()))
         return p
 
@@ -141,14 +146,6 @@ def to_model_input(images: Sequence[np.ndarray] | np.ndarray, image_size: int) -
     return out
 
 
-def d4_orientations(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 rotations/flips of a ``(..., H, W)`` batch, in ``D4_NAMES`` order."""
-    flipped = x.flip(-1)
-    return [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)] + [
-        torch.rot90(flipped, k, dims=(-2, -1)) for k in range(4)
-    ]
-
-
 @torch.no_grad()
 def embed_images(
     model: BTAModel,
@@ -156,19 +153,17 @@ def embed_images(
     batch_size: int = 32,
     tta: str | None = None,
     on_progress: ProgressFn | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopFn | None = None,
 ) -> torch.Tensor:
     """Embed float RGB arrays; returns ``(N, D)`` (or ``(N, 8, D)`` with ``tta="d4"``) on the CPU."""
     model.eval()
     device = model.device
     size = model.config.image_size
     outs = []
-    autocast = device.type == "cuda"
     for start in range(0, len(images), batch_size):
-        if should_stop is not None and should_stop():
-            raise InterruptedError("embedding cancelled")
+        check_cancel(should_stop, "embedding")
         x = to_model_input(images[start : start + batch_size], size).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with autocast(device):
             if tta == "d4":
                 views = d4_orientations(x)
                 z = model(torch.cat(views)).float()

@@ -14,14 +14,16 @@ Recipes (``--mode``):
 Every image is decoded once into a uint8 tensor (on the GPU when it fits); views are made in
 batches there (``bta_core.augment``); the frozen backbone runs once per view under no_grad,
 in bf16 with channels_last on CUDA. Checkpoints are written atomically every
-``--save-every`` epochs, at the end and on Ctrl-C/cancel; ``--resume`` continues from the
-training state saved next to the checkpoint. Each epoch's randomness is seeded from
-(seed, stage, epoch), so a resumed run repeats an uninterrupted one.
+``--save-every`` epochs, at the end and on Ctrl-C, SIGTERM or cancel; ``--resume`` continues
+from the training state saved next to the checkpoint. An epoch interrupted half-way is
+restarted: the state saved is the one that epoch started from. Each epoch's randomness is
+seeded from (seed, stage, epoch), so a resumed run repeats an uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,19 +36,19 @@ import torch
 from torch import nn
 
 from .augment import VIEW_RECIPES, apply_view
-from .backbones import feature_dim
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .backbones import feature_dim, safe_torch_load
+from .checkpoint import atomic_write, load_checkpoint, remove_stale_temps, save_checkpoint
 from .data import decode_records, group_ids, list_records
 from .device import DEVICE_CHOICES, describe_device, get_device
-from .heads import PAPER_PROJECTOR_SIZES
-from .losses import LAMBDA_BT, LAMBDA_COMBINED, barlow_twins_loss, combined_loss
+from .heads import HEAD_TYPES, PAPER_HEAD_SIZES, PAPER_PROJECTOR_SIZES, SYMMETRIC_HEAD_SIZES
+from .losses import LAMBDA_BT, LAMBDA_COMBINED, barlow_twins_loss, combined_loss, nt_xent_loss
 from .model import BTAModel, ModelConfig
+from .runtime import Cancelled, ProgressFn
 
-ProgressFn = Callable[[int, int, dict], None]
 DEFAULT_EPOCHS = {"bta": 200, "combined": 200, "head": 100, "simclr": 200}
 
 
-class TrainingCancelled(Exception):
+class TrainingCancelled(Cancelled):
     """Raised by ``train`` when ``should_stop`` asked it to stop (a checkpoint was saved)."""
 
     def __init__(self, message: str, at_epoch_start: bool = False) -> None:
@@ -76,7 +78,9 @@ class TrainConfig:
     lambda_bt: float = LAMBDA_BT
     lambda_: float = LAMBDA_COMBINED
     p_same: float = 0.4
-    pos_weight: float = 1.0
+    pos_weight: float | None = None
+    """Weight of the positives of the all-pairs BCE; None balances them (B - 1)."""
+    head: str = "symmetric"
     limit: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -128,7 +132,7 @@ def load_barlowtwins_projector(path: str) -> tuple[dict[str, torch.Tensor], list
     with keys ``module.projector.*`` and ``module.bn.*``; returns our Projector's state dict
     and its layer sizes.
     """
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = safe_torch_load(path)
     state = raw.get("model", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a Barlow Twins checkpoint (no state dict)")
@@ -175,6 +179,8 @@ def build_model(cfg: TrainConfig) -> BTAModel:
         backbone_weights=cfg.backbone_weights,
         backbone_in_checkpoint=cfg.finetune_backbone or backbone_random,
         projector_sizes=sizes,
+        head=cfg.head,
+        head_sizes=list(SYMMETRIC_HEAD_SIZES if cfg.head == "symmetric" else PAPER_HEAD_SIZES),
         image_size=cfg.image_size,
         recipe=recipe_dict(cfg),
     )
@@ -421,6 +427,9 @@ def train_one_epoch(
                         za, zb, lambda_bt=cfg.lambda_bt, world_size=run.world_size
                     )
                     parts["bt"] = float(loss.detach())
+                elif stage == "simclr":
+                    loss = nt_xent_loss(za, zb)
+                    parts["nt_xent"] = float(loss.detach())
                 else:
                     gi = run.groups[idx]
                     mask = (gi[:, None] != gi[None, :]) | torch.eye(
@@ -517,6 +526,13 @@ def train(
     if not cfg.data:
         raise ValueError("no training data given")
     stages = cfg.stages()
+    if cfg.resume and not state_path(cfg.out).exists():
+        raise FileNotFoundError(
+            f"{state_path(cfg.out)}: nothing to resume (no training state saved for {cfg.out}); "
+            "run without --resume to start"
+        )
+    for target in (Path(cfg.out), state_path(cfg.out)):
+        remove_stale_temps(target)  # left by a run killed while writing
     world, rank, device = _setup_distributed(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
@@ -572,6 +588,7 @@ def train(
             log.info(f"resumed {stage} at epoch {first}/{epochs}")
         done_steps += first * max(1, len(records) // (cfg.batch_size * world))
         epoch = first
+        snapshot = None
         try:
             for epoch in range(first, epochs):
                 lr = cosine_lr(epoch, epochs, cfg.lr_start, cfg.lr_end)
@@ -601,6 +618,7 @@ def train(
                             {"stage": _stage, "epoch": _epoch, **info},
                         )
 
+                snapshot = _epoch_snapshot(model, opt) if rank == 0 else None
                 stats = train_one_epoch(run, stage, opt, params, si, epoch, on_step, should_stop)
                 if bar is not None:
                     bar.close()
@@ -610,9 +628,15 @@ def train(
                     save_training_state(model, opt, cfg, si, epoch + 1, partial=False)
         except (KeyboardInterrupt, TrainingCancelled) as exc:
             if rank == 0:
-                partial = not getattr(exc, "at_epoch_start", False)
-                save_training_state(model, opt, cfg, si, epoch, partial=partial)
-                log.info(f"stopped: checkpoint saved to {cfg.out}; continue with --resume")
+                # --resume restarts the interrupted epoch: save the state it started from, so
+                # the resumed run repeats the uninterrupted one bit for bit
+                if snapshot is not None and not getattr(exc, "at_epoch_start", False):
+                    _restore_snapshot(model, opt, snapshot)
+                save_training_state(model, opt, cfg, si, epoch, partial=False)
+                log.info(
+                    f"stopped: checkpoint of epoch {epoch}/{epochs} ({stage}) saved to {cfg.out}; "
+                    "--resume restarts the interrupted epoch"
+                )
             raise
         start_epoch = 0
         resume_meta = None
@@ -718,7 +742,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--pos-weight",
         type=float,
         default=d.pos_weight,
-        help="weight of positives in the all-pairs BCE",
+        help="weight of positives in the all-pairs BCE (default: balanced, B - 1)",
+    )
+    p.add_argument(
+        "--head",
+        default=d.head,
+        choices=list(HEAD_TYPES),
+        help="similarity head: symmetric (identity-aware) or paper (concatenation MLP)",
     )
     p.add_argument("--limit", type=int, default=d.limit, help="use only the first N images")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -754,10 +784,54 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def _epoch_snapshot(model: BTAModel, opt: torch.optim.Optimizer) -> dict:
+    """Copies of the trained weights and optimizer state at the start of an epoch."""
+    import copy
+
+    parts = {"projector": model.projector, "head": model.head}
+    if any(p.requires_grad for p in model.backbone.parameters()):
+        parts["backbone"] = model.backbone
+    return {
+        "modules": {
+            name: {k: v.detach().clone() for k, v in module.state_dict().items()}
+            for name, module in parts.items()
+        },
+        "opt": copy.deepcopy(opt.state_dict()),
+    }
+
+
+def _restore_snapshot(model: BTAModel, opt: torch.optim.Optimizer, snapshot: dict) -> None:
+    for name, state in snapshot["modules"].items():
+        getattr(model, name).load_state_dict(state)
+    opt.load_state_dict(snapshot["opt"])
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside: SIGTERM (e.g. ``kill``, a batch scheduler's stop) acts like Ctrl-C, so training
+    saves its state before it ends. Only in the main thread; elsewhere a no-op."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     try:
-        path = train(cfg)
+        with sigterm_as_interrupt():
+            path = train(cfg)
     except TrainingCancelled as exc:
         print(str(exc))
         return 130

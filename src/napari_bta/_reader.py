@@ -6,6 +6,7 @@ fall back to other readers.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,12 @@ _UNIT_UM = {"um": 1.0, "µm": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "m
 
 
 def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
-    """Return ``read_tiff`` when ``path`` is a readable TIFF file, else ``None``."""
+    """Return a reader when ``path`` is a TIFF this plugin can really read, else ``None``.
+
+    The file is read here, completely, so a truncated, oversized (see ``bta_core.imageio``'s
+    pixel budget), complex-valued or otherwise unreadable file is declined instead of claimed
+    and failing later; the returned function hands over the layers already read.
+    """
     try:
         if isinstance(path, (list, tuple)):
             if len(path) != 1:
@@ -30,14 +36,38 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]]
         path = str(path)
         if not path.lower().endswith(SUFFIXES) or not os.path.isfile(path):
             return None
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            if not tif.series or len(tif.series[0].shape) < 2:
-                return None
-        return read_tiff
-    except Exception:  # corrupt, truncated, not a TIFF at all: let other readers try
+        layers = read_tiff(path)
+    except Exception:  # corrupt, truncated, too large, not a TIFF: let other readers try
         return None
+
+    def reader(_path: str | list[str]) -> list[LayerData]:
+        return layers
+
+    return reader
+
+
+def _positive(values: dict[str, float]) -> dict[str, float]:
+    """Only the finite, positive sizes (metadata such as ImageJ spacing can be 0, NaN or junk)."""
+    return {k: v for k, v in values.items() if math.isfinite(v) and v > 0}
+
+
+def _metadata(tif: Any) -> tuple[dict[str, float], list[str] | None]:
+    """Physical sizes and channel names; damaged metadata gives none instead of an error."""
+    sizes: dict[str, float] = {}
+    try:
+        sizes = _positive(_ome_scale(tif)) if tif.is_ome else {}
+    except Exception:
+        sizes = {}
+    if not sizes:
+        try:
+            sizes = _positive(_resolution_scale(tif))
+        except Exception:
+            sizes = {}
+    try:
+        names = _channel_names(tif)
+    except Exception:
+        names = None
+    return sizes, names
 
 
 def _ome_scale(tif: Any) -> dict[str, float]:
@@ -55,10 +85,18 @@ def _ome_scale(tif: Any) -> dict[str, float]:
         size = pixels.get(f"PhysicalSize{axis}")
         if size:
             unit = str(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
-            out[axis] = float(size) * _UNIT_UM.get(unit, 1.0)
+            out[axis] = _float(size) * _UNIT_UM.get(unit, 1.0)
     if pixels.get("TimeIncrement"):
-        out["T"] = float(pixels["TimeIncrement"])
+        out["T"] = _float(pixels["TimeIncrement"])
     return out
+
+
+def _float(value: Any) -> float:
+    """A metadata number, NaN when it is not one (dropped later by ``_positive``)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _channel_names(tif: Any) -> list[str] | None:
@@ -96,13 +134,14 @@ def _resolution_scale(tif: Any) -> dict[str, float]:
     if factor is None:
         return out
     for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
-        num, den = tags[tag].value
+        value = tags[tag].value
+        num, den = value if isinstance(value, tuple) and len(value) == 2 else (0, 0)
         if num and den:
             out[axis] = factor * den / num
     if ij.get("spacing"):
-        out["Z"] = float(ij["spacing"]) * factor
+        out["Z"] = _float(ij["spacing"]) * factor
     if ij.get("finterval"):
-        out["T"] = float(ij["finterval"])
+        out["T"] = _float(ij["finterval"])
     return out
 
 
@@ -115,26 +154,22 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
     """
     import tifffile
 
+    from bta_core.imageio import first_series, quiet_tifffile, resolve_axes
+
     if isinstance(path, (list, tuple)):
         path = path[0]
     path = str(path)
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
+    with quiet_tifffile(), tifffile.TiffFile(path) as tif:
+        series = first_series(path, tif)
         data = series.asarray()
-        axes = series.axes.upper()
-        sizes = _ome_scale(tif) if tif.is_ome else {}
-        if not sizes:
-            sizes = _resolution_scale(tif)
-        names = _channel_names(tif)
-    if len(axes) != data.ndim:
-        from bta_core.imageio import _guess_axes
-
-        axes = _guess_axes(data.shape)
+        axes = resolve_axes(series.axes, data.shape)
+        sizes, names = _metadata(tif)
+    if data.ndim < 2 or data.size == 0:
+        raise ValueError(f"{path}: no 2-D image in the file (shape {data.shape})")
     rgb = "S" in axes and data.shape[axes.index("S")] in (3, 4) and data.dtype == np.uint8
-    if "S" in axes and not rgb:
-        axes = axes.replace("S", "C" if "C" not in axes else "Q")
-    if "Y" not in axes or "X" not in axes:
-        axes = axes[:-2] + "YX"
+    if "S" in axes and not rgb:  # samples that are not RGB: channels (or one more slider)
+        spare = "C" if "C" not in axes else next(a for a in "QRUVW" if a not in axes)
+        axes = axes.replace("S", spare)
     tail = ["Y", "X"] + (["S"] if rgb else [])
     lead = [a for a in axes if a not in tail]
     order = [axes.index(a) for a in lead + tail]
@@ -148,7 +183,7 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
             stem = stem[: -len(suffix)]
             break
     meta = {"path": path, "axes": axes, "pixel_size_um": sizes.get("X")}
-    kwargs: dict[str, Any] = {"metadata": meta, "rgb": rgb}
+    kwargs: dict[str, Any] = {"metadata": meta, "rgb": rgb, "axis_labels": list(spatial)}
     if sizes:
         kwargs["units"] = ["s" if a == "T" else "um" if a in "XYZ" else "pixel" for a in spatial]
     if "C" in axes and data.shape[axes.index("C")] > 1:
@@ -157,6 +192,7 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
         if not names or len(names) != n:
             names = [f"ch{i}" for i in range(n)]
         del scale[spatial.index("C")]
+        del kwargs["axis_labels"][spatial.index("C")]
         if "units" in kwargs:
             del kwargs["units"][spatial.index("C")]
         kwargs.update(
@@ -170,6 +206,7 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
         if "C" in axes:
             data = np.take(data, 0, axis=axes.index("C"))
             del scale[spatial.index("C")]
+            del kwargs["axis_labels"][spatial.index("C")]
             if "units" in kwargs:
                 del kwargs["units"][spatial.index("C")]
         kwargs.update(name=stem, scale=scale)

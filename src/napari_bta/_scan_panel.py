@@ -1,4 +1,9 @@
-"""Scan panel: find likely reused pairs in a folder; open a pair with the compare overlays."""
+"""Scan panel: the core scan's pairs of a folder, its verdicts in its order; a row opens the pair.
+
+The table shows each ``bta_core.scan.Pair`` as the scan decided and ranked it; the panel never
+re-ranks or re-decides. A row click replaces the previous pair's layers with this pair and
+localises it (``bta_core.match``) for the overlays.
+"""
 
 from __future__ import annotations
 
@@ -6,112 +11,141 @@ import tempfile
 import threading
 from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton, SpinBox, Table
+from magicgui.widgets import CheckBox, FileEdit, Label, PushButton, SpinBox, Table
 
-from ._compare import Item, compare_job, show_pair, verdict_text
 from ._compat import prepare_torch_import
-from ._state import MODEL
-from ._workers import Progress, WorkerControls, run_with_progress
+from ._layers import META_KEY, remove_group
+from ._overlays import Source, plan_pair, provenance, warm_imports
+from ._panel import Panel, fmt, tip
+from ._state import MODEL, adopt_default, load_model
+from ._workers import Progress, run_with_progress
+
+if TYPE_CHECKING:
+    import napari
 
 GAP_PX = 16
+MAX_ROWS = 500
+VERIFY_PER_IMAGE = 3
+"""``bta_core.scan.pipeline.DEFAULT_VERIFY_PER_IMAGE`` (a test checks they agree): importing the
+pipeline here would load torch when the panel opens."""
+COLUMNS = ["verdict", "decided by", "score", "A", "B"]
 
 
-def _get(row: Any, key: str, default: Any = None) -> Any:
-    if isinstance(row, dict):
-        return row.get(key, default)
-    return getattr(row, key, default)
-
-
-def top_pairs(result: Any, n: int = 50) -> list[dict]:
-    """The ``n`` best pairs of a scan result as plain dicts: verified overlaps first, then by score."""
-    rows = [
-        {
-            "path_a": str(_get(r, "path_a")),
-            "path_b": str(_get(r, "path_b")),
-            "score": float(_get(r, "score", 0.0)),
-            "same": bool(_get(r, "same", False)),
-            "verified": bool(_get(r, "verified", False)),
-        }
-        for r in (_get(result, "pairs", None) or [])
-    ]
-    rows.sort(key=lambda r: (r["verified"], r["score"]), reverse=True)  # verified overlaps first
-    return rows[:n]
+def pair_verdict(pair: Any) -> tuple[str, str]:
+    """The verdict and deciding evidence the scan recorded for a ``bta_core.scan.Pair``."""
+    return str(pair.verdict), str(pair.decided_by)
 
 
 def scan_job(
     folders: Sequence[str],
     model: Any,
     out_dir: str,
-    tta: str | None = None,
     stop: threading.Event | None = None,
-    reference: Sequence[str] | None = None,
-    verify: int = 0,
-) -> Generator[Progress, None, Any]:
-    """Generator worker around ``bta_core.scan.scan``."""
+    **options: Any,
+) -> Generator[Progress, None, tuple[Any, Any]]:
+    """Generator worker: (load the default model,) then ``bta_core.scan.scan``.
+
+    Returns ``(scan result, the model loaded here or None)``.
+    """
+    loaded = None
+    if model is None:
+        model = loaded = yield from run_with_progress(load_model, stop=stop)
     prepare_torch_import()
     from bta_core.scan import scan
 
-    return (
-        yield from run_with_progress(
-            scan,
-            list(folders),
-            reference=list(reference) if reference else None,
-            model=model,
-            out_dir=out_dir,
-            tta=tta,
-            verify=verify,
-            stop=stop,
-        )
+    result = yield from run_with_progress(
+        scan, list(folders), model=model, out_dir=out_dir, stop=stop, **options
     )
+    return result, loaded
 
 
-def open_pair(viewer: Any, path_a: str, path_b: str) -> list[Item]:
-    """Open both images as RGB layers, B placed to the right of A; returns them as compare items."""
+def localise_job(
+    path_a: str, path_b: str, stop: threading.Event | None = None
+) -> Generator[Progress, None, tuple[Any, np.ndarray | None]]:
+    """Generator worker: where the pair matches (``match_images``) and B warped into A's frame."""
+    from bta_core.imageio import load_image
+    from bta_core.match import match_images, warp_b_to_a
+
+    warm_imports()
+
+    a, b = load_image(path_a), load_image(path_b)
+    match = yield from run_with_progress(match_images, a, b, stop=stop)
+    aligned = warp_b_to_a(b, match, a.shape[:2]) if match.transform is not None else None
+    return match, aligned
+
+
+def open_pair(viewer: Any, path_a: str, path_b: str) -> list[Source]:
+    """Replace the previous scan pair's layers with A and B (B placed to the right of A)."""
     from bta_core.imageio import load_image
 
-    items = []
+    remove_group(viewer, "scan")
+    sources: list[Source] = []
     x = 0.0
     for role, path in (("A", path_a), ("B", path_b)):
         rgb = load_image(path)
-        name = Path(path).name
-        if role == "B" and name == items[0].name:
-            name = f"{name} (B)"
-        if name in viewer.layers:
-            layer = viewer.layers[name]
-            layer.data = rgb
-            layer.translate = (0.0, x)
-        else:
-            layer = viewer.add_image(rgb, name=name, rgb=True, translate=(0.0, x))
-        layer.metadata["napari_bta"] = {"tool": "scan", "path": str(path), "role": role}
-        items.append(Item(name, rgb, layer))
+        name = f"{role}: {Path(path).name}"
+        meta = {META_KEY: {"tool": "scan", "path": str(path), "role": role}}
+        layer = viewer.add_image(rgb, name=name, rgb=True, translate=(0.0, x), metadata=meta)
+        sources.append(Source(name, layer, (), tuple(rgb.shape[:2])))
         x += rgb.shape[1] + GAP_PX
-    return items
+    return sources
 
 
-class ScanPanel(Container):
-    """Scan a folder; the top pairs go to a table; a click opens the pair with overlays."""
+def _open_url(path: str) -> bool:
+    from qtpy.QtCore import QUrl
+    from qtpy.QtGui import QDesktopServices
 
-    def __init__(self, viewer: Any) -> None:
-        self._viewer = viewer
-        self._folder = FileEdit(label="Folder", mode="d", value="")
-        self._reference = FileEdit(label="Reference folder (optional)", mode="d", value="")
-        self._out = FileEdit(label="Output folder (optional)", mode="d", value="")
-        self._top = SpinBox(label="Top pairs", min=1, max=10000, value=50)
-        self._tta = CheckBox(text="Also match rotated/flipped copies (slower)", value=False)
-        self._verify = SpinBox(label="Verify best pairs (keypoints)", min=0, max=100000, value=100)
-        self._run = PushButton(text="Scan")
-        self._cancel = PushButton(text="Cancel")
-        self._status = Label(value="")
-        self._verdict = Label(value="")
-        self._table = Table(
-            value={"data": [], "index": [], "columns": ["score", "same", "verified", "A", "B"]}
+    return bool(QDesktopServices.openUrl(QUrl.fromLocalFile(path)))
+
+
+class ScanPanel(Panel):
+    """Scan a folder; the core's pairs go to a table; a click opens the pair with overlays."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer)
+        self._folder = tip(
+            FileEdit(label="Folder", mode="d", value=""),
+            "Folder of images to scan (searched recursively)",
+        )
+        self._reference = tip(
+            FileEdit(label="Reference (optional)", mode="d", value=""),
+            "Optional folder (e.g. a lab archive): every folder x reference pair is scored too",
+        )
+        self._out = tip(
+            FileEdit(label="Output (optional)", mode="d", value=""),
+            "Where pairs.csv, skipped.csv and report.html go (default: a temporary folder)",
+        )
+        self._top = tip(
+            SpinBox(label="Pairs listed", min=1, max=100000, value=50),
+            "The scan lists every pair above the model's threshold and at least this many best pairs",
+        )
+        self._tta = tip(
+            CheckBox(text="Also match rotated/flipped copies (slower)", value=False),
+            "Score each pair as the best of the 8 rotations/flips",
+        )
+        self._verify = tip(
+            SpinBox(label="Verify per image", min=0, max=100, value=VERIFY_PER_IMAGE),
+            "Keypoint matching checks this many best candidates of every image for a shared "
+            "region (0: none; about 0.1-0.3 s per pair on a CPU)",
+        )
+        self._run = tip(PushButton(text="Scan"), "Scan the folder in the background")
+        self._table = tip(
+            Table(value={"data": [], "index": [], "columns": COLUMNS}),
+            "The scan's pairs, best first; click a row to open the pair with its overlays",
         )
         self._table.read_only = True
-        super().__init__(
-            widgets=[
+        self._verdict = tip(Label(value=""), "The scan's verdict of the opened pair")
+        self._skipped_btn = tip(
+            PushButton(text="Show skipped files"), "List the files the scan could not read, and why"
+        )
+        self._report_btn = tip(
+            PushButton(text="Open report.html"), "Open the scan's HTML report in the web browser"
+        )
+        self.setup(
+            [
                 self._folder,
                 self._reference,
                 self._out,
@@ -119,21 +153,27 @@ class ScanPanel(Container):
                 self._tta,
                 self._verify,
                 self._run,
-                self._cancel,
-                self._status,
-                self._verdict,
                 self._table,
-            ]
+                self._verdict,
+                self._skipped_btn,
+                self._report_btn,
+            ],
+            [self._run],
+            "Scanning",
         )
+        self._table.native.setMinimumHeight(180)
         self._verdict.native.setWordWrap(True)
-        self.controls = WorkerControls(self._run, self._cancel, self._status, "Scanning")
-        self.pairs: list[dict] = []
+        self._skipped_btn.enabled = self._report_btn.enabled = False
+        self.result: Any = None
+        self.pairs: list[Any] = []
+        self.skipped_dialog: Any = None
         self._tmp: tempfile.TemporaryDirectory | None = None
-        self._run.changed.connect(self.run)
+        self._run.changed.connect(lambda *_: self.run())
+        self._skipped_btn.changed.connect(lambda *_: self.show_skipped())
+        self._report_btn.changed.connect(lambda *_: self.open_report())
         self._table.native.cellClicked.connect(lambda row, _col: self.open_row(row))
-        self.native.destroyed.connect(lambda *_: self.controls.close())
 
-    def run(self, *_: Any, folder: str | None = None) -> Any:
+    def run(self, folder: str | None = None) -> Any:
         """Scan ``folder`` (default: the panel's) in a worker."""
         from napari.utils.notifications import show_error
 
@@ -141,67 +181,123 @@ class ScanPanel(Container):
         if folder in ("", ".") or not Path(folder).is_dir():
             show_error(f"Choose a folder of images to scan (got {folder!r})")
             return None
-        try:
-            model = MODEL.get_or_load_default()
-        except Exception as exc:
-            show_error(f"No model: load one in the BTA Model panel ({exc})")
-            return None
         out = str(self._out.value)
         if out in ("", "."):
             self._tmp = tempfile.TemporaryDirectory(prefix="napari-bta-scan-")
             out = self._tmp.name
-        tta = "d4" if self._tta.value else None
         ref = str(self._reference.value)
         reference = [ref] if ref not in ("", ".") and Path(ref).is_dir() else None
+        self._folder_scanned = folder
         return self.controls.start(
             scan_job,
             [folder],
-            model,
+            MODEL.model,
             out,
-            tta,
             reference=reference,
-            verify=int(self._verify.value),
+            tta="d4" if self._tta.value else None,
+            verify_per_image=int(self._verify.value),
+            top_k=int(self._top.value),
             on_return=self._show,
         )
 
-    def _show(self, result: Any) -> None:
-        self.pairs = top_pairs(result, int(self._top.value))
+    def _show(self, value: tuple[Any, Any]) -> None:
+        result, loaded = value
+        adopt_default(loaded)
+        self.result = result
+        self.pairs = list(getattr(result, "pairs", []) or [])
+        shown = self.pairs[:MAX_ROWS]
         self._table.value = {
             "data": [
-                [
-                    f"{p['score']:.3f}",
-                    "yes" if p["same"] else "",
-                    "yes" if p["verified"] else "",
-                    Path(p["path_a"]).name,
-                    Path(p["path_b"]).name,
-                ]
-                for p in self.pairs
+                [*pair_verdict(p), fmt(p.score), Path(p.path_a).name, Path(p.path_b).name]
+                for p in shown
             ],
-            "index": [str(k + 1) for k in range(len(self.pairs))],
-            "columns": ["score", "same", "verified", "A", "B"],
+            "index": [str(k + 1) for k in range(len(shown))],
+            "columns": COLUMNS,
         }
-        skipped = _get(result, "skipped", None) or []
-        self._status.value = f"Scanning: done, {len(self.pairs)} pairs shown" + (
-            f", {len(skipped)} files skipped" if skipped else ""
-        )
+        table = self._table.native
+        for row, p in enumerate(shown):
+            for col, path in ((3, p.path_a), (4, p.path_b)):
+                cell = table.item(row, col)
+                if cell is not None:
+                    cell.setToolTip(str(path))
+        skipped = list(getattr(result, "skipped", []) or [])
+        n_images = len(getattr(result, "items", []) or [])
+        if n_images == 0 and not skipped:
+            self._status.value = f"No images found in {self._folder_scanned}"
+        else:
+            more = (
+                f" (first {MAX_ROWS} shown; all in the report)"
+                if len(self.pairs) > MAX_ROWS
+                else ""
+            )
+            self._status.value = (
+                f"Scanned {n_images} images: {len(self.pairs)} pairs listed{more}"
+                + (f", {len(skipped)} files skipped" if skipped else "")
+            )
+        self._skipped_btn.enabled = bool(skipped)
+        self._report_btn.enabled = self.report_path() is not None
+
+    def report_path(self) -> str | None:
+        """The scan's report.html, when it exists."""
+        out = getattr(self.result, "out_dir", None)
+        path = Path(out) / "report.html" if out else None
+        return str(path) if path is not None and path.is_file() else None
+
+    def open_report(self) -> bool:
+        """Open report.html in the system's browser."""
+        path = self.report_path()
+        return _open_url(path) if path else False
+
+    def skipped_text(self) -> str:
+        """One line per skipped file: its full path and the problem."""
+        skipped = getattr(self.result, "skipped", []) or []
+        return "\n".join(f"{s.path}: {s.problem}" for s in skipped)
+
+    def show_skipped(self) -> Any:
+        """A window listing the skipped files (selectable text, so it can be copied)."""
+        from qtpy.QtWidgets import QDialog, QPlainTextEdit, QVBoxLayout
+
+        dialog = QDialog(self)
+        dialog.setWindowTitle("BTA scan: skipped files")
+        text = QPlainTextEdit(self.skipped_text())
+        text.setReadOnly(True)
+        QVBoxLayout(dialog).addWidget(text)
+        dialog.resize(700, 300)
+        dialog.show()
+        self.skipped_dialog = dialog
+        return dialog
 
     def open_row(self, row: int) -> Any:
-        """Open pair ``row`` as layers and compute its overlays in a worker."""
+        """Open pair ``row`` as layers (replacing the previous pair) and localise it."""
         from napari.utils.notifications import show_error
 
-        if not 0 <= row < len(self.pairs) or self.controls.busy:
+        if not 0 <= row < len(self.pairs) or self.busy:
             return None
         pair = self.pairs[row]
         try:
-            items = open_pair(self._viewer, pair["path_a"], pair["path_b"])
-            model = MODEL.get_or_load_default()
+            a, b = open_pair(self._viewer, pair.path_a, pair.path_b)
         except Exception as exc:
             show_error(f"Cannot open this pair: {exc}")
             return None
-        matrix = np.array([[1.0, pair["score"]], [pair["score"], 1.0]], dtype=np.float32)
+        verdict, decided_by = pair_verdict(pair)
+        text = f"{a.name} vs {b.name}\nScan verdict: {verdict.upper()} (decided by {decided_by})"
+        text += f"\n{pair.decision.explain()}"
+        text += f"\nModel score {fmt(pair.score)}"
+        self._verdict.value = text
+        prov = {
+            **provenance((a.name, b.name), None, MODEL.source),
+            "verdict": verdict,
+            "decided_by": decided_by,
+        }
 
-        def shown(result: Any) -> None:
-            self._verdict.value = verdict_text(result)
-            show_pair(self._viewer, result, items)
+        def shown(value: tuple[Any, Any]) -> None:
+            from bta_core.match import summary
 
-        return self.controls.start(compare_job, model, items, (0, 1), matrix, on_return=shown)
+            match, aligned = value
+            self._verdict.value = text + f"\nLocalisation: {summary(match)}"
+            ops, _ = plan_pair(self._viewer, "scan", a, b, match, aligned, prov)
+            self.layer_updates.run(ops)
+
+        return self.controls.start(
+            localise_job, pair.path_a, pair.path_b, on_return=shown, description="Localising"
+        )

@@ -39,18 +39,36 @@ class ModelHolder:
             f"device: {describe_device(self.model.device)}"
         )
 
-    def get_or_load_default(self, device: str = "auto") -> Any:
-        """The held model, loading the bundled default model when none is loaded yet."""
-        if self.model is None:
-            from ._compat import prepare_torch_import
 
-            prepare_torch_import()
-            from bta_core.checkpoint import load_checkpoint
-            from bta_core.device import get_device
+def load_model(
+    checkpoint: str | None = None,
+    device: str = "auto",
+    on_progress: Any = None,
+    should_stop: Any = None,
+) -> Any:
+    """Load ``checkpoint`` (None: the bundled default) on ``device``; call it in a worker thread.
 
-            self.set(load_checkpoint(None, device=get_device(device)))
-        return self.model
+    Imports torch, so it belongs in a worker: loading in the UI thread froze napari for seconds.
+    """
+    from ._compat import prepare_torch_import
+
+    prepare_torch_import()
+    from bta_core.checkpoint import load_checkpoint
+    from bta_core.device import get_device
+
+    if on_progress is not None:
+        on_progress(0, 1, {"stage": "loading model"})
+    model = load_checkpoint(checkpoint or None, device=get_device(device))
+    if on_progress is not None:
+        on_progress(1, 1, {"stage": "model loaded"})
+    return model
 
 
 MODEL = ModelHolder()
 """The session-wide model holder every panel reads."""
+
+
+def adopt_default(model: Any) -> None:
+    """Share a default model a worker loaded, unless the user loaded another one meanwhile."""
+    if model is not None and MODEL.model is None:
+        MODEL.set(model, "bundled default model")

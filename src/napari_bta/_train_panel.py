@@ -1,29 +1,40 @@
-"""Train panel: train a BTA model on a folder or on chosen layers, then use it in every panel."""
+"""Train panel: train a BTA model on a folder or on chosen layers, then use it in every panel.
+
+Defaults suit a laptop CPU (128 px, batch 16, a few epochs); the checkpoint goes to a folder in
+the user's home, never the working folder. Cancel stops at the next optimisation step; the
+core then saves the model so far, and the panel says where.
+"""
 
 from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import (
-    ComboBox,
-    Container,
-    FileEdit,
-    Label,
-    PushButton,
-    RadioButtons,
-    Select,
-    SpinBox,
-)
+from magicgui.widgets import ComboBox, FileEdit, PushButton, RadioButtons, Select, SpinBox
+
+from bta_core.device import DEVICE_CHOICES
 
 from ._compat import prepare_torch_import
+from ._layers import is_overlay
+from ._panel import Panel, tip
 from ._state import MODEL
-from ._workers import Progress, WorkerControls, run_with_progress
+from ._workers import Cancelled, Progress, run_with_progress
+
+if TYPE_CHECKING:
+    import napari
 
 BACKBONE_CHOICES = ("efficientnet-lite0", "resnet50-barlowtwins", "resnet18", "resnet50")
+MODELS_DIR = Path.home() / "napari-bta" / "models"
+"""Where the panel saves trained models unless the user picks another file."""
+
+
+def default_output() -> Path:
+    """A new file name under ``MODELS_DIR`` (dated, so a run never overwrites an earlier one)."""
+    return MODELS_DIR / f"bta-model-{time.strftime('%Y%m%d-%H%M%S')}.safetensors"
 
 
 def export_layers(layers: Sequence[Any], folder: str | Path) -> list[Path]:
@@ -38,57 +49,116 @@ def export_layers(layers: Sequence[Any], folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for layer in layers:
-        for k, item in enumerate(layer_items([layer])):
-            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in layer.name)
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in layer.name)
+        for k, item in enumerate(layer_items([layer], convert=True)):
             path = folder / f"{safe}_{k:03d}.png"
             Image.fromarray(to_uint8(item.rgb)).save(path)
             paths.append(path)
     return paths
 
 
+def count_images(data: Sequence[str]) -> int:
+    """How many training images ``data`` (folders or split files) holds (0 when none)."""
+    from bta_core.data import list_records
+
+    try:
+        return len(list_records(data))
+    except ValueError:  # "no images found in ..."
+        return 0
+
+
 def train_job(
     settings: dict, stop: threading.Event | None = None
 ) -> Generator[Progress, None, tuple[Path, Any]]:
-    """Generator worker: ``bta_core.train.train`` with progress, then load the saved checkpoint."""
+    """Generator worker: ``bta_core.train.train`` with progress, then load the saved checkpoint.
+
+    A cancelled run raises ``Cancelled`` whose message says whether and where the model so far
+    was saved.
+    """
     prepare_torch_import()
     from bta_core.checkpoint import load_checkpoint
     from bta_core.device import get_device
     from bta_core.train import TrainConfig, train
 
+    yield Progress(0, 1, {"stage": "reading images"})
+    n = count_images(settings["data"])
+    where = ", ".join(map(str, settings["data"]))
+    if n < 2:
+        raise ValueError(
+            f"training needs at least 2 images (it learns by contrasting images); found {n} in {where}"
+        )
+    out = Path(settings["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    before = out.stat().st_mtime if out.exists() else None
     config = TrainConfig(**settings)
-    path = yield from run_with_progress(train, config, stop=stop)
+    try:
+        path = yield from run_with_progress(train, config, stop=stop)
+    except Cancelled as exc:
+        saved = out.exists() and (before is None or out.stat().st_mtime > before)
+        if saved:
+            raise Cancelled(
+                f"the model so far was saved to {out}; train again with the same file to go on"
+            ) from exc
+        raise Cancelled("stopped before the first training step; nothing was saved") from exc
     yield Progress(1, 1, {"stage": "loading trained model"})
     return Path(path), load_checkpoint(path, device=get_device(settings.get("device", "auto")))
 
 
-class TrainPanel(Container):
-    """Settings for a training run, Run/Cancel, live progress and loss."""
+class TrainPanel(Panel):
+    """Settings for a training run, Train/Cancel, live progress and loss."""
 
-    def __init__(self, viewer: Any) -> None:
-        self._viewer = viewer
-        self._source = RadioButtons(label="Train on", choices=["folder", "layers"], value="folder")
-        self._folder = FileEdit(label="Folder", mode="d", value="")
-        self._layers = Select(label="Layers", choices=self._image_layer_names, allow_multiple=True)
-        self._mode = ComboBox(label="Mode", choices=["bta", "combined"], value="bta")
-        self._views = ComboBox(label="Views", choices=["paper", "reuse"], value="reuse")
-        self._backbone = ComboBox(
-            label="Backbone", choices=list(BACKBONE_CHOICES), value="efficientnet-lite0"
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer)
+        self._source = tip(
+            RadioButtons(label="Train on", choices=["folder", "layers"], value="folder"),
+            "A folder of images, or image layers open in napari (each plane becomes an image)",
         )
-        self._epochs = SpinBox(label="Epochs", min=1, max=1000, value=5)
-        self._head_epochs = SpinBox(label="Head epochs (bta)", min=1, max=1000, value=20)
-        self._batch = SpinBox(label="Batch size", min=2, max=1024, value=32)
-        self._size = SpinBox(label="Image size", min=32, max=1024, step=32, value=224)
-        self._out = FileEdit(
-            label="Save to", mode="w", filter="*.safetensors", value="bta-model.safetensors"
+        self._folder = tip(
+            FileEdit(label="Folder", mode="d", value=""), "Folder of training images (recursive)"
         )
-        self._device = ComboBox(
-            label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto"
+        self._layers = tip(
+            Select(label="Layers", choices=self._image_layer_names, allow_multiple=True),
+            "Image layers to train on (the plugin's result layers are not offered)",
         )
-        self._run = PushButton(text="Train")
-        self._cancel = PushButton(text="Cancel")
-        self._status = Label(value="")
-        super().__init__(
-            widgets=[
+        self._mode = tip(
+            ComboBox(label="Mode", choices=["bta", "combined"], value="bta"),
+            "bta: projector, then similarity head; combined: one joint stage",
+        )
+        self._views = tip(
+            ComboBox(label="Views", choices=["paper", "reuse"], value="reuse"),
+            "reuse: rotations, flips, crops, noise, JPEG and contrast changes as reused figures "
+            "undergo; paper: the Barlow Twins paper's views",
+        )
+        self._backbone = tip(
+            ComboBox(label="Backbone", choices=list(BACKBONE_CHOICES), value="efficientnet-lite0"),
+            "Pretrained feature extractor (efficientnet-lite0 is the fastest on a CPU)",
+        )
+        self._epochs = tip(
+            SpinBox(label="Epochs", min=1, max=1000, value=3), "Passes over the images (stage 1)"
+        )
+        self._head_epochs = tip(
+            SpinBox(label="Head epochs", min=1, max=1000, value=5),
+            "Passes for the similarity head (bta mode)",
+        )
+        self._batch = tip(
+            SpinBox(label="Batch size", min=2, max=1024, value=16),
+            "Images per step; smaller uses less memory",
+        )
+        self._size = tip(
+            SpinBox(label="Image size", min=32, max=1024, step=32, value=128),
+            "Side of the square model input in pixels; smaller is faster",
+        )
+        self._out = tip(
+            FileEdit(label="Save to", mode="w", filter="*.safetensors", value=default_output()),
+            "Checkpoint file to write (default: a new file in ~/napari-bta/models)",
+        )
+        self._device = tip(
+            ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto"),
+            "auto: CUDA, then Apple MPS, then the CPU",
+        )
+        self._run = tip(PushButton(text="Train"), "Train in the background")
+        self.setup(
+            [
                 self._source,
                 self._folder,
                 self._layers,
@@ -102,25 +172,26 @@ class TrainPanel(Container):
                 self._out,
                 self._device,
                 self._run,
-                self._cancel,
-                self._status,
-            ]
+            ],
+            [self._run],
+            "Training",
         )
-        self.controls = WorkerControls(self._run, self._cancel, self._status, "Training")
+        self._cancel.tooltip = "Stop at the next step; the model so far is saved"
+        self._layers.native.setMaximumHeight(120)
         self.checkpoint: Path | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
-        self._run.changed.connect(self.run)
+        self._run.changed.connect(lambda *_: self.run())
         self._source.changed.connect(self._toggle_source)
         self._mode.changed.connect(self._toggle_source)
         self._toggle_source()
-        for event in ("inserted", "removed"):
-            getattr(viewer.layers.events, event).connect(lambda *_: self._layers.reset_choices())
-        self.native.destroyed.connect(lambda *_: self.controls.close())
+        self.connect_layer_events(lambda *_: self._layers.reset_choices())
 
     def _image_layer_names(self, *_: Any) -> list[str]:
         from napari.layers import Image
 
-        return [ly.name for ly in self._viewer.layers if isinstance(ly, Image)]
+        return [
+            ly.name for ly in self._viewer.layers if isinstance(ly, Image) and not is_overlay(ly)
+        ]
 
     def _toggle_source(self, *_: Any) -> None:
         by_folder = self._source.value == "folder"
@@ -135,13 +206,21 @@ class TrainPanel(Container):
             if not names:
                 raise ValueError("choose the layers to train on")
             self._tmp = tempfile.TemporaryDirectory(prefix="napari-bta-train-")
-            export_layers([self._viewer.layers[n] for n in names], self._tmp.name)
+            paths = export_layers([self._viewer.layers[n] for n in names], self._tmp.name)
+            if len(paths) < 2:
+                raise ValueError(
+                    "training needs at least 2 images; the chosen layers hold "
+                    f"{len(paths)} plane (choose more layers or a stack)"
+                )
             data = [self._tmp.name]
         else:
             folder = str(self._folder.value)
             if folder in ("", ".") or not Path(folder).is_dir():
                 raise ValueError(f"choose a folder of images to train on (got {folder!r})")
             data = [folder]
+        out = str(self._out.value)
+        if out in ("", "."):
+            out = str(default_output())
         return {
             "data": data,
             "mode": self._mode.value,
@@ -151,13 +230,14 @@ class TrainPanel(Container):
             "head_epochs": int(self._head_epochs.value),
             "batch_size": int(self._batch.value),
             "image_size": int(self._size.value),
-            "out": str(self._out.value),
+            "out": str(Path(out).expanduser().resolve()),
             "device": self._device.value,
+            "split": None,
             "limit": None,
             "quiet": True,
         }
 
-    def run(self, *_: Any, **overrides: Any) -> Any:
+    def run(self, **overrides: Any) -> Any:
         """Start training in a worker; ``overrides`` replace settings (tests, scripts)."""
         from napari.utils.notifications import show_error
 
@@ -165,8 +245,11 @@ class TrainPanel(Container):
             settings = {**self.settings(), **overrides}
         except Exception as exc:
             show_error(f"Cannot train: {exc}")
+            self._status.value = f"Cannot train: {exc}"
             return None
-        return self.controls.start(train_job, settings, on_return=self._done)
+        return self.controls.start(
+            train_job, settings, on_return=self._done, on_cancel=self._cancelled
+        )
 
     def _done(self, value: tuple[Path, Any]) -> None:
         from napari.utils.notifications import show_info
@@ -174,4 +257,13 @@ class TrainPanel(Container):
         path, model = value
         self.checkpoint = path
         MODEL.set(model, str(path))
+        self._status.value = f"Training: done; saved to {path} and loaded in every panel"
+        self._status.tooltip = str(path)
         show_info(f"Trained model saved to {path} and loaded")
+        self._out.value = default_output()  # the next run writes a new file
+
+    def _cancelled(self, exc: Cancelled) -> None:
+        from napari.utils.notifications import show_info
+
+        self._status.value = f"Training cancelled: {exc}"
+        show_info(f"Training cancelled: {exc}")

@@ -1,9 +1,10 @@
-"""Run core calls that report through callbacks as generator workers that napari can stop.
+"""Run core calls as generator workers that really stop, with a progress bar inside the panel.
 
 ``bta_core`` takes ``on_progress(step, total, info)`` and ``should_stop()`` callbacks. A generator
-worker has to *yield* progress, so the call runs in a helper thread and its callbacks go through a
-queue that the generator drains: each ``Progress`` it yields is a point where ``worker.quit()``
-takes effect, and the stop flag reaches the core call at its next step.
+worker has to *yield*, so the core call runs in a helper thread and its callbacks go through a
+queue that the generator drains. Stopping never abandons that thread: Cancel sets the stop flag,
+the core call raises at its next check, and the worker ends only after the helper thread has
+ended; a worker asked to quit (napari does that at exit) sets the same flag and waits too.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from superqt.utils import GeneratorWorker
+
+LOG = logging.getLogger("napari_bta")
+CLOSE_WAIT_S = 60.0
+"""How long closing a panel waits for its work to stop (one training step, one matching stage)."""
+
 
 @dataclass
 class Progress:
-    """One progress report from a running core call."""
+    """One progress report from a running core call (``total <= 0``: a heartbeat)."""
 
     step: int
     total: int
@@ -27,111 +34,150 @@ class Progress:
 
 
 class Cancelled(Exception):
-    """The user stopped the work."""
+    """The user stopped the work; the message says what was kept (e.g. a saved checkpoint)."""
 
 
 def _is_cancellation(exc: BaseException) -> bool:
-    """Core calls stop with ``InterruptedError`` or a ``...Cancelled`` exception of their own."""
-    return isinstance(exc, (InterruptedError, KeyboardInterrupt, Cancelled)) or type(
-        exc
-    ).__name__.endswith("Cancelled")
+    """Core calls stop with ``bta_core.runtime.Cancelled`` (an ``InterruptedError``)."""
+    return isinstance(exc, (InterruptedError, KeyboardInterrupt, Cancelled))
 
 
 def run_with_progress(
     fn: Callable[..., Any],
     *args: Any,
     stop: threading.Event | None = None,
-    poll_s: float = 0.1,
+    poll_s: float = 0.05,
     **kwargs: Any,
 ) -> Generator[Progress, None, Any]:
-    """Call ``fn(*args, on_progress=..., should_stop=..., **kwargs)``, yielding ``Progress``.
+    """Call ``fn(*args, on_progress=..., should_stop=..., **kwargs)`` in a helper thread.
 
-    Returns ``fn``'s result (via ``StopIteration.value``), re-raises its error, and raises
-    ``Cancelled`` when ``stop`` was set before ``fn`` finished. Closing the generator (napari's
-    ``worker.quit()``) sets ``stop`` and waits for ``fn`` to return at its next step.
+    Yields ``Progress`` (and a heartbeat every ``poll_s``); returns ``fn``'s result, re-raises its
+    error, or raises ``Cancelled`` (with the core's message) when ``stop`` was set. However the
+    generator ends (also when it is closed), it sets nothing itself but always waits for the
+    helper thread, so no computation outlives it.
     """
-    stop = stop or threading.Event()
+    stop = stop if stop is not None else threading.Event()
     reports: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
     done = object()
 
+    def report(step: int, total: int, info: dict | None = None) -> None:
+        reports.put(Progress(int(step), int(total), dict(info or {})))
+
     def target() -> None:
         try:
-            outcome["value"] = fn(
-                *args,
-                on_progress=lambda step, total, info=None: reports.put(
-                    Progress(int(step), int(total), dict(info or {}))
-                ),
-                should_stop=stop.is_set,
-                **kwargs,
-            )
+            outcome["value"] = fn(*args, on_progress=report, should_stop=stop.is_set, **kwargs)
         except BaseException as exc:  # handed to the generator's caller
             outcome["error"] = exc
         finally:
             reports.put(done)
 
-    thread = threading.Thread(
-        target=target, name=f"napari-bta {getattr(fn, '__name__', 'work')}", daemon=True
-    )
+    name = f"napari-bta {getattr(fn, '__name__', 'work')}"
+    thread = threading.Thread(target=target, name=name, daemon=False)
+    HELPERS.add(thread)
     thread.start()
     try:
         while True:
             try:
                 item = reports.get(timeout=poll_s)
             except queue.Empty:
-                yield Progress(-1, -1, {})  # a heartbeat: lets quit() act while fn is busy
+                yield Progress(-1, -1, {})  # a heartbeat
                 continue
             if item is done:
                 break
             yield item
     finally:
-        if thread.is_alive():
+        if thread.is_alive():  # closed early (worker quit): stop the core call and wait for it
             stop.set()
             thread.join()
     error = outcome.get("error")
-    if stop.is_set() and (error is None or _is_cancellation(error)):
-        raise Cancelled("stopped by the user")
+    if error is not None and _is_cancellation(error):
+        raise Cancelled(str(error) or "stopped by the user") from error
     if error is not None:
         raise error
+    if stop.is_set():
+        raise Cancelled("stopped by the user")
     return outcome.get("value")
 
 
-class WorkError(Exception):
-    """A ``RuntimeError`` raised by the work, re-raised under a type napari's worker reports.
+class _Helpers:
+    """The helper threads started here (tests assert that none is left running)."""
 
-    superqt's worker treats a ``RuntimeError`` as "the Qt object was deleted": it only warns and
-    emits neither ``errored`` nor ``finished``, which would leave the panel busy forever.
+    def __init__(self) -> None:
+        self._threads: list[threading.Thread] = []
+
+    def add(self, thread: threading.Thread) -> None:
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+
+    def alive(self) -> list[threading.Thread]:
+        return [t for t in self._threads if t.is_alive()]
+
+
+HELPERS = _Helpers()
+
+
+class WorkError(Exception):
+    """A ``RuntimeError`` of the work under a type that superqt reports.
+
+    superqt treats a ``RuntimeError`` from a worker as "the Qt object was deleted": it only warns
+    and emits neither ``errored`` nor ``finished``, which would leave the panel busy forever.
     """
 
 
-def _reporting_errors(gen_fn: Callable[..., Generator]) -> Callable[..., Generator]:
-    def wrapped(*args: Any, **kwargs: Any) -> Generator:
-        try:
-            return (yield from gen_fn(*args, **kwargs))
-        except RuntimeError as exc:
-            raise WorkError(str(exc)) from exc
+class StoppableWorker(GeneratorWorker):
+    """A generator worker whose ``quit()`` also sets the stop flag and whose end closes the
+    generator in its own thread, so the core call and its helper thread have ended by the time
+    ``finished`` is emitted; ``done`` is set then (``close`` waits on it)."""
 
-    wrapped.__name__ = getattr(gen_fn, "__name__", "work")
-    return wrapped
+    def __init__(self, func: Callable[..., Generator], *args: Any, **kwargs: Any) -> None:
+        self.stop_event: threading.Event = kwargs["stop"]
+        self.done = threading.Event()
+        super().__init__(func, *args, **kwargs)
+
+    def quit(self) -> None:
+        self.stop_event.set()
+        super().quit()
+
+    def work(self) -> Any:
+        try:
+            result = super().work()
+            if isinstance(result, RuntimeError):  # see WorkError
+                raise WorkError(str(result)) from result
+            return result
+        finally:
+            with contextlib.suppress(Exception):
+                self._gen.close()  # runs the generator's finally: waits for the helper thread
+            self.done.set()
 
 
 class WorkerControls:
-    """Wire a generator worker to a Run button, a Cancel button, a status label and a progress bar.
+    """Wire a generator worker to Run/Cancel buttons, a status label and the panel's progress bar.
 
-    Run is disabled while busy; Cancel sets the stop flag and quits the worker; errors go to
-    ``napari.utils.notifications.show_error``.
+    Run stays disabled (``busy``) until the worker thread has ended; Cancel sets the stop flag the
+    core polls; errors go to ``napari.utils.notifications.show_error``; ``close`` stops and waits.
     """
 
-    def __init__(self, run_button: Any, cancel_button: Any, status: Any, description: str) -> None:
-        self.run_button = run_button
+    def __init__(
+        self,
+        run_buttons: Any,
+        cancel_button: Any,
+        status: Any,
+        progress_bar: Any,
+        description: str,
+    ) -> None:
+        self.run_buttons = (
+            list(run_buttons) if isinstance(run_buttons, list | tuple) else [run_buttons]
+        )
         self.cancel_button = cancel_button
         self.status = status
+        self.bar = progress_bar
         self.description = description
-        self.worker: Any = None
+        self.worker: StoppableWorker | None = None
         self.stop = threading.Event()
-        self._pbar: Any = None
+        self.closed = False
         self.cancel_button.enabled = False
         self.cancel_button.changed.connect(self.cancel)
+        self.bar.visible = False
 
     @property
     def busy(self) -> bool:
@@ -141,86 +187,95 @@ class WorkerControls:
         self,
         gen_fn: Callable[..., Generator],
         *args: Any,
-        on_yield: Callable[[Any], None] | None = None,
         on_return: Callable[[Any], None] | None = None,
+        on_cancel: Callable[[Cancelled], None] | None = None,
+        description: str | None = None,
         **kwargs: Any,
-    ) -> Any:
-        """Start ``gen_fn(*args, stop=..., **kwargs)`` in a napari thread worker and return it."""
-        from napari.qt.threading import thread_worker
-        from napari.utils import progress
-
-        if self.busy:
+    ) -> StoppableWorker | None:
+        """Start ``gen_fn(*args, stop=..., **kwargs)`` in a thread worker (None while busy)."""
+        if self.busy or self.closed:
             return None
+        what = description or self.description
         self.stop = threading.Event()
-        worker = thread_worker(_reporting_errors(gen_fn), start_thread=False)(
-            *args, stop=self.stop, **kwargs
-        )
+        worker = StoppableWorker(gen_fn, *args, stop=self.stop, **kwargs)
         self.worker = worker
-        self._pbar = progress(total=0, desc=self.description)
-        self.run_button.enabled = False
+        for button in self.run_buttons:
+            button.enabled = False
         self.cancel_button.enabled = True
-        self.status.value = f"{self.description}..."
+        self.status.value = f"{what}..."
+        self.bar.visible = True
+        self.bar.min, self.bar.max, self.bar.value = 0, 0, 0  # busy indicator until a total
 
         def yielded(item: Any) -> None:
-            if isinstance(item, Progress) and item.total > 0 and self._pbar is not None:
-                if self._pbar.total != item.total:
-                    self._pbar.total = item.total
-                self._pbar.n = item.step
-                self._pbar.refresh()
-                extra = ", ".join(
-                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in item.info.items()
-                )
-                self.status.value = f"{self.description}: {item.step}/{item.total}" + (
-                    f" ({extra})" if extra else ""
-                )
-            if on_yield is not None:
-                on_yield(item)
+            if not isinstance(item, Progress) or item.total <= 0 or self.worker is not worker:
+                return
+            self.bar.max = item.total
+            self.bar.value = min(item.step, item.total)
+            stage = item.info.get("stage")
+            extra = ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in item.info.items()
+                if k != "stage"
+            )
+            text = f"{what}: {stage + ' ' if stage else ''}{item.step}/{item.total}"
+            self.status.value = text + (f" ({extra})" if extra else "")
 
         def returned(value: Any) -> None:
-            self.status.value = f"{self.description}: done"
+            if self.closed:  # a closed panel never acts on late results
+                return
+            self.status.value = f"{what}: done"
             if on_return is not None:
                 on_return(value)
 
         def errored(exc: BaseException) -> None:
+            if self.closed:
+                return
             if isinstance(exc, Cancelled):
-                self.status.value = f"{self.description}: cancelled"
+                self.status.value = f"{what}: cancelled ({exc})"
+                if on_cancel is not None:
+                    on_cancel(exc)
                 return
             from napari.utils.notifications import show_error
 
-            logging.getLogger("napari_bta").error(
-                "%s failed", self.description, exc_info=(type(exc), exc, exc.__traceback__)
-            )
-            self.status.value = f"{self.description}: failed"
-            show_error(f"{self.description} failed: {exc}")
+            LOG.error("%s failed", what, exc_info=(type(exc), exc, exc.__traceback__))
+            self.status.value = f"{what}: failed: {exc}"
+            show_error(f"{what} failed: {exc}")
 
-        # napari relays worker errors as raw tracebacks; this panel posts one clear message instead
+        # napari relays worker errors as raw tracebacks; the panel posts one clear message instead
         with contextlib.suppress(TypeError, RuntimeError):
             worker.errored.disconnect()
         worker.yielded.connect(yielded)
         worker.returned.connect(returned)
         worker.errored.connect(errored)
-        worker.aborted.connect(
-            lambda: setattr(self.status, "value", f"{self.description}: cancelled")
-        )
-        worker.finished.connect(self._finished)
+        worker.aborted.connect(lambda: setattr(self.status, "value", f"{what}: cancelled"))
+        worker.finished.connect(lambda: self._finished(worker))
         worker.start()
         return worker
 
-    def _finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+    def _finished(self, worker: StoppableWorker) -> None:
+        if self.worker is not worker:
+            return
         self.worker = None
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
+        with contextlib.suppress(RuntimeError):  # the panel may be gone
+            self.bar.visible = False
+            for button in self.run_buttons:
+                button.enabled = True
+            self.cancel_button.enabled = False
 
     def cancel(self, *_: Any) -> None:
-        """Ask the running work to stop at its next step."""
-        self.stop.set()
+        """Ask the running work to stop at the core's next check (the panel stays busy until then)."""
         if self.worker is not None:
-            self.worker.quit()
+            self.stop.set()
+            self.status.value = f"{self.description}: stopping..."
 
-    def close(self) -> None:
-        """Stop the worker when the widget closes."""
-        self.cancel()
+    def close(self, timeout_s: float = CLOSE_WAIT_S) -> bool:
+        """Stop the work and wait for its thread to end; True when nothing is left running."""
+        self.closed = True
+        worker = self.worker
+        if worker is None:
+            return True
+        self.stop.set()
+        ended = worker.done.wait(timeout_s)
+        if not ended:
+            LOG.warning("%s: work still running %.0f s after close", self.description, timeout_s)
+        return ended

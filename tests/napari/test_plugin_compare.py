@@ -1,4 +1,4 @@
-"""Compare panel: similarity matrix across real layers and overlays for the chosen pair."""
+"""Compare panel: the core's verdict on real images, overlays on the right plane and units."""
 
 from __future__ import annotations
 
@@ -7,120 +7,121 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from napari_bta._compare import (
-    ComparePanel,
-    CompareResult,
-    Item,
-    compare_items,
-    layer_items,
-    show_pair,
-)
+from napari_bta._compare import layer_items, to_rgb
+from napari_bta._overlays import Source, show_pair
 
 
-def _add_pair(viewer):
-    from napari_bta._sample_data import reuse_pair
-
-    return [viewer.add_image(data, **kwargs) for data, kwargs, _ in reuse_pair()]
-
-
-def _wait(qtbot, worker, timeout=60_000):
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
-        pass
-
-
-def test_layer_items_from_layers_and_from_one_stack(make_napari_viewer):
+def test_layer_items_from_layers_and_from_one_stack(make_napari_viewer, rotated_crop):
     viewer = make_napari_viewer()
-    layers = _add_pair(viewer)
-    items = layer_items(layers[:2])
-    assert [it.name for it in items] == [ly.name for ly in layers[:2]]
-    assert items[0].rgb.dtype == np.float32 and items[0].rgb.shape == (192, 256, 3)
-    stack = viewer.add_image(
-        np.random.default_rng(0).integers(0, 4000, (4, 32, 40), dtype=np.uint16)
-    )
+    a, b = rotated_crop
+    layers = [viewer.add_image(a, name="A"), viewer.add_image(b, name="B")]
+    items = layer_items(layers, convert=True)
+    assert [it.name for it in items] == ["A", "B"]
+    assert items[0].rgb.dtype == np.float32 and items[0].rgb.shape == a.shape
+    stack = viewer.add_image(np.moveaxis(a, -1, 0).astype(np.uint16))
     planes = layer_items([stack])
-    assert len(planes) == 4 and planes[0].rgb.shape == (32, 40, 3) and planes[0].rgb.max() <= 1
+    assert [p.index for p in planes] == [(0,), (1,), (2,)] and planes[0].rgb is None  # lazy
 
 
-def test_compare_panel_matrix_heatmap_shapes_aligned(
-    make_napari_viewer, qtbot, cosine_model, held_model
+def test_compare_gives_the_core_verdict_on_a_rotated_crop(
+    make_napari_viewer, qtbot, open_panel, wait_idle, held_model, default_model, rotated_crop
 ):
-    pytest.importorskip("bta_core.match")
-    held_model(cosine_model)
+    """Same verdict as ``assess_pair`` (what ``bta-core score --verify`` calls), shown with why."""
+    from bta_core.assess import assess_pair
+
+    a, b = rotated_crop
+    expected = assess_pair(default_model, to_rgb(a), to_rgb(b)).decision
+    held_model(default_model)
     viewer = make_napari_viewer()
-    layers = _add_pair(viewer)[:2]  # field A and the rotated crop of it
-    panel = ComparePanel(viewer)
-    viewer.window.add_dock_widget(panel)
-    panel._layers.value = [ly.name for ly in layers]
+    kw = {"scale": (0.5, 0.5), "units": ("um", "um")}
+    la = viewer.add_image(a, name="field A", rgb=True, **kw)
+    lb = viewer.add_image(b, name="crop B", rgb=True, translate=(0, 400), **kw)
+    panel = open_panel(viewer, "Compare")
+    panel._layers.value = ["field A", "crop B"]
     worker = panel.run()
-    assert worker is not None and not panel._run.enabled  # Run is disabled while busy
-    _wait(qtbot, worker)
-    assert panel._run.enabled
-    result = panel.result
-    assert result.matrix.shape == (2, 2)
-    np.testing.assert_allclose(result.matrix, result.matrix.T, atol=1e-5)
-    assert result.pair == (0, 1)
-    assert result.match is not None and result.match.transform is not None  # reuse localised
-    assert "vs" in panel._verdict.value and "threshold" in panel._verdict.value
-    table = panel._table.native
-    assert table.rowCount() == 2 and table.columnCount() == 2
+    assert worker is not None and not panel._run.enabled  # busy until the thread ends
+    wait_idle(panel)
+    # napari warns "Inconsistent units across layers" exactly when this is None
+    assert viewer.layers.extent.units is not None
+    decision = panel.result.decision
+    assert (decision.verdict, decision.decided_by) == (expected.verdict, expected.decided_by)
+    assert decision.verdict == "same" and decision.decided_by == "verified overlap"
+    text = panel._verdict.value
+    assert "SAME" in text and decision.explain() in text and "rot90" in text
+    cells = [panel._table.native.item(0, 1).text(), panel._table.native.item(1, 0).text()]
+    assert all(c.count(".") == 1 and "e" not in c and len(c.split(".")[1]) == 3 for c in cells)
 
-    a, b = layers[0].name, layers[1].name
-    heat = viewer.layers[f"BTA heatmap: {a}"]
-    assert heat.colormap.name == "inferno" and heat.blending == "additive"
-    assert heat.opacity == pytest.approx(0.5) and tuple(heat.contrast_limits) == (0, 1)
-    assert f"BTA heatmap: {b}" in viewer.layers
-    shapes = viewer.layers[f"BTA match: {a}"]
-    assert len(shapes.data) == 1 and "score" in shapes.features
-    aligned = viewer.layers[f"BTA aligned: {b} -> {a}"]
-    assert aligned.data.shape[:2] == layers[0].data.shape[:2]
-    assert aligned.metadata["napari_bta"]["pair"] == [a, b]
-    np.testing.assert_allclose(aligned.translate, layers[0].translate)
-
-    # a second run updates the same layers instead of adding more
+    heat = viewer.layers["BTA heatmap: field A"]
+    assert heat.colormap.name == "inferno" and tuple(heat.contrast_limits) == (0, 1)
+    box = viewer.layers["BTA match: crop B"]
+    np.testing.assert_allclose(box.translate, lb.translate)
+    np.testing.assert_allclose(box.scale, lb.scale)
+    aligned = viewer.layers["BTA aligned: crop B -> field A"]
+    assert aligned.data.shape[:2] == a.shape[:2] and tuple(aligned.units) == tuple(la.units)
+    assert aligned.metadata["napari_bta"]["verdict"] == "same"
     n_layers = len(viewer.layers)
-    worker = panel.run()
-    _wait(qtbot, worker)
-    assert len(viewer.layers) == n_layers
+    assert panel.run() is not None
+    wait_idle(panel)
+    assert len(viewer.layers) == n_layers  # a second run updates the same layers
 
 
-def test_compare_items_without_viewer_gives_matrix(tiny_model, bccd_images, read_rgb):
-    items = [Item(p.name, read_rgb(p).astype(np.float32) / 255) for p in bccd_images[:3]]
-    result = compare_items(tiny_model, items, pair=(0, 2))
-    assert result.matrix.shape == (3, 3) and result.pair == (0, 2)
-    assert 0.0 <= result.score <= 1.0
-
-
-def test_show_pair_places_overlays_on_each_layer(make_napari_viewer):
-    """Overlay plumbing with a hand-made localisation result (tile heatmaps, boxes, warp)."""
-    viewer = make_napari_viewer()
-    a = viewer.add_image(np.zeros((60, 80)), name="A", scale=(0.5, 0.5))
-    b = viewer.add_image(np.zeros((40, 50)), name="B", translate=(0, 100))
-    items = [
-        Item("A", np.zeros((60, 80, 3), np.float32), a),
-        Item("B", np.zeros((40, 50, 3), np.float32), b),
-    ]
-    match = SimpleNamespace(
+def _match(shape_a, shape_b):
+    return SimpleNamespace(
+        transform=object(),
+        heatmap_source="alignment",
         heatmap_a=np.linspace(0, 1, 12).reshape(3, 4),
         heatmap_b=np.ones((4, 5)),
-        box_a=(10, 5, 50, 45),
-        box_b=(0, 0, 50, 40),
-        score=None,
+        box_a=(10, 5, 30, 25),
+        box_b=(0, 0, 20, 20),
+        confidence=0.9,
     )
-    result = CompareResult(
-        ["A", "B"], np.array([[1, 0.8], [0.8, 1]]), (0, 1), 0.5, "ckpt", match, np.ones((60, 80, 3))
+
+
+def test_overlays_sit_on_the_compared_plane_of_a_stack(make_napari_viewer):
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(
+        np.zeros((5, 60, 80), np.uint16), name="Z stack", scale=(2.0, 0.5, 0.5), units="um"
     )
-    show_pair(viewer, result, items)
-    heat = viewer.layers["BTA heatmap: A"]
-    np.testing.assert_allclose(heat.scale, [10, 10])  # 20 px per tile x 0.5 scale
-    assert heat.metadata["napari_bta"]["checkpoint"] == "ckpt"
-    # the tiles' outer edges coincide with the image's outer pixel edges
-    lo = lambda ly: np.asarray(ly.translate) - np.asarray(ly.scale) / 2  # noqa: E731
-    hi = lambda ly: lo(ly) + np.asarray(ly.data.shape[:2]) * np.asarray(ly.scale)  # noqa: E731
-    np.testing.assert_allclose(lo(heat), lo(a))
-    np.testing.assert_allclose(hi(heat), hi(a))
-    shapes_b = viewer.layers["BTA match: B"]
-    np.testing.assert_allclose(shapes_b.translate, [0, 100])
-    assert shapes_b.features["score"][0] == pytest.approx(0.8)
-    assert viewer.layers["BTA aligned: B -> A"].rgb
-    show_pair(viewer, result, items)
-    assert len(viewer.layers) == 7
+    a, b = Source("Z stack[1]", stack, (1,), (60, 80)), Source("Z stack[3]", stack, (3,), (60, 80))
+    show_pair(viewer, "compare", a, b, _match(a.shape, b.shape), np.ones((60, 80, 3)), {})
+    heat_a = viewer.layers["BTA heatmap: Z stack[1]"]
+    heat_b = viewer.layers["BTA heatmap: Z stack[3]"]
+    assert heat_a.ndim == 3 and heat_a.data.shape[0] == 1
+    assert heat_a.translate[0] == pytest.approx(2.0) and heat_b.translate[0] == pytest.approx(6.0)
+    np.testing.assert_allclose(heat_a.scale[1:], [10, 10])  # 20 px per tile x 0.5 um
+    assert tuple(str(u) for u in heat_a.units) == tuple(str(u) for u in stack.units)
+    box = viewer.layers["BTA match: Z stack[3]"]
+    assert box.ndim == 3 and box.data[0][0, 0] == 0 and box.translate[0] == pytest.approx(6.0)
+    viewer.dims.set_point(0, 2.0)  # plane 1: A's overlays show, B's do not
+    assert heat_a._data_view.size > 1 and heat_b._data_view.size <= 1
+    # outer tile edges coincide with the image's outer pixel edges
+    lo = lambda ly: np.asarray(ly.translate[1:]) - np.asarray(ly.scale[1:]) / 2  # noqa: E731
+    np.testing.assert_allclose(lo(heat_a), lo(stack))
+
+
+def test_channel_overlays_do_not_stack(make_napari_viewer):
+    viewer = make_napari_viewer()
+    ch0 = viewer.add_image(np.zeros((60, 80)), name="ch0")
+    ch2 = viewer.add_image(np.zeros((60, 80)), name="ch2")
+    a, b = Source("ch0", ch0, (), (60, 80)), Source("ch2", ch2, (), (60, 80))
+    show_pair(viewer, "compare", a, b, _match(a.shape, b.shape), None, {})
+    assert viewer.layers["BTA heatmap: ch0"].visible
+    assert not viewer.layers["BTA heatmap: ch2"].visible  # same place: B's heatmap starts hidden
+    colours = {
+        tuple(np.round(viewer.layers[f"BTA match: {n}"].edge_color[0], 2)) for n in ("ch0", "ch2")
+    }
+    assert len(colours) == 2
+
+
+def test_a_layer_deleted_mid_compare_is_not_recreated(make_napari_viewer):
+    viewer = make_napari_viewer()
+    la = viewer.add_image(np.zeros((60, 80)), name="A")
+    lb = viewer.add_image(np.zeros((60, 80)), name="B", translate=(0, 100))
+    a, b = Source("A", la, (), (60, 80)), Source("B", lb, (), (60, 80))
+    viewer.layers.remove("B")  # the user deletes B while the worker runs
+    _, notes = show_pair(viewer, "compare", a, b, _match(a.shape, b.shape), None, {})
+    assert "B" not in viewer.layers and not any(
+        "B" in ly.name.split(": ")[-1] for ly in viewer.layers
+    )
+    assert notes and "'B'" in notes[0]
+    assert "BTA heatmap: A" in viewer.layers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_bta._reader import napari_get_reader
@@ -82,3 +83,119 @@ def test_unreadable_paths_return_none(tmp_path, bccd_images):
     ):
         assert napari_get_reader(path) is None
     assert napari_get_reader([str(bad), str(bad)]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# files the reader must decline (None) or read fully, never claim and then fail (issue 13)
+
+
+def _real_stack(read_rgb, bccd_images) -> np.ndarray:
+    """(3, 240, 320) uint16 channels of a real BCCD image."""
+    rgb = read_rgb(bccd_images[0])[::2, ::2]
+    return np.moveaxis(rgb, -1, 0).astype(np.uint16) * 257
+
+
+def _declines_or_reads(path) -> object:
+    reader = napari_get_reader(str(path))
+    if reader is not None:
+        layers = reader(str(path))
+        assert layers and all(np.asarray(d).size for d, _, _ in layers)
+    return reader
+
+
+def test_truncated_tiff_is_declined(tmp_path, read_rgb, bccd_images):
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(full, _real_stack(read_rgb, bccd_images), photometric="minisblack")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    assert napari_get_reader(str(full)) is not None
+    assert napari_get_reader(str(cut)) is None
+
+
+def test_huge_header_is_declined_without_reading(tmp_path, read_rgb, bccd_images, monkeypatch):
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, read_rgb(bccd_images[0])[..., 0])
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tags = tif.pages[0].tags
+        for name in ("ImageWidth", "ImageLength", "RowsPerStrip"):
+            tags[name].overwrite(40_000)
+    monkeypatch.setattr(
+        tifffile.TiffPageSeries, "asarray", lambda *a, **k: pytest.fail("pixels were read")
+    )
+    assert napari_get_reader(str(path)) is None
+
+
+def test_complex_tiff_is_declined(tmp_path, read_rgb, bccd_images):
+    path = tmp_path / "fft.tif"
+    grey = read_rgb(bccd_images[0])[..., 1].astype(np.float32)
+    tifffile.imwrite(path, np.fft.fft2(grey).astype(np.complex64))
+    assert napari_get_reader(str(path)) is None
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (b'SizeZ="3"', b'SizeZ="90000"'),
+        (b'SizeZ="3"', b'SizeZ="9"'),
+        (b'SizeZ="3"', b'SizeZ="0"'),
+        (b'SizeZ="3"', b'SizeZ="-1"'),
+        (b'SizeX="320"', b'SizeX="77777"'),
+        (b'PhysicalSizeX="0.5"', b'PhysicalSizeX="nan"'),
+        (b'Type="uint16"', b'Type="complex"'),
+    ],
+)
+def test_ome_with_wrong_sizes_is_declined_or_fully_read(tmp_path, read_rgb, bccd_images, old, new):
+    path = tmp_path / "planes.ome.tif"
+    meta = {"axes": "ZYX", "PhysicalSizeX": 0.5}
+    tifffile.imwrite(path, _real_stack(read_rgb, bccd_images), ome=True, metadata=meta)
+    raw = path.read_bytes()
+    assert raw.count(old) == 1
+    path.write_bytes(raw.replace(old, new))
+    reader = _declines_or_reads(path)
+    if reader is not None:
+        [(_, kwargs, _)] = reader(str(path))
+        assert all(np.isfinite(kwargs["scale"])) and min(kwargs["scale"]) > 0
+
+
+@pytest.mark.parametrize("spacing", ["abc", "nan", "-2", "0", "1e999"])
+def test_bad_imagej_spacing_reads_pixels_without_z_scale(tmp_path, read_rgb, bccd_images, spacing):
+    stack = _real_stack(read_rgb, bccd_images)
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(
+        path, stack, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZYX", "unit": "um"}
+    )
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tag = tif.pages[0].tags["ImageDescription"]
+        tag.overwrite(tag.value.replace("unit=um", f"spacing={spacing}\nunit=um"))
+    with tifffile.TiffFile(path) as tif:
+        assert "spacing" in tif.imagej_metadata
+    [(data, kwargs, _)] = _declines_or_reads(path)(str(path))
+    np.testing.assert_array_equal(data, stack)
+    np.testing.assert_allclose(kwargs["scale"], [1.0, 0.5, 0.5])
+
+
+def test_16bit_three_plane_tiff_without_axes_opens_as_three_channels(
+    tmp_path, read_rgb, bccd_images, make_napari_viewer
+):
+    stack = _real_stack(read_rgb, bccd_images)
+    path = tmp_path / "cyx.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack")  # no axis metadata: 'QYX'
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].axes == "QYX"
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin="napari-bta")
+    assert len(layers) == 3
+    for c, layer in enumerate(layers):
+        np.testing.assert_array_equal(np.asarray(layer.data), stack[c])
+    assert viewer.dims.ndim == 2  # no slider
+
+
+def test_z_slider_is_labelled_z(tmp_path, read_rgb, bccd_images, make_napari_viewer):
+    stack = np.concatenate([_real_stack(read_rgb, bccd_images)] * 4)  # 12 planes, no axes
+    path = tmp_path / "z.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack")
+    [(_, kwargs, _)] = napari_get_reader(str(path))(str(path))
+    assert kwargs["axis_labels"] == ["Z", "Y", "X"]
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-bta")
+    assert viewer.dims.nsteps[0] == 12 and viewer.dims.axis_labels[0] == "Z"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from qtpy.QtWidgets import QPlainTextEdit
 
-from napari_bta._scan_panel import ScanPanel, top_pairs
+from napari_bta._scan_panel import pair_verdict
 
 
 @pytest.fixture
@@ -46,44 +47,84 @@ def planted_folder(tmp_path, bccd_images, dsb_images, read_rgb):
     return folder, planted
 
 
-def test_top_pairs_sorts_rows_of_any_shape():
-    result = SimpleNamespace(
-        pairs=[
-            {"path_a": "a", "path_b": "b", "score": 0.2, "same": False},
-            SimpleNamespace(path_a="c", path_b="d", score=0.9, same=True),
-        ]
-    )
-    rows = top_pairs(result, 5)
-    assert [r["path_a"] for r in rows] == ["c", "a"] and rows[0]["same"] is True
-    assert top_pairs(SimpleNamespace(pairs=[]), 5) == []
-    verified = SimpleNamespace(path_a="e", path_b="f", score=0.1, same=True, verified=True)
-    result.pairs.append(verified)
-    assert [r["path_a"] for r in top_pairs(result, 5)] == ["e", "c", "a"]
-
-
-def test_scan_panel_lists_planted_pairs_first_and_opens_them(
-    make_napari_viewer, qtbot, planted_folder, cosine_model, held_model, monkeypatch, tmp_path
+def test_scan_panel_shows_the_core_pairs_in_its_order_and_opens_them(
+    make_napari_viewer,
+    qtbot,
+    open_panel,
+    wait_idle,
+    planted_folder,
+    cosine_model,
+    held_model,
+    monkeypatch,
+    tmp_path,
 ):
-    pytest.importorskip("bta_core.scan")
     monkeypatch.setenv("BTA_CACHE_DIR", str(tmp_path / "cache"))
     folder, planted = planted_folder
+    (folder / "broken.png").write_bytes(b"not an image")
     held_model(cosine_model)
     viewer = make_napari_viewer()
-    panel = ScanPanel(viewer)
-    viewer.window.add_dock_widget(panel)
+    panel = open_panel(viewer, "Scan")
     worker = panel.run(folder=str(folder))
     assert worker is not None and not panel._run.enabled
-    with qtbot.waitSignal(worker.finished, timeout=90_000):
-        pass
-    top = {frozenset((p["path_a"], p["path_b"])) for p in panel.pairs[: len(planted)]}
+    wait_idle(panel)
+    core_pairs = panel.result.pairs
+    assert panel.pairs == core_pairs  # the core's order, not re-ranked
+    top = {frozenset((p.path_a, p.path_b)) for p in core_pairs[: len(planted)]}
     assert top == planted
-    assert all(p["verified"] for p in panel.pairs[: len(planted)])  # keypoints confirm them
-    assert panel._table.native.rowCount() == len(panel.pairs) >= len(planted)
+    table = panel._table.native
+    assert table.rowCount() == len(core_pairs)
+    for row, pair in enumerate(core_pairs[:5]):
+        assert [table.item(row, c).text() for c in range(2)] == list(pair_verdict(pair))
+        assert table.item(row, 2).text() == f"{pair.score:.3f}"  # fixed point
+        assert table.item(row, 3).toolTip() == pair.path_a  # the full path
+    assert pair_verdict(core_pairs[0])[0] == "same"
 
-    worker = panel.open_row(0)
-    with qtbot.waitSignal(worker.finished, timeout=90_000):
-        pass
-    a, b = viewer.layers[0], viewer.layers[1]
+    # skipped files are listed; the report opens
+    assert panel._skipped_btn.enabled and "broken.png" in panel.skipped_text()
+    dialog = panel.show_skipped()
+    assert str(folder / "broken.png") in dialog.findChild(QPlainTextEdit).toPlainText()
+    dialog.close()
+    opened = []
+    monkeypatch.setattr("napari_bta._scan_panel._open_url", opened.append)
+    panel._report_btn.clicked.emit()
+    assert opened and opened[0].endswith("report.html") and Path(opened[0]).is_file()
+
+    # a row click replaces the previous pair's layers
+    panel.open_row(0)
+    wait_idle(panel)
+    a, b = (
+        viewer.layers["A: " + Path(core_pairs[0].path_a).name],
+        viewer.layers["B: " + Path(core_pairs[0].path_b).name],
+    )
     assert a.translate[1] == 0 and b.translate[1] > a.data.shape[1]  # B opens beside A
     assert f"BTA heatmap: {a.name}" in viewer.layers and f"BTA match: {b.name}" in viewer.layers
-    assert "vs" in panel._verdict.value
+    assert "SAME" in panel._verdict.value
+    n_layers = len(viewer.layers)
+    panel.open_row(1)
+    wait_idle(panel)
+    names = {ly.name for ly in viewer.layers}
+    assert a.name not in names or Path(core_pairs[1].path_a).name in a.name
+    assert "A: " + Path(core_pairs[1].path_a).name in names
+    assert len(viewer.layers) <= n_layers
+
+
+def test_scan_panel_says_when_a_folder_has_no_images(
+    make_napari_viewer, open_panel, wait_idle, cosine_model, held_model, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("BTA_CACHE_DIR", str(tmp_path / "cache"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    held_model(cosine_model)
+    viewer = make_napari_viewer()
+    panel = open_panel(viewer, "Scan")
+    assert panel.run(folder=str(empty)) is not None
+    wait_idle(panel)
+    assert f"no images found in {empty}" in panel._status.value.lower()
+    assert panel._table.native.rowCount() == 0
+
+
+def test_panel_defaults_follow_the_core():
+    from bta_core.scan.pipeline import DEFAULT_VERIFY_PER_IMAGE
+    from napari_bta._scan_panel import VERIFY_PER_IMAGE
+
+    assert VERIFY_PER_IMAGE == DEFAULT_VERIFY_PER_IMAGE

@@ -75,7 +75,6 @@ def _panel(viewer, folder, out, epochs):
 
 
 def test_train_panel_runs_one_epoch_in_a_worker(make_napari_viewer, qtbot, train_folder, tmp_path):
-    pytest.importorskip("bta_core.train")
     from qtpy.QtCore import QTimer
 
     from napari_bta._state import MODEL
@@ -102,7 +101,6 @@ def test_train_panel_runs_one_epoch_in_a_worker(make_napari_viewer, qtbot, train
 
 
 def test_train_panel_cancel_stops_at_next_step(make_napari_viewer, qtbot, train_folder, tmp_path):
-    pytest.importorskip("bta_core.train")
     from napari_bta._state import MODEL
 
     MODEL.clear()

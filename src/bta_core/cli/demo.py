@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
-SAMPLES = Path(__file__).parent / "samples" / "scan_demo"
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "scan_demo"
 
 
 def planted_pairs(folder: Path = SAMPLES) -> list[tuple[str, str, str]]:
@@ -29,23 +28,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
-    from .device import describe_device, get_device
-    from .scan import scan
+    from ..checkpoint import load_checkpoint
+    from ..device import describe_device, get_device
+    from ..scan import scan
 
     device = get_device(args.device)
     model = load_checkpoint(args.checkpoint, device=device)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a))
-    say(
-        f"scanning {SAMPLES} with {getattr(model, 'checkpoint_path', '?')} on {describe_device(device)}"
-    )
+    say(f"scanning {SAMPLES} with {model.checkpoint_path} on {describe_device(device)}")
     result = scan(
         SAMPLES,
         model=model,
         planes=True,
         cache_dir=None,
         out_dir=args.out,
-        verify=25,
         match_top=6,
         progress_bar=not args.quiet,
     )
@@ -55,28 +51,19 @@ def main(args: argparse.Namespace) -> int:
         return frozenset(Path(x).name for x in (p.path_a, p.path_b))
 
     found = [p for p in result.pairs if p.same and key(p) in truth]
-    n_verified = sum(bool(p.verified) for p in result.pairs)
-    n_suspect = sum(p.same and not p.verified for p in result.pairs)
+    st = result.stats
     say(
-        f"{len(result.pairs)} pairs reported: {n_verified} reuses with a verified overlap, "
-        f"{n_suspect} more above the model's threshold ({model.config.threshold:.3f}):"
+        f"{len(result.pairs)} pairs reported: {st['n_same']} same (decided by "
+        f"{', '.join(f'{k} {v}' for k, v in st['decided_by'].items() if k != 'no evidence')}), "
+        f"{st['n_suspect']} suspect (model score only, threshold {st['threshold']:.3f}):"
     )
     for rank, p in enumerate(result.pairs[:8], 1):
         tag = truth.get(key(p), "")
-        if p.verified:
-            verdict = "REUSE (overlap verified)"
-        elif p.same:
-            verdict = "suspect (model only)"
-        else:
-            verdict = ""
+        verdict = f"{p.verdict} ({p.decided_by})"
         names = f"{Path(p.path_a).name} <-> {Path(p.path_b).name}"
-        say(f"  {rank}. {p.score:.3f}  {verdict:<24} {names}  {tag}")
+        say(f"  {rank}. {p.score:.3f}  {verdict:<30} {names}  {tag}")
     say(
         f"planted pairs found: {len(found)}/{len(truth)}; skipped files: {[Path(s.path).name for s in result.skipped]}"
     )
     say(f"open {Path(args.out).resolve() / 'report.html'}")
     return 0 if len(found) == len(truth) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))

@@ -1,4 +1,4 @@
-"""``bta-core calibrate``: fit a checkpoint's decision threshold on validation pairs.
+"""Fit a checkpoint's decision threshold on validation pairs (``bta-core calibrate``).
 
 Validation pairs are reuse-style: the original image (resized) against a partner made with the
 ``reuse`` view pipeline, the same image with probability 0.4 and otherwise an image of another
@@ -11,42 +11,47 @@ checkpoint's config; the file is rewritten atomically with the precision of its 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .augment import REUSE_VIEWS, apply_view
-from .checkpoint import load_checkpoint, save_checkpoint
-from .device import DEVICE_CHOICES, get_device
+from ..augment import REUSE_VIEWS, apply_view
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..device import get_device
+from .datasets import EvalData, load_eval_data
+from .methods import BackboneFeatures, ModelMethod
+from .metrics import best_f1_threshold, threshold_at_fpr, threshold_metrics
+from .pairs import resize_batch, sample_partners
 
 CALIBRATION_SEED = 20_251_126
 
 
 def calibration_pairs(
-    ed, size: int, repeats: int = 3, p_same: float = 0.4, seed: int = CALIBRATION_SEED
+    eval_data: EvalData,
+    size: int,
+    repeats: int = 3,
+    p_same: float = 0.4,
+    seed: int = CALIBRATION_SEED,
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Row-wise view pairs ``(x_a, x_b, label)`` of an ``evaluate.EvalData`` for calibration."""
-    from .evaluate import resize_batch, sample_partners
-
+    """Row-wise view pairs ``(x_a, x_b, label)`` of the evaluation images, for calibration."""
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
-    base = resize_batch(ed.images, size)
+    base = resize_batch(eval_data.images, size)
     xa, xb, labels = [], [], []
     for _ in range(repeats):
-        partner, label = sample_partners(ed.groups, rng, p_same, population=ed.population)
+        partner, label = sample_partners(
+            eval_data.groups, rng, p_same, population=eval_data.population
+        )
         xa.append(base)
-        xb.append(apply_view(ed.images[torch.as_tensor(partner)], REUSE_VIEWS[1], size, g))
+        xb.append(apply_view(eval_data.images[torch.as_tensor(partner)], REUSE_VIEWS[1], size, g))
         labels.append(label)
     return torch.cat(xa), torch.cat(xb), np.concatenate(labels)
 
 
 def fit_threshold(labels, scores, target_fpr: float | None = None) -> dict:
     """Threshold maximising F1 (or the lowest meeting ``target_fpr``) and its metrics."""
-    from .evaluate import best_f1_threshold, threshold_at_fpr, threshold_metrics
-
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
     if target_fpr is None:
@@ -67,7 +72,8 @@ def fit_threshold(labels, scores, target_fpr: float | None = None) -> dict:
     }
 
 
-def _is_half(path: str | Path) -> bool:
+def checkpoint_is_half(path: str | Path) -> bool:
+    """True when a checkpoint file stores its float tensors in half precision."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
@@ -94,16 +100,16 @@ def calibrate(
 
     Writes to ``out`` (default: the checkpoint itself, atomically).
     """
-    from .evaluate import Features, ModelMethod, load_eval_data
-
     dev = get_device(device)
     model = load_checkpoint(checkpoint, dev)
     size = model.config.image_size
-    ed = load_eval_data(data, split or None, decode_size=2 * size, limit=limit)
-    xa, xb, label = calibration_pairs(ed, size, repeats=repeats)
+    eval_data = load_eval_data(data, split or None, decode_size=2 * size, limit=limit)
+    xa, xb, label = calibration_pairs(eval_data, size, repeats=repeats)
     method = ModelMethod(Path(checkpoint).stem, model, str(checkpoint))
     idx = np.arange(len(label))
-    scores = method.score(method.represent(Features(xa)), method.represent(Features(xb)), idx, idx)
+    scores = method.score(
+        method.represent(BackboneFeatures(xa)), method.represent(BackboneFeatures(xb)), idx, idx
+    )
     info = fit_threshold(label, scores, target_fpr)
     info.update(
         split=split,
@@ -114,7 +120,7 @@ def calibrate(
     model.config.threshold = info["threshold"]
     model.config.calibration = info
     target = Path(out) if out else Path(checkpoint)
-    save_checkpoint(model, target, half=_is_half(checkpoint))
+    save_checkpoint(model, target, half=checkpoint_is_half(checkpoint))
     if not quiet:
         print(
             f"{target}: threshold {info['threshold']:.4f} ({info['method']} on {info['n_pairs']} "
@@ -122,38 +128,3 @@ def calibrate(
             f"precision {info['precision']:.3f}, recall {info['recall']:.3f})"
         )
     return info
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__,
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("checkpoint", help="checkpoint to calibrate")
-    p.add_argument("data", nargs="+", help="image folders and/or splits.csv files")
-    p.add_argument("--split", default="val", help="split of splits.csv rows ('' for all)")
-    p.add_argument(
-        "--target-fpr", type=float, default=None, help="meet this FPR instead of maximising F1"
-    )
-    p.add_argument("--out", default=None, help="write here instead of overwriting CHECKPOINT")
-    p.add_argument("--limit", type=int, default=None, help="at most N images per source")
-    p.add_argument("--repeats", type=int, default=3, help="pairs per image")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    p.add_argument("--quiet", action="store_true")
-    return p
-
-
-def main(args: argparse.Namespace) -> int:
-    calibrate(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        target_fpr=args.target_fpr,
-        out=args.out,
-        limit=args.limit,
-        repeats=args.repeats,
-        device=args.device,
-        quiet=args.quiet,
-    )
-    return 0

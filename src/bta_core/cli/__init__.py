@@ -1,4 +1,7 @@
-"""``bta-core`` command line: one subcommand per module, each with get_args_parser()/main()."""
+"""``bta-core`` command line: one thin module per subcommand, each with get_args_parser()/main().
+
+The modules only turn arguments into calls of the library and print the result.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,21 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("bta_core.demo", "scan the bundled sample images (planted reuse) and write a report"),
-    "score": ("bta_core.score", "probability that two images come from the same source image"),
+    "demo": (
+        "bta_core.cli.demo",
+        "scan the bundled sample images (planted reuse) and write a report",
+    ),
+    "score": ("bta_core.cli.score", "probability that two images come from the same source image"),
     "train": ("bta_core.train", "train a BTA model (bta, combined or head-only recipes)"),
-    "eval": ("bta_core.evaluate", "evaluate models and baselines (paper, reuse, scan protocols)"),
-    "calibrate": ("bta_core.calibrate", "store a calibrated decision threshold in a checkpoint"),
-    "scan": ("bta_core.scan", "find reused images across folders of TIFF/PNG/JPEG files"),
-    "match": ("bta_core.match", "locate where two images match and recover the transform"),
-    "models": ("bta_core.registry", "list the bundled and cached models"),
+    "eval": ("bta_core.cli.eval", "evaluate models and baselines (paper, reuse, scan protocols)"),
+    "calibrate": (
+        "bta_core.cli.calibrate",
+        "store a calibrated decision threshold in a checkpoint",
+    ),
+    "scan": ("bta_core.cli.scan", "find reused images across folders of TIFF/PNG/JPEG files"),
+    "match": ("bta_core.cli.match", "locate where two images match and recover the transform"),
+    "index": ("bta_core.cli.index", "build, grow or describe a persistent reference index"),
+    "models": ("bta_core.cli.models", "list the bundled and cached models"),
 }
 
 
@@ -25,7 +35,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="bta-core",
         description="Detect reused, flipped, cropped or retouched microscopy images (BTA).",
     )
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -62,7 +72,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bta-core {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return int(result or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

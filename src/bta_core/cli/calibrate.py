@@ -1,0 +1,43 @@
+"""``bta-core calibrate``: fit a checkpoint's decision threshold on validation pairs and store it."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..device import DEVICE_CHOICES
+from ..evaluation.calibrate import calibrate
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="checkpoint to calibrate")
+    p.add_argument("data", nargs="+", help="image folders and/or splits.csv files")
+    p.add_argument("--split", default="val", help="split of splits.csv rows ('' for all)")
+    p.add_argument(
+        "--target-fpr", type=float, default=None, help="meet this FPR instead of maximising F1"
+    )
+    p.add_argument("--out", default=None, help="write here instead of overwriting CHECKPOINT")
+    p.add_argument("--limit", type=int, default=None, help="at most N images per source")
+    p.add_argument("--repeats", type=int, default=3, help="pairs per image")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    calibrate(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        target_fpr=args.target_fpr,
+        out=args.out,
+        limit=args.limit,
+        repeats=args.repeats,
+        device=args.device,
+        quiet=args.quiet,
+    )
+    return 0

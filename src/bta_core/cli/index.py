@@ -1,0 +1,85 @@
+"""``bta-core index``: keep a lab archive's embeddings; check new figures against it (scan --index)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..device import DEVICE_CHOICES, describe_device, get_device
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--checkpoint", default=None, help="model; none given = the bundled model")
+    common.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    common.add_argument("--batch-size", type=int, default=32)
+    common.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: cores - 1)"
+    )
+    common.add_argument("--quiet", action="store_true", help="no progress bar")
+    b = sub.add_parser("build", parents=[common], help="embed reference images into a new index")
+    b.add_argument("paths", nargs="+", metavar="REF", help="reference folders or files")
+    b.add_argument("--out", required=True, metavar="INDEX", help="index folder to create")
+    a = sub.add_parser("add", parents=[common], help="add new or changed images to an index")
+    a.add_argument("index", metavar="INDEX")
+    a.add_argument("paths", nargs="+", metavar="NEW", help="folders or files")
+    i = sub.add_parser("info", help="what an index holds")
+    i.add_argument("index", metavar="INDEX")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _bar(quiet: bool):
+    if quiet:
+        return None, None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(unit="img", desc="embed", dynamic_ncols=True)
+
+    def on_progress(step: int, total: int, info: dict) -> None:
+        bar.total = total
+        bar.n = step
+        bar.refresh()
+
+    return bar, on_progress
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..index import add_to_index, build_index, index_info
+
+    if args.action == "info":
+        info = index_info(args.index)
+        if args.json:
+            print(json.dumps(info))
+        else:
+            for k, v in info.items():
+                print(f"{k:>24}: {v}")
+        return 0
+    from ..checkpoint import load_checkpoint
+
+    device = get_device(args.device)
+    model = load_checkpoint(args.checkpoint, device=device)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    say(
+        f"bta-core index: model {model.checkpoint_path or 'in-memory'} on {describe_device(device)}"
+    )
+    bar, on_progress = _bar(args.quiet)
+    kw = dict(batch_size=args.batch_size, workers=args.workers, on_progress=on_progress)
+    try:
+        if args.action == "build":
+            res = build_index(args.paths, args.out, model, **kw)
+        else:
+            res = add_to_index(args.index, args.paths, model, **kw)
+    finally:
+        if bar is not None:
+            bar.close()
+    for path, problem in res["skipped"]:
+        say(f"  skipped {path}: {problem}")
+    say(
+        f"{res['index']}: {res['added']} added, {res['replaced']} changed and re-embedded, "
+        f"{res['unchanged']} unchanged, {len(res['skipped'])} skipped ({res['seconds']:.1f} s)"
+    )
+    return 0

@@ -1,0 +1,97 @@
+"""``bta-core match A B``: locate where two images match and recover the transform from B to A."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..device import DEVICE_CHOICES
+from ..match import match_images, render_match_png, summary
+from ..match.params import MAX_SIDE
+from ..verdict import Decision, Policy, decide
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, add_help=add_help)
+    parser.add_argument("image_a", help="first image file (the reference frame)")
+    parser.add_argument("image_b", help="second image file (mapped onto the first)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="model checkpoint for the pair score and tile heatmaps (default: the bundled model "
+        "if installed, else keypoints only)",
+    )
+    parser.add_argument("--no-model", action="store_true", help="skip the model (keypoints only)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="working size for keypoints")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", default=None, metavar="DIR", help="write a PNG (and JSON) here")
+    parser.add_argument("--quiet", action="store_true", help="no notes on stderr")
+    return parser
+
+
+def _load_model(args: argparse.Namespace):
+    if args.no_model:
+        return None
+    from ..checkpoint import DEFAULT_MODEL_PATH, load_checkpoint
+    from ..device import get_device
+
+    if args.checkpoint is None and not DEFAULT_MODEL_PATH.exists():
+        if not args.quiet:
+            print("note: no bundled model installed; matching with keypoints only", file=sys.stderr)
+        return None
+    return load_checkpoint(args.checkpoint, device=get_device(args.device))
+
+
+def _decide(model, image_a, image_b, found) -> Decision:
+    """The pair's verdict from the same evidence and rule as ``bta-core score`` and ``scan``."""
+    from ..assess import add_match, fingerprint_evidence, policy_for
+
+    evidence = fingerprint_evidence(image_a, image_b)
+    if model is not None:
+        from ..scoring import score_arrays
+
+        evidence.model_score = score_arrays(model, image_a, image_b)
+    add_match(evidence, found)
+    return decide(evidence, policy_for(model) if model is not None else Policy())
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..imageio import load_image
+    from ..output_files import check_out_dir
+
+    if args.out:
+        check_out_dir(args.out)
+    a = load_image(args.image_a)
+    b = load_image(args.image_b)
+    model = _load_model(args)
+    result = match_images(a, b, model=model, max_side=args.max_side)
+    decision = _decide(model, a, b, result)
+    data = {"image_a": str(args.image_a), "image_b": str(args.image_b), **result.to_dict()}
+    data["decision"] = decision.to_dict()
+    if model is not None:
+        data["checkpoint"] = model.checkpoint_path
+        data["threshold"] = float(model.config.threshold)
+    if args.out:
+        from ..checkpoint import atomic_write_text
+        from ..output_files import short_name
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = "match_" + short_name(Path(args.image_a).stem, Path(args.image_b).stem)
+        png = render_match_png(a, b, result, out / f"{stem}.png")
+        data["png"] = str(png)
+        data["json"] = str(out / f"{stem}.json")
+        atomic_write_text(out / f"{stem}.json", json.dumps(data, indent=1))
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print(summary(result))
+        print(decision.explain())
+        if result.box_a is not None:
+            print(f"box_a {result.box_a}  box_b {result.box_b}")
+        if args.out:
+            print(f"wrote {data['png']}")
+    return 0

@@ -1,0 +1,71 @@
+"""``bta-core score A B``: do two images come from one source? The verdict, the evidence that
+decided it and one probability (``assess.assess_pair``, the rule every tool uses)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..assess import assess_pair
+from ..checkpoint import load_checkpoint
+from ..device import DEVICE_CHOICES, describe_device, get_device
+from ..imageio import load_image
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, add_help=add_help)
+    parser.add_argument("image_a", help="first image file")
+    parser.add_argument("image_b", help="second image file")
+    parser.add_argument(
+        "--checkpoint", default=None, help="model checkpoint (default: bundled model)"
+    )
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument(
+        "--tta", default=None, choices=["d4"], help="max over 8 rotations/flips of B"
+    )
+    parser.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="look for the overlap with keypoint matching (as bta-core scan does for each "
+        "image's best candidates); a verified overlap makes the verdict 'same'",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    device = get_device(args.device)
+    model = load_checkpoint(args.checkpoint, device=device)
+    image_a, image_b = load_image(args.image_a), load_image(args.image_b)
+    found = assess_pair(model, image_a, image_b, verify=args.verify, tta=args.tta)
+    decision = found.decision
+    result = {
+        "image_a": str(args.image_a),
+        "image_b": str(args.image_b),
+        "verdict": decision.verdict,
+        "decided_by": decision.decided_by,
+        "probability": decision.probability,
+        "same": decision.is_same,
+        "score": decision.evidence.model_score,
+        "threshold": float(model.config.threshold),
+        "decision": decision.to_dict(),
+        "checkpoint": model.checkpoint_path,
+        "device": describe_device(device),
+        "tta": args.tta,
+    }
+    if found.match is not None:
+        from ..match import summary
+
+        result["match"] = summary(found.match)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{decision.verdict} (decided by {decision.decided_by}): {decision.explain()}")
+        print(
+            f"probability {decision.probability:.4f}; model score {result['score']:.4f} "
+            f"(threshold {result['threshold']:.3f})"
+        )
+        if "match" in result:
+            print(result["match"])
+    return 0

@@ -1,0 +1,73 @@
+"""The images an evaluation runs on: decoded splits with groups, populations, same-field pairs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import ImageRecord, decode_records, list_records
+from ..runtime import ProgressFn
+
+
+@dataclass
+class EvalData:
+    """Decoded images of one split with their groups, populations and same-field pairs."""
+
+    images: torch.Tensor
+    records: list[ImageRecord]
+    groups: np.ndarray
+    population: np.ndarray
+    population_names: list[str]
+    same_field: np.ndarray  # (K, 2) index pairs from same_source_edges.csv
+
+
+def load_eval_data(
+    data: Sequence[str | os.PathLike],
+    split: str | None,
+    decode_size: int,
+    limit: int | None = None,
+    on_progress: ProgressFn | None = None,
+) -> EvalData:
+    """Read and decode the images of ``split`` from folders / ``splits.csv`` files.
+
+    ``limit`` keeps at most that many images per source (so every data set stays present).
+    """
+    import csv
+
+    records: list[ImageRecord] = []
+    datasets: list[str] = []
+    edges: list[tuple[str, str]] = []
+    for src in data:
+        src = Path(src)
+        recs = list_records([src], split=split or None)
+        if limit:
+            recs = recs[: int(limit)]
+        name = src.parent.name if src.suffix.lower() == ".csv" else src.name
+        records += recs
+        datasets += [name] * len(recs)
+        edge_file = (src.parent if src.suffix.lower() == ".csv" else src) / "same_source_edges.csv"
+        if edge_file.exists():
+            base = edge_file.parent / "images"
+            with open(edge_file, newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    edges.append((str(base / row["a"]), str(base / row["b"])))
+    images, kept = decode_records(records, decode_size, on_progress=on_progress)
+    dataset_of = {r.path: d for r, d in zip(records, datasets, strict=True)}
+    groups_map: dict[str, int] = {}
+    groups = np.array([groups_map.setdefault(r.group, len(groups_map)) for r in kept])
+    pops = [f"{dataset_of[r.path]}/{r.modality or 'any'}" for r in kept]
+    names = sorted(set(pops))
+    population = np.array([names.index(p) for p in pops])
+    index = {os.path.normpath(r.path): i for i, r in enumerate(kept)}
+    pairs = [
+        (index[os.path.normpath(a)], index[os.path.normpath(b)])
+        for a, b in edges
+        if os.path.normpath(a) in index and os.path.normpath(b) in index
+    ]
+    same_field = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return EvalData(images, kept, groups, population, names, same_field)

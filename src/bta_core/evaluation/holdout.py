@@ -1,0 +1,245 @@
+"""Leave-one-data-set-out protocol (issue 11): generalisation to a data set never trained on.
+
+For every data set with a feature cache (``tools/cache_views.py``): train the projector and
+head on the train splits of all the *other* data sets (``bta_core.feature_train``), calibrate
+the threshold on their val splits (FPR <= 1%), then test on the held-out set's test split:
+
+* paper protocol: view A vs (p_same 0.4) view B of the same image or of another image of the
+  same population (data set + modality), other group; accuracy and F1 at the calibrated
+  threshold, ROC AUC; mean over 10 seeds;
+* reuse suite (model score alone): per manipulation, clean image vs its manipulated copy
+  against clean image vs the manipulated copy of up to 32 same-population images of other
+  groups (hard negatives); ROC AUC, recall at 1% FPR (threshold from those negatives) and
+  recall at the calibrated threshold;
+* identity: s(x, x) of every test image (target >= 0.99);
+* unrelated pairs: share of all clean test pairs of different groups called same at the
+  calibrated threshold, overall and within one population;
+* reliability: ECE (10 bins) and the bin table on the paper-protocol pairs.
+
+``backbone-cosine`` (cosine of the frozen features, threshold calibrated the same way) is
+scored on the same pairs for context.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..feature_train import (
+    FeatureSet,
+    FeatureTrainConfig,
+    calibrate_on_val,
+    embed,
+    load_feature_set,
+    negative_partners,
+    pair_scores,
+    train_on_features,
+)
+from .metrics import TARGET_FPR, reliability, roc_auc, threshold_at_fpr
+
+P_SAME = 0.4
+
+
+P_SAME = 0.4
+
+
+def _recall_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = TARGET_FPR) -> float:
+    return float((pos >= threshold_at_fpr(neg, fpr)).mean())
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    return roc_auc(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg])
+
+
+class Scorer:
+    """Scores pairs of cached features with a trained model or the backbone cosine."""
+
+    def __init__(self, projector=None, head=None) -> None:
+        self.projector, self.head = projector, head
+
+    def rep(self, y: torch.Tensor) -> torch.Tensor:
+        if self.projector is None:
+            return F.normalize(y.float(), dim=-1)
+        return embed(self.projector, y)
+
+    def pairs(self, za: torch.Tensor, zb: torch.Tensor) -> np.ndarray:
+        if self.head is None:
+            return (za * zb).sum(-1).double().numpy()
+        return pair_scores(self.head, za, zb)
+
+
+def evaluate_heldout(s: FeatureSet, scorer: Scorer, threshold: float, seed: int = 0) -> dict:
+    """All held-out metrics of one scorer on the test split of ``s``."""
+    idx = s.test_index
+    groups, pop = s.groups[idx], s.population[idx]
+    zc = scorer.rep(s.clean[idx])
+    zm = scorer.rep(s.manip)
+    names = s.test_views
+    rng = np.random.default_rng(seed)
+    ia, ib = negative_partners(groups, pop, rng)
+    out: dict = {"n_test_images": int(len(idx))}
+    # identity
+    ident = scorer.pairs(zc, zc)
+    out["identity"] = {"min": float(ident.min()), "mean": float(ident.mean())}
+    # reuse suite
+    reuse = {}
+    for name in ["identity", *[n for n in names if not n.startswith("paper_")]]:
+        zb = zc if name == "identity" else zm[:, names.index(name)]
+        pos = scorer.pairs(zc, zb)
+        neg = scorer.pairs(zc[ia], zb[ib])
+        reuse[name] = {
+            "auc": _auc(pos, neg),
+            "recall@1%fpr": _recall_at_fpr(pos, neg),
+            "recall@thr": float((pos >= threshold).mean()),
+            "fpr@thr": float((neg >= threshold).mean()),
+        }
+    out["reuse"] = reuse
+    manips = [k for k in reuse if k != "identity"]
+    out["reuse_mean"] = {
+        k: float(np.mean([reuse[m][k] for m in manips]))
+        for k in ("auc", "recall@1%fpr", "recall@thr", "fpr@thr")
+    }
+    # unrelated clean pairs
+    iu, ju = np.triu_indices(len(idx), k=1)
+    keep = groups[iu] != groups[ju]
+    iu, ju = iu[keep], ju[keep]
+    su = scorer.pairs(zc[iu], zc[ju])
+    same_pop = pop[iu] == pop[ju]
+    out["unrelated"] = {
+        "n_pairs": int(len(su)),
+        "fpr@thr": float((su >= threshold).mean()),
+        "fpr@thr_same_population": float((su[same_pop] >= threshold).mean()),
+        "max": float(su.max()),
+        "p99": float(np.quantile(su, 0.99)),
+    }
+    # paper protocol
+    za, zb = zm[:, names.index("paper_a")], zm[:, names.index("paper_b")]
+    rows, all_y, all_p = [], [], []
+    for sd in range(10):
+        r = np.random.default_rng(sd)
+        partner = np.arange(len(idx))
+        same = r.random(len(idx)) < P_SAME
+        for i in np.flatnonzero(~same):
+            cand = np.flatnonzero((groups != groups[i]) & (pop == pop[i]))
+            if len(cand) == 0:
+                cand = np.flatnonzero(groups != groups[i])
+            partner[i] = cand[r.integers(len(cand))]
+        p = scorer.pairs(za, zb[partner])
+        y = same.astype(int)
+        pred = p >= threshold
+        tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
+        fn = int((~pred & (y == 1)).sum())
+        f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+        rows.append(
+            {"accuracy": float((pred == y).mean()), "f1": f1, "auc": _auc(p[y == 1], p[y == 0])}
+        )
+        all_y.append(y)
+        all_p.append(p)
+    out["paper"] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out["paper_std"] = {k: float(np.std([r[k] for r in rows])) for k in rows[0]}
+    if scorer.head is not None:
+        e, table = reliability(np.concatenate(all_y), np.concatenate(all_p))
+        out["ece"], out["reliability"] = e, table
+    return out
+
+
+def run_holdout(
+    cache: Path,
+    cfg: FeatureTrainConfig,
+    only: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train on all cached data sets but one, test on that one, for each in turn."""
+    paths = sorted(p for p in cache.glob("*.safetensors"))
+    sets = [load_feature_set(p) for p in paths]
+    res = {
+        "protocol": "leave-one-data-set-out",
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, CPU, torch {torch.__version__}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "recipe": asdict(cfg),
+        "datasets": [s.name for s in sets],
+        "heldout": {},
+    }
+    for h, held in enumerate(sets):
+        if only and held.name not in only:
+            continue
+        train_sets = [s for k, s in enumerate(sets) if k != h]
+        t0 = time.time()
+        proj, head, train_log = train_on_features(
+            train_sets,
+            cfg,
+            on_progress=lambda st, tot, row, held=held: log(
+                f"  [{held.name}] step {st}/{tot} loss {row['loss']:.4f} bce {row['bce']:.4f} "
+                f"pos {row['bce_pos']:.3f} neg {row['bce_neg']:.3f} hard {row.get('bce_hard', 0):.3f}"
+            ),
+        )
+        cal = calibrate_on_val(proj, head, train_sets, TARGET_FPR)
+        model = evaluate_heldout(held, Scorer(proj, head), cal["threshold"])
+        cos = Scorer()
+        cos_thr = calibrate_cosine(train_sets)
+        base = evaluate_heldout(held, cos, cos_thr)
+        res["heldout"][held.name] = {
+            "trained_on": [s.name for s in train_sets],
+            "train_seconds": time.time() - t0,
+            "calibration": cal,
+            "model": model,
+            "backbone_cosine": {"threshold": cos_thr, **base},
+            "train_log": train_log[-1:],
+        }
+        log(table_for(held.name, res["heldout"][held.name]))
+    return res
+
+
+def calibrate_cosine(sets: list[FeatureSet]) -> float:
+    """Backbone-cosine threshold at 1% FPR on the same val negatives as the model."""
+    rng = np.random.default_rng(0)
+    neg = []
+    for s in sets:
+        idx, rows = s.split_rows("val")
+        zc = F.normalize(s.clean[idx], dim=1)
+        zv = F.normalize(s.views[rows], dim=-1)
+        ia, ib = negative_partners(s.groups[idx], s.population[idx], rng)
+        kk = torch.as_tensor(rng.integers(0, zv.shape[1], len(ib)))
+        neg += [(zc[ia] * zv[ib, kk]).sum(1).numpy(), (zc[ia] * zc[ib]).sum(1).numpy()]
+    return threshold_at_fpr(np.concatenate(neg), TARGET_FPR)
+
+
+def table_for(name: str, r: dict) -> str:
+    m, b = r["model"], r["backbone_cosine"]
+    lines = [
+        f"== held out: {name} (trained on {', '.join(r['trained_on'])}; threshold "
+        f"{r['calibration']['threshold']:.4f}, val FPR {r['calibration']['fpr']:.4f})",
+        f"{'metric':34s} {'model':>8s} {'bb-cos':>8s}",
+    ]
+
+    def row(label, a, c):
+        lines.append(f"{label:34s} {a:8.3f} {c:8.3f}")
+
+    row("paper accuracy", m["paper"]["accuracy"], b["paper"]["accuracy"])
+    row("paper F1", m["paper"]["f1"], b["paper"]["f1"])
+    row("paper ROC AUC", m["paper"]["auc"], b["paper"]["auc"])
+    row("reuse mean ROC AUC", m["reuse_mean"]["auc"], b["reuse_mean"]["auc"])
+    row("reuse mean recall@1%FPR", m["reuse_mean"]["recall@1%fpr"], b["reuse_mean"]["recall@1%fpr"])
+    row("reuse mean recall@thr", m["reuse_mean"]["recall@thr"], b["reuse_mean"]["recall@thr"])
+    row("identity min", m["identity"]["min"], b["identity"]["min"])
+    row("unrelated FPR@thr", m["unrelated"]["fpr@thr"], b["unrelated"]["fpr@thr"])
+    row(
+        "unrelated FPR@thr same population",
+        m["unrelated"]["fpr@thr_same_population"],
+        b["unrelated"]["fpr@thr_same_population"],
+    )
+    lines.append(f"{'ECE (paper pairs)':34s} {m['ece']:8.3f}")
+    for man, v in m["reuse"].items():
+        lines.append(
+            f"  {man:12s} AUC {v['auc']:.3f} rec@1%FPR {v['recall@1%fpr']:.3f} "
+            f"rec@thr {v['recall@thr']:.3f}  | cos AUC {b['reuse'][man]['auc']:.3f} "
+            f"rec@1% {b['reuse'][man]['recall@1%fpr']:.3f}"
+        )
+    return "\n".join(lines)

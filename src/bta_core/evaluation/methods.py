@@ -1,0 +1,239 @@
+"""Ways of scoring pairs on the same images: BTA checkpoints and training-free baselines.
+
+Checkpoints sharing a frozen backbone share its features (:class:`BackboneFeatures`), so adding
+a method costs only its projector and head.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import load_checkpoint
+from ..device import autocast, get_device
+from ..heads import is_symmetric
+from ..model import BTAModel, ModelConfig
+from .pairs import resize_batch
+
+BASELINES = ("phash", "crhash", "backbone-cosine")
+
+
+class BackboneFeatures:
+    """Backbone features of one image batch, computed once per distinct backbone."""
+
+    def __init__(self, x: torch.Tensor, batch_size: int = 64) -> None:
+        self.x = x
+        self.batch_size = batch_size
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def for_model(self, key: tuple, model: BTAModel) -> torch.Tensor:
+        """Pooled backbone features of the batch for ``model`` (computed once per ``key``)."""
+        if key not in self._cache:
+            size = model.config.image_size
+            dev = model.device
+            outs = []
+            for start in range(0, self.x.shape[0], self.batch_size):
+                xb = resize_batch(self.x[start : start + self.batch_size], size).to(dev)
+                with autocast(dev):
+                    outs.append(model.features(xb).float().cpu())
+            self._cache[key] = torch.cat(outs) if outs else torch.empty(0)
+        return self._cache[key]
+
+
+def _backbone_key(model: BTAModel, path: str) -> tuple:
+    c = model.config
+    if c.backbone_in_checkpoint:
+        return ("checkpoint", path, c.image_size)
+    return (c.backbone, c.backbone_weights, c.image_size)
+
+
+@dataclass
+class Method:
+    """A way of scoring pairs: ``represent`` each image once, then ``score`` index pairs."""
+
+    name: str
+    kind: str
+    threshold: float
+    calibrated: float | None = None
+    calibration: dict = field(default_factory=dict)
+
+    def represent(self, feats: BackboneFeatures):
+        raise NotImplementedError
+
+    def score(self, rep_a, rep_b, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {
+            "kind": self.kind,
+            "threshold": self.threshold,
+            "calibrated_threshold": self.calibrated,
+            "calibration": self.calibration,
+        }
+
+
+class ModelMethod(Method):
+    """A BTA checkpoint: projector on shared backbone features, symmetric head on pairs."""
+
+    def __init__(self, name: str, model: BTAModel, path: str, chunk: int = 65536) -> None:
+        cal = dict(model.config.calibration or {})
+        super().__init__(name, "checkpoint", 0.5, model.config.threshold if cal else None, cal)
+        self.model, self.path, self.key, self.chunk = model, path, _backbone_key(model, path), chunk
+
+    @torch.no_grad()
+    def represent(self, feats: BackboneFeatures):
+        y = feats.for_model(self.key, self.model)
+        dev = self.model.device
+        us, vs = [], []
+        for start in range(0, y.shape[0], 1024):
+            z = self.model.projector(y[start : start + 1024].to(dev)).float()
+            if is_symmetric(self.model.head):  # no split first layer: keep the embeddings
+                us.append(z.cpu())
+                continue
+            u, v = self.model.head.split_first_layer(z, z)
+            us.append(u.cpu())
+            vs.append(v.cpu())
+        if not vs:
+            return torch.cat(us), None
+        return torch.cat(us), torch.cat(vs)
+
+    @torch.no_grad()
+    def score(self, rep_a, rep_b, ia, ib) -> np.ndarray:
+        (ua, va), (ub, vb) = rep_a, rep_b
+        head, dev = self.model.head, self.model.device
+        out = []
+        if va is None:  # a head symmetric by construction scores each pair once
+            for s in range(0, len(ia), self.chunk):
+                a = torch.as_tensor(ia[s : s + self.chunk])
+                b = torch.as_tensor(ib[s : s + self.chunk])
+                out.append(torch.sigmoid(head(ua[a].to(dev), ub[b].to(dev)).float()).cpu())
+            return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+        for s in range(0, len(ia), self.chunk):
+            a = torch.as_tensor(ia[s : s + self.chunk])
+            b = torch.as_tensor(ib[s : s + self.chunk])
+            ab = head.rest((ua[a] + vb[b]).to(dev)).squeeze(1).float()
+            ba = head.rest((ub[b] + va[a]).to(dev)).squeeze(1).float()
+            out.append((0.5 * (torch.sigmoid(ab) + torch.sigmoid(ba))).cpu())
+        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+class CosineMethod(Method):
+    """Cosine similarity of the frozen backbone's pooled features (no training)."""
+
+    def __init__(self, model: BTAModel, key: tuple, threshold: float = 0.9) -> None:
+        super().__init__("backbone-cosine", "baseline", threshold)
+        self.model, self.key = model, key
+
+    def represent(self, feats: BackboneFeatures):
+        return F.normalize(feats.for_model(self.key, self.model), dim=1)
+
+    def score(self, rep_a, rep_b, ia, ib) -> np.ndarray:
+        a, b = torch.as_tensor(ia), torch.as_tensor(ib)
+        return (rep_a[a] * rep_b[b]).sum(1).double().numpy()
+
+
+def _pil_images(x: torch.Tensor):
+    from PIL import Image
+
+    arr = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+class PHashMethod(Method):
+    """Perceptual hash (64-bit DCT hash); score = 1 - Hamming distance / 64."""
+
+    def __init__(self, threshold: float = 1 - 10 / 64) -> None:
+        super().__init__("phash", "baseline", threshold)
+
+    def represent(self, feats: BackboneFeatures):
+        import imagehash
+
+        return np.stack([imagehash.phash(im).hash.ravel() for im in _pil_images(feats.x)])
+
+    def score(self, rep_a, rep_b, ia, ib) -> np.ndarray:
+        return 1.0 - (rep_a[ia] != rep_b[ib]).mean(1)
+
+
+class CropHashMethod(Method):
+    """imagehash's crop-resistant hash (segment dhashes) with a symmetric matched-segment score.
+
+    score = 0.99 * mean over both directions of the share of segments whose nearest segment in
+    the other image is within 25% of the bits, + 0.01 * (1 - mean nearest distance / bits).
+    """
+
+    def __init__(self, threshold: float = 0.5, bit_error_rate: float = 0.25) -> None:
+        super().__init__("crhash", "baseline", threshold)
+        self.bit_error_rate = bit_error_rate
+
+    def represent(self, feats: BackboneFeatures):
+        import imagehash
+
+        size = feats.x.shape[-1]
+        min_seg = max(16, int(500 * (size / 300) ** 2))
+        out = []
+        for im in _pil_images(feats.x):
+            h = imagehash.crop_resistant_hash(
+                im, segmentation_image_size=size, min_segment_size=min_seg
+            )
+            out.append(np.stack([s.hash.ravel() for s in h.segment_hashes]))
+        return out
+
+    def score(self, rep_a, rep_b, ia, ib) -> np.ndarray:
+        out = np.empty(len(ia))
+        for k, (i, j) in enumerate(zip(ia, ib, strict=True)):
+            a, b = rep_a[i], rep_b[j]
+            d = (a[:, None, :] != b[None, :, :]).sum(-1)
+            cut = self.bit_error_rate * a.shape[1]
+            da, db = d.min(1), d.min(0)
+            share = 0.5 * (np.mean(da <= cut) + np.mean(db <= cut))
+            near = 0.5 * (da.mean() + db.mean()) / a.shape[1]
+            out[k] = 0.99 * share + 0.01 * (1 - near)
+        return out
+
+
+def build_methods(
+    checkpoints: Sequence[str | os.PathLike] = (),
+    baselines: Sequence[str] = BASELINES,
+    device: str | torch.device = "cpu",
+    image_size: int | None = None,
+    models: Sequence[tuple[str, BTAModel]] = (),
+) -> list[Method]:
+    """Methods for checkpoint files, already-loaded ``(label, model)`` pairs and baselines."""
+    dev = get_device(str(device)) if not isinstance(device, torch.device) else device
+    methods: list[Method] = []
+    loaded = [(n, m, f"memory:{n}") for n, m in models]
+    for path in checkpoints:
+        loaded.append((Path(path).stem, load_checkpoint(path, dev), str(path)))
+    seen: dict[str, int] = {}
+    for name, model, path in loaded:
+        seen[name] = seen.get(name, 0) + 1
+        label = name if seen[name] == 1 else f"{name}-{seen[name]}"
+        methods.append(ModelMethod(label, model.to(dev).eval(), path))
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown} (choose from {', '.join(BASELINES)})")
+    for b in baselines:
+        if b == "phash":
+            methods.append(PHashMethod())
+        elif b == "crhash":
+            methods.append(CropHashMethod())
+        elif b == "backbone-cosine":
+            frozen = [m for m in methods if isinstance(m, ModelMethod) and m.key[0] != "checkpoint"]
+            if frozen:
+                methods.append(CosineMethod(frozen[0].model, frozen[0].key))
+            else:
+                cfg = ModelConfig.for_backbone(
+                    "efficientnet-lite0", projector_dim=16, image_size=image_size or 224
+                )
+                model = BTAModel(cfg).to(dev).eval()
+                methods.append(CosineMethod(model, ("efficientnet-lite0", None, cfg.image_size)))
+    if not methods:
+        raise ValueError("nothing to evaluate: give --checkpoint and/or --baselines")
+    return methods

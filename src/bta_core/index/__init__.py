@@ -1,0 +1,23 @@
+"""A persistent reference index: a lab archive embedded once, new figures checked against it.
+
+``build_index`` / ``add_to_index`` / ``index_info`` manage the index folder (``store``: atomic,
+append-only segments; ``ann``: exact or IVF FAISS search); ``attach_index`` hands a scan the
+nearest indexed images of its queries; ``loader`` decodes images in worker processes.
+"""
+
+from .build import add_to_index, build_index, index_info, list_images
+from .query import attach_index, nearest
+from .store import IndexFormatError, ModelMismatchError, ReferenceIndex, load
+
+__all__ = [
+    "IndexFormatError",
+    "ModelMismatchError",
+    "ReferenceIndex",
+    "add_to_index",
+    "attach_index",
+    "build_index",
+    "index_info",
+    "list_images",
+    "load",
+    "nearest",
+]

@@ -1,0 +1,64 @@
+"""Look images up in a reference index: nearest indexed images of each query, for the scan.
+
+``scan FOLDER --index INDEX`` scores query x query pairs as usual and query x index pairs for
+the ``k`` nearest indexed images of each query (cosine on the projected embeddings, the same
+candidates FAISS gives a large scan); the model's head and the keypoint check then rank them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from . import store
+
+
+def nearest(
+    index: str | os.PathLike | store.ReferenceIndex, z: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, list[store.Row]]:
+    """``(cosine (nq, k), row ids (nq, k), rows)`` of the nearest live indexed images."""
+    idx = index if isinstance(index, store.ReferenceIndex) else store.load(index)
+    sims, ids = idx.search(np.asarray(z, np.float32), k)
+    return sims, ids, idx.rows
+
+
+def attach_index(emb, index: str | os.PathLike, model, k: int = 32):
+    """The scan's embedded queries plus the index images nearest to any of them (as references).
+
+    ``emb`` is a ``scan.embed.Embedded`` of query images only; the result has the union of each
+    query's ``k`` nearest indexed images appended with role ``"reference"``, so the usual
+    scoring gives query x query and query x index pairs. Refuses another model's index.
+    """
+    from ..scan.embed import Embedded
+    from ..scan.records import ScanImage
+    from .build import _check_model
+
+    idx = store.load(index)
+    _check_model(idx, model)
+    if emb.z.ndim != 2:
+        raise ValueError(
+            "--index works on identity embeddings; it does not combine with --tta d4 "
+            "(the index stores one embedding per image)"
+        )
+    if len(emb.items) == 0 or idx.n_live == 0:
+        return emb
+    _, ids, rows = nearest(idx, emb.z.numpy(), k)
+    query_paths = {os.path.realpath(it.path) for it in emb.items}
+    chosen = sorted(
+        {int(i) for i in ids.ravel() if i >= 0 and rows[int(i)].path not in query_paths}
+    )
+    refs = [
+        ScanImage(rows[i].path, rows[i].path, "reference", rows[i].content_hash) for i in chosen
+    ]
+    z_ref = torch.from_numpy(idx.embeddings(np.array(chosen, np.int64))) if chosen else None
+    z = torch.cat([emb.z, z_ref.to(emb.z.dtype)]) if z_ref is not None else emb.z
+    stats = dict(
+        emb.stats,
+        index=str(idx.root),
+        index_images=idx.n_live,
+        index_candidates=len(chosen),
+        index_k=k,
+    )
+    return Embedded(list(emb.items) + refs, z, emb.skipped, stats)

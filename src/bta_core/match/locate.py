@@ -1,0 +1,319 @@
+"""``match_images``: locate the region B shares with A and the transform from B to A."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..runtime import ProgressFn, StopFn, check_cancel
+from .correlation import correlation_candidates, refine_shift
+from .heatmaps import alignment_heatmaps, grid_shape, tile_heatmaps
+from .keypoints import Candidate, check_alignment, coincidences, keypoint_candidates, sift_features
+from .params import (
+    EXACT_MARGIN,
+    EXACT_NCC,
+    FEW_INLIERS,
+    FEW_NCC,
+    GRID,
+    MAX_SIDE,
+    MIN_COINCIDENCES,
+    MIN_INLIERS,
+    MIN_MARGIN,
+    MIN_NCC_CORRELATION,
+    MIN_NCC_KEYPOINTS,
+    MIN_OVERLAP,
+    MIN_STRUCTURE,
+)
+from .prepare import as_float_rgb, bandpass, resize_by, to_grey, work_factor
+from .transform import MatchTransform, image_corners, map_points, mask_box, polygon_mask
+
+if TYPE_CHECKING:
+    from ..model import BTAModel
+
+
+@dataclass
+class MatchResult:
+    """Where A and B match. Boxes are ``(x0, y0, x1, y1)`` pixels, x1/y1 exclusive.
+
+    ``transform`` is None and boxes are None when no region was verified. Masks are full-size
+    bool arrays (all False without a match). Heatmaps are tile grids (``GRID`` cells along the
+    longer side) in [0, 1]; ``upsample_heatmap`` brings one to image size, and cell ``(i, j)``
+    covers ``shape[0] / grid.shape[0]`` rows from ``i * that``.
+    """
+
+    shape_a: tuple[int, int]
+    shape_b: tuple[int, int]
+    transform: MatchTransform | None
+    method: str
+    """"keypoints", "correlation" or "none"."""
+    inliers: int
+    matches: int
+    box_a: tuple[int, int, int, int] | None
+    box_b: tuple[int, int, int, int] | None
+    mask_a: np.ndarray
+    mask_b: np.ndarray
+    heatmap_a: np.ndarray
+    heatmap_b: np.ndarray
+    heatmap_source: str
+    """"alignment" (aligned pixel agreement), "model" (tile scores) or "none"."""
+    ncc: float
+    """Normalised cross-correlation of the aligned overlap (0 without a match)."""
+    overlap_a: float
+    """Fraction of A's area covered by the match."""
+    overlap_b: float
+    """Fraction of B's area covered by the match."""
+    confidence: float
+    score: float | None = None
+    """Model pair score P(same source), with a model; else None."""
+    model_heatmap_a: np.ndarray | None = None
+    model_heatmap_b: np.ndarray | None = None
+    points_a: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """Inlier keypoints in A, ``(N, 2)`` as ``(x, y)`` pixels."""
+    points_b: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def found(self) -> bool:
+        """True when a region was located and verified."""
+        return self.transform is not None
+
+    def outline_a(self) -> np.ndarray | None:
+        """Corners of B mapped into A, ``(4, 2)`` as ``(x, y)`` (a rotated box), or None."""
+        if self.transform is None:
+            return None
+        return map_points(self.transform.matrix, image_corners(self.shape_b))
+
+    def outline_b(self) -> np.ndarray | None:
+        """Corners of A mapped into B, ``(4, 2)`` as ``(x, y)``, or None."""
+        if self.transform is None:
+            return None
+        return map_points(self.transform.inverse, image_corners(self.shape_a))
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready data (masks left out: they follow from the transform and shapes)."""
+
+        def grid(h: np.ndarray | None) -> list | None:
+            return None if h is None else np.round(h, 3).tolist()
+
+        return {
+            "found": self.found,
+            "method": self.method,
+            "shape_a": list(self.shape_a),
+            "shape_b": list(self.shape_b),
+            "transform": None if self.transform is None else self.transform.to_dict(),
+            "inliers": int(self.inliers),
+            "matches": int(self.matches),
+            "box_a": None if self.box_a is None else list(self.box_a),
+            "box_b": None if self.box_b is None else list(self.box_b),
+            "overlap_a": round(float(self.overlap_a), 4),
+            "overlap_b": round(float(self.overlap_b), 4),
+            "ncc": round(float(self.ncc), 4),
+            "confidence": round(float(self.confidence), 4),
+            "score": None if self.score is None else float(self.score),
+            "heatmap_source": self.heatmap_source,
+            "heatmap_a": grid(self.heatmap_a),
+            "heatmap_b": grid(self.heatmap_b),
+            "model_heatmap_a": grid(self.model_heatmap_a),
+            "model_heatmap_b": grid(self.model_heatmap_b),
+            "points_a": np.round(self.points_a, 1).tolist(),
+            "points_b": np.round(self.points_b, 1).tolist(),
+            "seconds": round(float(self.seconds), 3),
+            "info": self.info,
+        }
+
+
+def _confidence(cand: Candidate, accepted: bool) -> float:
+    """Localisation confidence in [0, 1]: >= 0.5 exactly when a region was accepted.
+
+    Accepted keypoint matches climb with inlier count and pixel agreement; correlation-only
+    matches stay below 0.9 (no independent keypoint support). Rejected candidates keep a small
+    value that shows how close they came.
+    """
+    if not accepted:
+        part = min(1.0, cand.inliers / MIN_INLIERS) * float(
+            np.clip(cand.ncc / MIN_NCC_KEYPOINTS, 0, 1)
+        )
+        return 0.4 * part
+    if cand.method == "keypoints":
+        support = 1.0 - math.exp(-(cand.inliers - FEW_INLIERS + 1) / 12.0)
+        pix = float(np.clip((cand.ncc - MIN_NCC_KEYPOINTS) / 0.4, 0.0, 1.0))
+        return float(0.5 + 0.5 * support * (0.5 + 0.5 * pix))
+    pix = float(np.clip((max(cand.ncc, cand.peak) - MIN_NCC_CORRELATION) / 0.25, 0.0, 1.0))
+    size = float(np.clip(min(cand.overlap_a, cand.overlap_b) / 0.25, 0.0, 1.0))
+    return float(0.5 + 0.4 * pix * (0.5 + 0.5 * size))
+
+
+def _accept(cand: Candidate) -> bool:
+    """Is a candidate a verified match? (thresholds tuned on real BCCD/DSB pairs, docs/match.md)"""
+    if cand.method == "keypoints":
+        if cand.overlap_a <= 0.005:
+            return False
+        strong = cand.inliers >= MIN_INLIERS and cand.ncc >= MIN_NCC_KEYPOINTS
+        # few keypoints (small or sparse images) but pixels that agree closely on real detail
+        few = (
+            cand.inliers >= FEW_INLIERS and cand.ncc >= FEW_NCC and cand.structure >= MIN_STRUCTURE
+        )
+        return strong or few
+    corr = max(cand.ncc, cand.peak)
+    exact = corr >= EXACT_NCC
+    # a distinct peak (sparse images can fit several orientations; allow that for exact copies)
+    distinct = cand.margin >= MIN_MARGIN or (exact and cand.margin >= EXACT_MARGIN)
+    # backed by keypoints that coincide after alignment (one lined-up blob is not enough)
+    supported = cand.coincidences >= MIN_COINCIDENCES or exact
+    return (
+        corr >= MIN_NCC_CORRELATION
+        and distinct
+        and supported
+        and cand.structure >= MIN_STRUCTURE
+        and min(cand.overlap_a, cand.overlap_b) >= 0.5 * MIN_OVERLAP
+    )
+
+
+def match_images(
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    model: BTAModel | None = None,
+    *,
+    max_side: int = MAX_SIDE,
+    grid: int = GRID,
+    use_correlation: bool = True,
+    model_tiles: bool | None = None,
+    seed: int = 0,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> MatchResult:
+    """Locate the region B shares with A and the transform mapping B's pixels onto A's.
+
+    Args:
+        image_a, image_b: arrays ``(H, W)`` or ``(H, W, 3|4)``, any numeric dtype (float in
+            [0, 1] as from ``imageio.load_image`` is used as is; other ranges are rescaled).
+        model: optional BTA model; adds the pair ``score`` and model tile heatmaps.
+        max_side: long side (pixels) of the working copies used for keypoints.
+        grid: heatmap cells along each image's longer side.
+        use_correlation: try the 8-orientation correlation search when keypoints fail.
+        model_tiles: with a model, compute its tile heatmaps (the slow part on a CPU: about
+            150 crops embedded). None: only when no region was found, where they are the
+            heatmap shown; True: always; False: never.
+        seed: RANSAC seed (results are deterministic for a given seed).
+        on_progress: ``on_progress(step, total, info)`` after each stage.
+        should_stop: polled between stages; returning True raises ``InterruptedError``.
+    """
+    t0 = time.perf_counter()
+    a = as_float_rgb(image_a, "image_a")
+    b = as_float_rgb(image_b, "image_b")
+    total = 4 if model is not None else 3
+
+    def progress(step: int, stage: str) -> None:
+        if on_progress is not None:
+            on_progress(step, total, {"stage": stage})
+
+    ga_full, gb_full = to_grey(a), to_grey(b)
+    ga, to_a = resize_by(ga_full, work_factor(ga_full.shape, max_side))
+    gb, to_b = resize_by(gb_full, work_factor(gb_full.shape, max_side))
+    check_cancel(should_stop, "matching")
+
+    ha, hb = bandpass(ga), bandpass(gb)
+    feats_a, feats_b = sift_features(ga), sift_features(gb)
+    cands = keypoint_candidates(feats_a, feats_b, gb, ha, hb, seed, should_stop)
+    best = next((c for c in cands if _accept(c)), None)
+    n_kp_inliers = max((c.inliers for c in cands), default=0)
+    progress(1, "keypoints")
+
+    tried_corr = False
+    if best is None and use_correlation:
+        tried_corr = True
+        for c in correlation_candidates(ga_full, gb_full, should_stop):
+            c.matrix = to_a @ c.matrix @ np.linalg.inv(to_b)  # full-size -> working coords
+            c = check_alignment(ha, hb, c)
+            if c.ncc >= 0.6 * MIN_NCC_CORRELATION:
+                c = refine_shift(ha, hb, c)
+            c.coincidences = coincidences(feats_a[0], feats_b[0], c.matrix)
+            if _accept(c) and (best is None or c.ncc > best.ncc):
+                best = c
+    progress(2, "correlation")
+
+    shape_a, shape_b = a.shape[:2], b.shape[:2]
+    info: dict[str, Any] = {
+        "work_shape_a": list(ga.shape),
+        "work_shape_b": list(gb.shape),
+        "keypoint_inliers": int(n_kp_inliers),
+        "tried_correlation": tried_corr,
+        "keypoints_a": len(feats_a[0]),
+        "keypoints_b": len(feats_b[0]),
+    }
+    if best is not None:
+        m_full = np.linalg.inv(to_a) @ best.matrix @ to_b
+        transform = MatchTransform.from_matrix(m_full)
+        mask_a = polygon_mask(shape_a, map_points(m_full, image_corners(shape_b)))
+        mask_b = polygon_mask(shape_b, map_points(np.linalg.inv(m_full), image_corners(shape_a)))
+        heat_a, heat_b = alignment_heatmaps(ga, gb, best.matrix, grid)
+        heat_src = "alignment"
+        pts_a = map_points(np.linalg.inv(to_a), best.pts_a) if len(best.pts_a) else np.zeros((0, 2))
+        pts_b = map_points(np.linalg.inv(to_b), best.pts_b) if len(best.pts_b) else np.zeros((0, 2))
+        conf = _confidence(best, True)
+    else:
+        transform = None
+        mask_a = np.zeros(shape_a, dtype=bool)
+        mask_b = np.zeros(shape_b, dtype=bool)
+        heat_a = np.zeros(grid_shape(shape_a, grid), dtype=np.float32)
+        heat_b = np.zeros(grid_shape(shape_b, grid), dtype=np.float32)
+        heat_src = "none"
+        pts_a = pts_b = np.zeros((0, 2))
+        conf = max((_confidence(c, False) for c in cands), default=0.0)
+    progress(3, "alignment")
+
+    score = model_a = model_b = None
+    if model is not None:
+        from ..scoring import score_arrays
+
+        check_cancel(should_stop, "matching")
+        score = score_arrays(model, a, b, tta="d4")
+        if model_tiles or (model_tiles is None and best is None):
+            model_a, model_b = tile_heatmaps(model, a, b, grid=grid, should_stop=should_stop)
+        if best is None and model_a is not None:
+            heat_a, heat_b, heat_src = model_a, model_b, "model"
+        progress(4, "model")
+
+    return MatchResult(
+        shape_a=tuple(shape_a),
+        shape_b=tuple(shape_b),
+        transform=transform,
+        method=best.method if best is not None else "none",
+        inliers=0
+        if best is None
+        else (best.inliers if best.method == "keypoints" else best.coincidences),
+        matches=best.matches if best is not None else max((c.matches for c in cands), default=0),
+        box_a=mask_box(mask_a),
+        box_b=mask_box(mask_b),
+        mask_a=mask_a,
+        mask_b=mask_b,
+        heatmap_a=heat_a,
+        heatmap_b=heat_b,
+        heatmap_source=heat_src,
+        ncc=best.ncc if best is not None else 0.0,
+        overlap_a=float(mask_a.mean()),
+        overlap_b=float(mask_b.mean()),
+        confidence=conf,
+        score=score,
+        model_heatmap_a=model_a,
+        model_heatmap_b=model_b,
+        points_a=pts_a,
+        points_b=pts_b,
+        seconds=time.perf_counter() - t0,
+        info=info,
+    )
+
+
+def match_files(
+    path_a: str | os.PathLike, path_b: str | os.PathLike, model: BTAModel | None = None, **kwargs
+) -> MatchResult:
+    """``match_images`` on two files read with ``imageio.load_image`` (errors name the file)."""
+    from ..imageio import load_image
+
+    return match_images(load_image(path_a), load_image(path_b), model=model, **kwargs)

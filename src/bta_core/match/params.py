@@ -1,0 +1,32 @@
+"""Tuning thresholds of the matcher (set on real BCCD and DSB2018 pairs, docs/match.md)."""
+
+MAX_SIDE = 512
+"""Keypoints are found on copies resized so that the longer side is about this many pixels."""
+MIN_SIDE = 256
+"""Smaller images are enlarged to this long side (at most 4x) so that SIFT finds keypoints."""
+CORR_SIDE = 256
+"""Long side of the common scale used by the correlation fallback."""
+MIN_IMAGE_SIDE = 16
+MIN_INLIERS = 8
+"""RANSAC inliers needed before a keypoint transform is even checked."""
+FEW_INLIERS = 4
+FEW_NCC = 0.7
+"""With only FEW_INLIERS..MIN_INLIERS inliers, the aligned pixels must agree this well."""
+STRONG_INLIERS = 25
+"""A candidate this well supported (and verified) stops the search early."""
+MIN_NCC_KEYPOINTS = 0.3
+"""Aligned pixels must correlate at least this much to accept a keypoint transform."""
+MIN_NCC_CORRELATION = 0.7
+"""Stricter bar for the correlation fallback, which has no keypoint support."""
+MIN_MARGIN = 0.15
+"""A correlation peak must beat the best peak of every other orientation by this much."""
+MIN_COINCIDENCES = 4
+"""Keypoints of A and B that must coincide under a correlation-only alignment."""
+EXACT_NCC = 0.95
+EXACT_MARGIN = 0.04
+MIN_STRUCTURE = 0.05
+"""The overlap must hold at least this share of each image's detail variance."""
+MIN_OVERLAP = 0.12
+"""Minimum overlap, as a fraction of the smaller image, for the correlation fallback."""
+GRID = 16
+"""Heatmap cells along the longer side of each image."""

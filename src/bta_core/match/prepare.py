@@ -1,0 +1,78 @@
+"""Image preparation for matching: float RGB, contrast-stretched grey, band-pass, resizing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..imageio import to_float_rgb
+from .params import MIN_IMAGE_SIDE, MIN_SIDE
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """Luminance, contrast-stretched to the 0.5-99.5 percentiles (SIFT thresholds are absolute)."""
+    g = rgb @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
+    lo, hi = np.percentile(g, (0.5, 99.5))
+    if hi - lo < 1e-6:
+        return np.zeros_like(g)
+    return np.clip((g - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def bandpass(g: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Difference of Gaussians: keeps cell-scale detail, drops the smooth shading that makes
+    unrelated images of the same kind correlate. (OpenCV's blur with scipy's reflected borders
+    and 4-sigma support: the same numbers as ``scipy.ndimage.gaussian_filter``, ~20x faster.)"""
+    import cv2
+
+    g = np.ascontiguousarray(g, dtype=np.float32)
+
+    def blur(s: float) -> np.ndarray:
+        k = 2 * int(4 * s + 0.5) + 1
+        return cv2.GaussianBlur(g, (k, k), s, borderType=cv2.BORDER_REFLECT)
+
+    return blur(sigma) - blur(4 * sigma)
+
+
+def resize_by(g: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resize by ``factor``; returns the image and the 3x3 matrix full -> small pixel coords."""
+    from skimage.transform import resize
+
+    h, w = g.shape
+    nh, nw = (
+        max(MIN_IMAGE_SIDE // 2, round(h * factor)),
+        max(MIN_IMAGE_SIDE // 2, round(w * factor)),
+    )
+    if (nh, nw) == (h, w):
+        return g, np.eye(3)
+    small = resize(g, (nh, nw), order=1, anti_aliasing=factor < 1, preserve_range=True)
+    sx, sy = nw / w, nh / h
+    # pixel centres: x_small + 0.5 = (x + 0.5) * sx
+    to_small = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+    return small.astype(np.float32), to_small
+
+
+def work_factor(shape: tuple[int, ...], max_side: int) -> float:
+    long = max(shape[:2])
+    if long > max_side:
+        return max_side / long
+    if long < MIN_SIDE:
+        return min(4.0, MIN_SIDE / long)
+    return 1.0
+
+
+def pixel_ncc(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 16:
+        return 0.0
+    a = a - a.mean()
+    b = b - b.mean()
+    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum() / den) if den > 1e-9 else 0.0
+
+
+def as_float_rgb(image: np.ndarray, name: str) -> np.ndarray:
+    """``imageio.to_float_rgb`` plus the matcher's own minimum size; errors name the image."""
+    rgb = to_float_rgb(image, name)
+    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{name}: image too small to match ({rgb.shape[0]}x{rgb.shape[1]} pixels)")
+    return rgb

@@ -1,0 +1,106 @@
+"""Showing a match: B warped into A's frame, a one-line summary and the overview PNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .heatmaps import upsample_heatmap
+from .locate import MatchResult
+from .prepare import as_float_rgb, to_grey
+from .transform import warp_image
+
+
+def warp_b_to_a(image_b: np.ndarray, result: MatchResult, shape_a: tuple[int, ...]) -> np.ndarray:
+    """B resampled into A's pixel frame ``shape_a[:2]`` (float RGB, zeros outside ``mask_a``).
+
+    Raises ``ValueError`` when the result holds no transform.
+    """
+    if result.transform is None:
+        raise ValueError("no match was found, so B cannot be placed in A's frame")
+    b = as_float_rgb(image_b, "image_b")
+    out, valid = warp_image(b, result.transform.inverse, tuple(shape_a[:2]))
+    out[~valid] = 0.0
+    return np.clip(out, 0.0, 1.0)
+
+
+def summary(result: MatchResult) -> str:
+    """One line describing a result, e.g. for titles and terminal output."""
+    score = "" if result.score is None else f", model score {result.score:.3f}"
+    if result.transform is None:
+        return f"no matching region found (confidence {result.confidence:.2f}{score})"
+    t = result.transform
+    what = t.dihedral if t.dihedral != "identity" else "no rotation/flip"
+    extra = f" (+{t.residual_angle:.1f} deg)" if abs(t.residual_angle) >= 1 else ""
+    return (
+        f"match: {what}{extra}, scale {t.scale:.2f}, shift ({t.translation[0]:.0f}, "
+        f"{t.translation[1]:.0f}) px, {result.inliers} inliers [{result.method}], "
+        f"confidence {result.confidence:.2f}{score}"
+    )
+
+
+def render_match_png(
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    result: MatchResult,
+    path: str | os.PathLike,
+    title: str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Write a PNG: A with the overlap outlined, B with its matched region, B warped onto A
+    (A in magenta, B in green: grey where they agree), and the heatmap over A."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from ..checkpoint import atomic_write
+
+    a = as_float_rgb(image_a, "image_a")
+    b = as_float_rgb(image_b, "image_b")
+    fig = Figure(figsize=(16, 4.6), dpi=dpi)
+    axes = fig.subplots(1, 4)
+    for ax in axes:
+        ax.set_axis_off()
+    axes[0].imshow(a)
+    axes[0].set_title("A: overlap with B")
+    axes[1].imshow(b)
+    axes[1].set_title("B: region found in A")
+    if result.transform is not None:
+        for ax, poly in ((axes[0], result.outline_a()), (axes[1], result.outline_b())):
+            closed = np.vstack([poly, poly[:1]])
+            ax.plot(closed[:, 0], closed[:, 1], color="#00e5ff", lw=2)
+            ax.set_xlim(-0.5, (a if ax is axes[0] else b).shape[1] - 0.5)
+            ax.set_ylim((a if ax is axes[0] else b).shape[0] - 0.5, -0.5)
+        if len(result.points_a):
+            axes[0].scatter(*result.points_a.T, s=8, c="#ffd400", edgecolors="k", linewidths=0.3)
+            axes[1].scatter(*result.points_b.T, s=8, c="#ffd400", edgecolors="k", linewidths=0.3)
+        ga = to_grey(a)
+        gb, valid = warp_image(to_grey(b), result.transform.inverse, a.shape[:2])
+        gb[~valid] = 0
+        overlay = np.stack([ga, gb, ga], axis=-1)
+        axes[2].imshow(overlay)
+        poly = result.outline_a()
+        closed = np.vstack([poly, poly[:1]])
+        axes[2].plot(closed[:, 0], closed[:, 1], color="#00e5ff", lw=1.5)
+        axes[2].set_xlim(-0.5, a.shape[1] - 0.5)
+        axes[2].set_ylim(a.shape[0] - 0.5, -0.5)
+        axes[2].set_title("B warped onto A (A magenta, B green)")
+    else:
+        axes[2].imshow(np.zeros_like(a))
+        axes[2].text(
+            0.5, 0.5, "no region found", color="w", ha="center", transform=axes[2].transAxes
+        )
+        axes[2].set_title("B warped onto A")
+    axes[3].imshow(to_grey(a), cmap="gray")
+    heat = upsample_heatmap(result.heatmap_a, a.shape, smooth=True)
+    im = axes[3].imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+    axes[3].set_title(f"A: tile similarity ({result.heatmap_source})")
+    fig.colorbar(im, ax=axes[3], fraction=0.046, pad=0.02)
+    fig.suptitle(title or summary(result), fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return path

@@ -1,0 +1,163 @@
+"""The geometry of a match: the B -> A transform, point mapping, masks and warping."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..dihedral import D4_NAMES, apply_d4
+
+
+@dataclass
+class MatchTransform:
+    """Mapping from B pixel coordinates ``(x, y, 1)`` to A: ``p_a = matrix @ p_b``.
+
+    The linear part is ``flip_x @ (scale * R(angle))`` read in image axes (x right, y down).
+    ``rotation`` and ``flip`` name the dihedral part: B looks like the A region rotated
+    counter-clockwise (as displayed) by ``rotation`` degrees after a left-right mirror when
+    ``flip``; i.e. ``B ~ np.rot90(np.fliplr(region) if flip else region, rotation // 90)``.
+    ``angle`` is the exact fitted angle (degrees), ``residual_angle`` its deviation from
+    ``rotation`` (non-zero for free rotations). ``scale`` is the B -> A factor: 2.0 means B shows
+    the region at half its size in A.
+    """
+
+    matrix: np.ndarray
+    rotation: int
+    flip: bool
+    dihedral: str
+    angle: float
+    residual_angle: float
+    scale: float
+    translation: tuple[float, float]
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> MatchTransform:
+        """Decompose a 3x3 similarity (possibly mirrored) matrix B -> A."""
+        m = np.asarray(matrix, dtype=np.float64)
+        lin = m[:2, :2]
+        flip = bool(np.linalg.det(lin) < 0)
+        rot = np.diag([-1.0, 1.0]) @ lin if flip else lin
+        scale = float(math.sqrt(abs(np.linalg.det(rot))))
+        angle = float(math.degrees(math.atan2(rot[1, 0], rot[0, 0])))
+        k = int(round(angle / 90.0)) % 4
+        residual = (angle - 90.0 * k + 180.0) % 360.0 - 180.0
+        return cls(
+            matrix=m,
+            rotation=90 * k,
+            flip=flip,
+            dihedral=D4_NAMES[4 * int(flip) + k],
+            angle=angle,
+            residual_angle=float(residual),
+            scale=scale,
+            translation=(float(m[0, 2]), float(m[1, 2])),
+        )
+
+    @property
+    def inverse(self) -> np.ndarray:
+        """3x3 matrix mapping A pixel coordinates to B."""
+        return np.linalg.inv(self.matrix)
+
+    def to_dict(self) -> dict:
+        return {
+            "matrix": [[float(v) for v in row] for row in self.matrix],
+            "rotation": self.rotation,
+            "flip": self.flip,
+            "dihedral": self.dihedral,
+            "angle": round(self.angle, 3),
+            "residual_angle": round(self.residual_angle, 3),
+            "scale": round(self.scale, 5),
+            "translation": [round(v, 2) for v in self.translation],
+        }
+
+
+def image_corners(shape: tuple[int, ...]) -> np.ndarray:
+    """Outer pixel-edge corners of an image, ``(x, y)``, clockwise from top-left."""
+    h, w = shape[:2]
+    return np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+
+
+def map_points(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    pts = np.c_[xy, np.ones(len(xy))] @ np.asarray(matrix).T
+    return pts[:, :2] / pts[:, 2:3]
+
+
+def polygon_mask(shape: tuple[int, ...], poly_xy: np.ndarray) -> np.ndarray:
+    """Pixels whose centre lies inside a convex polygon (vertices ``(x, y)``, either winding)."""
+    h, w = shape[:2]
+    ys = np.arange(h, dtype=np.float64)[:, None]
+    xs = np.arange(w, dtype=np.float64)[None, :]
+    poly = np.asarray(poly_xy, dtype=np.float64)
+    signs = []
+    for (x0, y0), (x1, y1) in zip(poly, np.roll(poly, -1, axis=0), strict=True):
+        signs.append((x1 - x0) * (ys - y0) - (y1 - y0) * (xs - x0))
+    eps = 1e-9
+    inside_pos = np.ones((h, w), dtype=bool)
+    inside_neg = np.ones((h, w), dtype=bool)
+    for c in signs:
+        inside_pos &= c >= -eps
+        inside_neg &= c <= eps
+    return inside_pos | inside_neg
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def d4_to_source(shape: tuple[int, int], index: int) -> np.ndarray:
+    """3x3 matrix mapping pixel ``(x, y)`` of ``apply_d4(g, index)`` back to ``g``."""
+    h, w = shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    ox, oy = apply_d4(xs, index), apply_d4(ys, index)
+    oh, ow = ox.shape
+    pts = [(0, 0), (ow - 1, 0), (0, oh - 1)]
+    src = np.array([[ox[y, x], oy[y, x], 1.0] for x, y in pts])
+    dst = np.array([[x, y, 1.0] for x, y in pts])
+    sol = np.linalg.lstsq(dst, src, rcond=None)[0].T  # rows: x_src, y_src, 1
+    sol[2] = [0, 0, 1]
+    return np.round(sol, 6)
+
+
+def warp_image(
+    image: np.ndarray, matrix_out_to_in: np.ndarray, out_shape: tuple[int, int], order: int = 1
+):
+    """Resample ``image`` into a frame of ``out_shape``; returns (warped, valid mask).
+
+    ``matrix_out_to_in`` is an affine 3x3 matrix on ``(x, y)`` pixel coordinates (pixel centres
+    at integers). Valid pixels are those whose source lies inside ``image``'s pixel area (the
+    same footprint as the masks); the half-pixel border ring takes the nearest edge value.
+    ``order`` 1 is bilinear, 0 nearest (OpenCV's ``warpAffine``).
+    """
+    import cv2
+
+    m = np.asarray(matrix_out_to_in, dtype=np.float64)
+    h, w = (int(v) for v in out_shape[:2])
+    src = np.ascontiguousarray(image, dtype=np.float32)
+    interp = cv2.INTER_LINEAR if order >= 1 else cv2.INTER_NEAREST
+    if src.ndim == 3 and src.shape[-1] > 4:  # OpenCV handles up to 4 channels at once
+        out = np.stack(
+            [warp_image(src[..., c], m, out_shape, order)[0] for c in range(src.shape[-1])], -1
+        )
+    else:
+        out = cv2.warpAffine(
+            src, m[:2], (w, h), flags=interp | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+        )
+        if out.ndim == 2 and src.ndim == 3:  # OpenCV drops a single channel axis
+            out = out[..., None]
+    # source coordinates of every output pixel, inside the input's pixel area?
+    ys = np.arange(h, dtype=np.float64)[:, None]
+    xs = np.arange(w, dtype=np.float64)[None, :]
+    sx = m[0, 0] * xs + (m[0, 1] * ys + m[0, 2])
+    sy = m[1, 0] * xs + (m[1, 1] * ys + m[1, 2])
+    ih, iw = image.shape[:2]
+    eps = 1e-9
+    valid = (
+        (sx >= -0.5 - eps) & (sx <= iw - 0.5 + eps) & (sy >= -0.5 - eps) & (sy <= ih - 0.5 + eps)
+    )
+    out[~valid] = 0.0
+    return out, valid

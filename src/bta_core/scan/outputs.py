@@ -1,0 +1,103 @@
+"""Scan outputs written atomically: pairs.csv, pairs.json, skipped.csv and report.html."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from ..checkpoint import atomic_write
+from ..model import BTAModel
+from ..output_files import csv_text, json_text, output_set, write_text
+from .records import Pair, ScanResult, Skipped
+from .report import render_report
+
+PAIR_COLUMNS = (
+    "path_a",
+    "path_b",
+    "verdict",
+    "decided_by",
+    "probability",
+    "score",
+    "identical_pixels",
+    "phash_distance",
+    "phash_orientation",
+    "verified",
+    "match_confidence",
+    "transform",
+)
+"""Columns of pairs.csv (plus ``orientation`` with TTA): the decision and its evidence."""
+
+
+def _cell(value) -> str | int:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return value
+
+
+def pairs_csv_text(pairs: Sequence[Pair], tta: str | None = None) -> str:
+    """One row per pair, best first (``verdict.rank_key``); empty cells: evidence not checked."""
+    header = list(PAIR_COLUMNS) + (["orientation"] if tta else [])
+    rows = []
+    for p in pairs:
+        ev = p.evidence
+        row = [p.path_a, p.path_b, p.verdict, p.decided_by, f"{p.probability:.6f}"]
+        row += [f"{p.score:.6f}", _cell(ev.identical_pixels), _cell(ev.phash_distance)]
+        row += [_cell(ev.phash_orientation), _cell(ev.verified)]
+        row += ["" if ev.match_confidence is None else f"{ev.match_confidence:.4f}"]
+        row += [_cell(ev.transform)] + ([p.orientation or ""] if tta else [])
+        rows.append(row)
+    return csv_text(header, rows)
+
+
+def skipped_csv_text(skipped: Sequence[Skipped]) -> str:
+    """``path, problem`` for every file that could not be used."""
+    return csv_text(["path", "problem"], [[s.path, s.problem] for s in skipped])
+
+
+def write_pairs_csv(path: str | os.PathLike, pairs: Sequence[Pair], tta: str | None = None) -> None:
+    """Write ``pairs_csv_text`` to ``path`` atomically."""
+    atomic_write(path, lambda tmp: write_text(tmp, pairs_csv_text(pairs, tta)))
+
+
+def write_skipped_csv(path: str | os.PathLike, skipped: Sequence[Skipped]) -> None:
+    """Write ``skipped_csv_text`` to ``path`` atomically."""
+    atomic_write(path, lambda tmp: write_text(tmp, skipped_csv_text(skipped)))
+
+
+def write_outputs(
+    result: ScanResult,
+    out_dir: str | os.PathLike,
+    *,
+    report_pairs: int = 200,
+    match_top: int = 0,
+    model: BTAModel | None = None,
+) -> dict[str, str]:
+    """Write pairs.csv, pairs.json, skipped.csv and report.html into ``out_dir`` as one set.
+
+    The four files are staged and moved in together (``output_files.output_set``): an error
+    while writing leaves the previous set untouched, concurrent runs never mix their files.
+    """
+    out = Path(out_dir)
+    tta = result.stats.get("tta")
+    doc = {
+        "stats": result.stats,
+        "pairs": [p.to_dict() for p in result.pairs],
+        "skipped": [asdict(s) for s in result.skipped],
+    }
+    page = render_report(result, max_pairs=report_pairs, match_top=match_top, model=model)
+    with output_set(out) as staging:
+        write_text(staging / "pairs.csv", pairs_csv_text(result.pairs, tta))
+        write_text(staging / "skipped.csv", skipped_csv_text(result.skipped))
+        write_text(staging / "pairs.json", json_text(doc))
+        write_text(staging / "report.html", page)
+    result.out_dir = str(out)
+    return {name: str(out / name) for name in OUTPUT_FILES}
+
+
+OUTPUT_FILES = ("pairs.csv", "pairs.json", "skipped.csv", "report.html")

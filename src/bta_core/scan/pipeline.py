@@ -1,0 +1,300 @@
+"""The scan: embed every image, gather the evidence cascade for candidate pairs, decide, report.
+
+``scan`` embeds the folders (or one shard of them) and ``merge`` combines shard folders; both
+end in :func:`score_and_report`, which takes its settings as one :class:`ScanOptions`. Every
+verdict comes from ``bta_core.verdict.decide``; the ranking is ``verdict.rank_key``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+from ..checkpoint import load_checkpoint
+from ..device import describe_device, get_device
+from ..model import BTAModel
+from ..output_files import check_out_dir
+from ..runtime import ProgressFn, StopFn
+from ..verdict import DEFAULT_PHASH_MAX_DISTANCE, SAME, SUSPECT, Policy, decide, rank_key
+from .cache import default_cache_dir, model_identity
+from .candidates import (
+    DEFAULT_BLOCK_PAIRS,
+    DEFAULT_FAISS_ABOVE,
+    DEFAULT_FAISS_K,
+    DEFAULT_MAX_PAIRS,
+    DEFAULT_TOP_K,
+    orientation_name,
+    pair_scores,
+    score_all,
+)
+from .discover import parse_shard
+from .embed import Embedded, embed_folders
+from .evidence import PairKey, fingerprint_evidence, identical_pixel_pairs, near_copy_pairs
+from .outputs import write_outputs
+from .records import Pair, ScanResult
+from .shards import read_shards, write_shard
+from .verify import verify_pairs
+
+DEFAULT_VERIFY_PER_IMAGE = 3
+"""Candidates per image checked by keypoint matching (about 0.1-0.3 s per pair on a CPU)."""
+
+
+@dataclass
+class ScanOptions:
+    """How pairs are gathered, verified, decided and reported (everything after embedding)."""
+
+    threshold: float | None = None
+    """Model threshold of the decision; None = the model's calibrated one."""
+    phash_max_distance: int = DEFAULT_PHASH_MAX_DISTANCE
+    """Largest perceptual-hash distance still called a near-exact copy."""
+    top_k: int = DEFAULT_TOP_K
+    """Always list the ``top_k`` best model scores, besides every pair above the threshold."""
+    tta: str | None = None
+    within: bool = True
+    """Pair query images with each other (False: only with the references)."""
+    faiss_above: int = DEFAULT_FAISS_ABOVE
+    faiss_k: int = DEFAULT_FAISS_K
+    block_pairs: int = DEFAULT_BLOCK_PAIRS
+    max_pairs: int = DEFAULT_MAX_PAIRS
+    verify_per_image: int = DEFAULT_VERIFY_PER_IMAGE
+    """Keypoint-verify the best ``verify_per_image`` candidates of every image (0: none)."""
+    out_dir: str | os.PathLike | None = None
+    report_pairs: int = 200
+    match_top: int = 0
+    progress_bar: bool = False
+
+
+_OPTION_NAMES = {f.name for f in fields(ScanOptions)}
+
+
+def _model_scores(
+    model: BTAModel, emb: Embedded, keys: list[PairKey], tta: str | None
+) -> dict[PairKey, tuple[float, int]]:
+    """Model score and orientation code of pairs the candidate search did not list."""
+    out: dict[PairKey, tuple[float, int]] = {}
+    for start in range(0, len(keys), 4096):
+        chunk = keys[start : start + 4096]
+        a = torch.tensor([i for i, _ in chunk])
+        b = torch.tensor([j for _, j in chunk])
+        s, code = pair_scores(model, emb.z[a].to(model.device), emb.z[b].to(model.device), tta)
+        for key, sv, cv in zip(chunk, s.tolist(), code.tolist(), strict=True):
+            out[key] = (float(sv), int(cv))
+    return out
+
+
+def score_and_report(
+    model: BTAModel,
+    emb: Embedded,
+    options: ScanOptions,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> ScanResult:
+    """Gather the evidence cascade for the candidate pairs, decide each, write the outputs."""
+    o = options
+    thr = float(model.config.threshold if o.threshold is None else o.threshold)
+    policy = Policy(threshold=thr, phash_max_distance=o.phash_max_distance)
+    roles = [it.role for it in emb.items]
+    t0 = time.perf_counter()
+    identical = identical_pixel_pairs(emb.items, o.within)
+    near = near_copy_pairs(emb.phash, roles, policy.phash_max_distance, o.within, should_stop)
+    t_hash = time.perf_counter()
+    rows, sstats = score_all(
+        model,
+        emb.z,
+        roles,
+        threshold=thr,
+        top_k=o.top_k,
+        tta=o.tta,
+        within=o.within,
+        faiss_above=o.faiss_above,
+        faiss_k=o.faiss_k,
+        block_pairs=o.block_pairs,
+        max_pairs=o.max_pairs,
+        per_image=o.verify_per_image,
+        progress_bar=o.progress_bar,
+        on_progress=on_progress,
+        should_stop=should_stop,
+    )
+    scores = {(int(i), int(j)): (float(s), int(c)) for s, i, j, c in rows.tolist()}
+    scores.update(_model_scores(model, emb, sorted((identical | near) - scores.keys()), o.tta))
+    t_score = time.perf_counter()
+    keys = sorted(scores)
+    pairs = []
+    for key, evidence in zip(keys, fingerprint_evidence(keys, emb.items, emb.phash), strict=True):
+        score, code = scores[key]
+        evidence.model_score = score
+        i, j = key
+        pairs.append(
+            Pair(
+                emb.items[i].name,
+                emb.items[j].name,
+                decide(evidence, policy),
+                orientation_name(code),
+            )
+        )
+    n_checked = verify_pairs(
+        pairs, keys, emb.items, o.verify_per_image, policy, on_progress, should_stop
+    )
+    t_verify = time.perf_counter()
+    pairs.sort(key=lambda p: (*(-v for v in rank_key(p.decision)), p.path_a, p.path_b))
+    by = Counter(p.decided_by for p in pairs)
+    stats = dict(emb.stats)
+    stats.update(sstats)
+    stats.update(
+        threshold=thr,
+        phash_max_distance=policy.phash_max_distance,
+        top_k=o.top_k,
+        tta=o.tta,
+        within=o.within,
+        verify_per_image=o.verify_per_image,
+        n_pairs_out=len(pairs),
+        n_same=sum(p.verdict == SAME for p in pairs),
+        n_suspect=sum(p.verdict == SUSPECT for p in pairs),
+        n_verified=sum(bool(p.verified) for p in pairs),
+        n_checked=n_checked,
+        decided_by={k: by[k] for k in sorted(by)},
+        seconds_fingerprints=round(t_hash - t0, 3),
+        seconds_score=round(t_score - t_hash, 3),
+        seconds_verify=round(t_verify - t_score, 3),
+        device=describe_device(model.device),
+        checkpoint=model.checkpoint_path,
+    )
+    result = ScanResult(pairs, emb.skipped, emb.items, stats)
+    if o.out_dir is not None:
+        write_outputs(
+            result, o.out_dir, report_pairs=o.report_pairs, match_top=o.match_top, model=model
+        )
+        stats["seconds_write"] = round(time.perf_counter() - t_verify, 3)
+    return result
+
+
+def _options(**kwargs) -> ScanOptions:
+    unknown = sorted(set(kwargs) - _OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"unknown scan option(s) {unknown}")
+    return ScanOptions(**kwargs)
+
+
+def scan(
+    folders: Sequence[str | os.PathLike] | str | os.PathLike,
+    reference: Sequence[str | os.PathLike] | None = None,
+    model: BTAModel | None = None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    planes: bool = False,
+    cache_dir: str | os.PathLike | None = "auto",
+    shard: str | tuple[int, int] | None = None,
+    batch_size: int = 32,
+    workers: int = 2,
+    index: str | os.PathLike | None = None,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    **options,
+) -> ScanResult:
+    """Find reused images: embed every image below ``folders`` (and ``reference``) and score pairs.
+
+    Pairs are every query x query pair (unless ``within=False``) and every query x reference
+    pair; never reference x reference. The result lists all pairs scoring at least ``threshold``
+    (default: the model's calibrated threshold) and the ``top_k`` best, whichever is more.
+
+    Args:
+        model: a loaded model; else ``checkpoint`` (None: the bundled default) on ``device``.
+        cache_dir: embedding cache folder; ``"auto"`` = ``default_cache_dir()``, None = no cache.
+        shard: ``"i/n"``: only embed shard i of n and write it to ``out_dir`` (no scoring);
+            combine the shard folders with ``merge``.
+        index: a reference index (``bta_core.index``): also pair each query with its
+            ``faiss_k`` nearest indexed images (docs/index.md).
+        on_progress: ``on_progress(step, total, {"stage": "embed" | "score" | "verify"})``.
+        should_stop: polled between batches; when it returns True, ``runtime.Cancelled`` is
+            raised (cache entries written so far are kept, so the next scan resumes).
+        options: the fields of :class:`ScanOptions` (``tta="d4"`` scores a pair as the max
+            over the 8 rotations/flips of either side; ``faiss_above``: above this many images
+            candidate pairs come from FAISS; ``verify``: pairs checked by keypoint matching).
+    """
+    opts = _options(**options)
+    if isinstance(folders, (str, os.PathLike)):
+        folders = [folders]
+    reference = list(reference or [])
+    if opts.tta not in (None, "d4"):
+        raise ValueError(f"tta must be None or 'd4', got {opts.tta!r}")
+    if not folders:
+        raise ValueError("scan needs at least one folder")
+    shard_t = parse_shard(shard)
+    if opts.out_dir is not None:
+        check_out_dir(opts.out_dir)  # a wrong --out fails now, not after the embedding
+    if shard_t is not None and opts.out_dir is None:
+        raise ValueError("a shard scan needs out_dir to write its embeddings to")
+    if model is None:
+        model = load_checkpoint(checkpoint, device=get_device(device))
+    if cache_dir == "auto":
+        cache_dir = default_cache_dir()
+    emb = embed_folders(
+        model,
+        folders,
+        reference,
+        planes=planes,
+        tta=opts.tta,
+        cache_dir=cache_dir,
+        shard=shard_t,
+        batch_size=batch_size,
+        workers=workers,
+        progress_bar=opts.progress_bar,
+        on_progress=on_progress,
+        should_stop=should_stop,
+    )
+    if shard_t is not None:
+        settings = {
+            "model_id": emb.stats["model_id"],
+            "tta": opts.tta,
+            "planes": planes,
+            "folders": [str(f) for f in folders],
+            "reference": [str(f) for f in reference],
+            "shard": list(shard_t),
+        }
+        write_shard(emb, opts.out_dir, settings)
+        stats = dict(emb.stats, shard=list(shard_t), tta=opts.tta)
+        return ScanResult([], emb.skipped, emb.items, stats, str(opts.out_dir))
+    if index is not None:
+        from ..index import attach_index
+
+        emb = attach_index(emb, index, model, k=opts.faiss_k)
+    return score_and_report(model, emb, opts, on_progress, should_stop)
+
+
+def merge(
+    shard_dirs: Sequence[str | os.PathLike],
+    model: BTAModel | None = None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    allow_partial: bool = False,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    **options,
+) -> ScanResult:
+    """Combine shard folders written by ``scan(..., shard="i/n")`` and score all their pairs.
+
+    The model must be the one that embedded the shards (checked by its identity hash);
+    ``options`` are the fields of :class:`ScanOptions` (``tta`` comes from the shards).
+    """
+    if options.get("out_dir") is not None:
+        check_out_dir(options["out_dir"])
+    emb, settings = read_shards(shard_dirs, allow_partial=allow_partial)
+    opts = _options(**{**options, "tta": settings.get("tta")})
+    if model is None:
+        model = load_checkpoint(checkpoint, device=get_device(device))
+    mid = model_identity(model)
+    if mid != settings["model_id"]:
+        raise ValueError(
+            f"the shards were embedded with model {settings['model_id'][:12]}, not this one "
+            f"({mid[:12]}); pass the same --checkpoint"
+        )
+    result = score_and_report(model, emb, opts, on_progress, should_stop)
+    result.stats["merged_from"] = [str(d) for d in shard_dirs]
+    return result

@@ -1,0 +1,91 @@
+"""Keypoint verification of each image's best candidates (``bta_core.match``)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..assess import add_match
+from ..imageio import ImageReadError, iter_images, load_image
+from ..runtime import ProgressFn, StopFn, check_cancel
+from ..verdict import Policy, decide
+from .evidence import PairKey
+from .records import Pair, ScanImage
+
+IMAGES_KEPT = 64
+"""Decoded images kept in memory while verifying (pairs are visited image by image)."""
+
+
+def load_scan_image(item: ScanImage) -> np.ndarray:
+    """The full-size float RGB pixels of a scanned image (a file, or one plane of a stack)."""
+    if item.name == item.path and item.index == 0:
+        return load_image(item.path)
+    for info, rgb in iter_images(item.path, split_channels=True):
+        if info.name == item.name:
+            return rgb
+    raise ImageReadError(item.path, f"plane {item.name} not found")
+
+
+def select_for_verification(
+    keys: Sequence[PairKey], pairs: Sequence[Pair], n_images: int, per_image: int
+) -> list[int]:
+    """Positions of the pairs to check: the ``per_image`` best by model score of every image,
+    among the pairs not already ``same`` by identical pixels or perceptual hash."""
+    if per_image <= 0:
+        return []
+    options: list[list[tuple[float, int]]] = [[] for _ in range(n_images)]
+    for m, ((i, j), p) in enumerate(zip(keys, pairs, strict=True)):
+        if p.same:
+            continue
+        options[i].append((p.score, m))
+        options[j].append((p.score, m))
+    chosen: set[int] = set()
+    for opts in options:
+        opts.sort(key=lambda t: (-t[0], t[1]))
+        chosen.update(m for _, m in opts[:per_image])
+    return sorted(chosen, key=lambda m: keys[m])
+
+
+def verify_pairs(
+    pairs: list[Pair],
+    keys: Sequence[PairKey],
+    items: Sequence[ScanImage],
+    per_image: int,
+    policy: Policy,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> int:
+    """Check each image's best candidates by keypoint matching and re-decide them in place.
+
+    A verified overlap makes a pair ``same`` whatever its score. Returns how many were checked.
+    """
+    from ..match import match_images
+
+    todo = select_for_verification(keys, pairs, len(items), per_image)
+    cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def image(k: int) -> np.ndarray:
+        if k in cache:
+            cache.move_to_end(k)
+        else:
+            cache[k] = load_scan_image(items[k])
+            if len(cache) > IMAGES_KEPT:
+                cache.popitem(last=False)
+        return cache[k]
+
+    for step, m in enumerate(todo, 1):
+        check_cancel(should_stop, "scan")
+        i, j = keys[m]
+        evidence = pairs[m].evidence
+        try:
+            add_match(evidence, match_images(image(i), image(j), should_stop=should_stop))
+        except InterruptedError:  # cancelled: stop the scan
+            raise
+        except Exception:  # changed since embedding, or degenerate pixels: not verified
+            evidence.verified = False
+        pairs[m].decision = decide(evidence, policy)
+        if on_progress is not None:
+            on_progress(step, len(todo), {"stage": "verify"})
+    return len(todo)

@@ -1,0 +1,144 @@
+"""Overlays of one compared pair: heatmaps, matched regions and B warped onto A.
+
+Each overlay sits on its source layer's plane with that layer's scale, translate and units.
+When A and B occupy the same place (two channels of one stack), B's overlays are drawn in
+another colour and its heatmap starts hidden, so the two do not stack into one blur.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from ._layers import (
+    HEATMAP_KWARGS,
+    META_KEY,
+    box_to_rectangle,
+    has_layer,
+    lift,
+    n_leading,
+    overlaps,
+    placement,
+    remove_group,
+    upsert_layer,
+)
+
+COLOURS = {"A": "yellow", "B": "cyan"}
+
+
+@dataclass
+class Source:
+    """The layer (and plane) an image of the pair came from."""
+
+    name: str
+    layer: Any
+    index: tuple[int, ...]
+    shape: tuple[int, int]
+
+
+def warm_imports() -> None:
+    """Import in the worker what making overlays imports lazily (napari's layer features use
+    pandas): imported in the UI thread, it froze napari for a second on the first compare."""
+    import pandas  # noqa: F401
+
+    import bta_core.match  # noqa: F401
+
+
+def show_pair(
+    viewer: Any,
+    tool: str,
+    a: Source,
+    b: Source,
+    match: Any,
+    aligned: np.ndarray | None,
+    provenance: dict,
+) -> tuple[list[Any], list[str]]:
+    """Replace ``tool``'s overlays with those of pair (a, b) now; returns (layers, notes)."""
+    ops, notes = plan_pair(viewer, tool, a, b, match, aligned, provenance)
+    layers = [op() for op in ops]
+    return [ly for ly in layers if ly is not None], notes
+
+
+def plan_pair(
+    viewer: Any,
+    tool: str,
+    a: Source,
+    b: Source,
+    match: Any,
+    aligned: np.ndarray | None,
+    provenance: dict,
+) -> tuple[list[Callable[[], Any]], list[str]]:
+    """The layer updates that show pair (a, b) as callables (``GradualLayers`` spreads them over
+    event-loop turns so napari redraws in between), and notes for the user.
+
+    Overlays of a source layer that was deleted meanwhile are skipped (and noted), never made.
+    """
+    notes: list[str] = []
+    present = {role: has_layer(viewer, s.layer) for role, s in (("A", a), ("B", b))}
+    for role, src in (("A", a), ("B", b)):
+        if not present[role]:
+            notes.append(f"layer {src.name!r} was removed; its overlays are not shown")
+    found = match is not None and getattr(match, "transform", None) is not None
+    planned: list[tuple[str, Any, str, dict]] = []
+    stacked = present["A"] and present["B"] and overlaps(a.layer, b.layer)
+    for role, src in (("A", a), ("B", b)):
+        if not present[role] or match is None:
+            continue
+        lead = n_leading(src.layer)
+        meta = {META_KEY: {**provenance, "tool": tool, "overlay": True, "image": src.name}}
+        heat = getattr(match, f"heatmap_{role.lower()}", None)
+        if heat is not None and getattr(match, "heatmap_source", "alignment") != "none":
+            heat = np.asarray(heat, dtype=np.float32)
+            kwargs = placement(src.layer, src.index, src.shape, heat.shape[:2])
+            kwargs.update(HEATMAP_KWARGS, metadata=meta, visible=not (stacked and role == "B"))
+            planned.append((f"BTA heatmap: {src.name}", lift(heat, lead), "image", kwargs))
+        box = getattr(match, f"box_{role.lower()}", None)
+        if found and box is not None:
+            score = getattr(match, "confidence", 0.0)
+            kwargs = placement(src.layer, src.index, src.shape)
+            kwargs.update(
+                shape_type="rectangle",
+                features={"confidence": [float(score)]},
+                edge_color=COLOURS[role],
+                face_color="transparent",
+                edge_width=max(1.0, 0.006 * max(src.shape)),
+                metadata=meta,
+            )
+            planned.append(
+                (f"BTA match: {src.name}", [box_to_rectangle(box, lead)], "shapes", kwargs)
+            )
+    if found and aligned is not None and present["A"]:
+        lead = n_leading(a.layer)
+        arr = np.clip(np.asarray(aligned, dtype=np.float32), 0, 1)
+        rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4)
+        kwargs = placement(a.layer, a.index, a.shape)
+        meta = {META_KEY: {**provenance, "tool": tool, "overlay": True, "image": a.name}}
+        kwargs.update(rgb=rgb, opacity=0.6, contrast_limits=(0.0, 1.0), metadata=meta)
+        planned.append((f"BTA aligned: {b.name} -> {a.name}", lift(arr, lead), "image", kwargs))
+    keep = [name for name, *_ in planned] + _sources(tool, a, b)
+    ops: list[Callable[[], Any]] = [lambda: remove_group(viewer, tool, keep=keep)]
+    ops += [
+        partial(upsert_layer, viewer, name, data, kind, **kw) for name, data, kind, kw in planned
+    ]
+    return ops, notes
+
+
+def _sources(tool: str, a: Source, b: Source) -> list[str]:
+    """Names of the pair's own image layers (kept when a tool's group is replaced)."""
+    return [s.layer.name for s in (a, b) if s.layer is not None]
+
+
+def provenance(names: Sequence[str], decision: Any, checkpoint: str | None) -> dict:
+    """What an overlay records about where it came from."""
+    from . import __version__
+
+    info: dict = {"pair": list(names), "checkpoint": checkpoint, "version": __version__}
+    if decision is not None:
+        info.update(verdict=decision.verdict, decided_by=decision.decided_by)
+        score = decision.evidence.model_score
+        info["model_score"] = None if score is None else float(score)
+    return info

@@ -1,0 +1,96 @@
+"""What every panel shares: a scroll area that fits small screens, a progress bar, tooltips,
+fixed-point numbers, and stopping its work when the panel is closed."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from qtpy.QtCore import QEvent
+from qtpy.QtWidgets import QFrame, QScrollArea
+
+from ._layers import GradualLayers
+from ._workers import WorkerControls
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """Fixed-point text for a score (``0.088``); an em dash for a missing value."""
+    return "\u2014" if value is None else f"{float(value):.{digits}f}"
+
+
+def tip(widget: Any, text: str) -> Any:
+    """Set a tooltip on a magicgui widget and return it (for inline use)."""
+    widget.tooltip = text
+    return widget
+
+
+class Panel(QScrollArea):
+    """A dock panel: a magicgui form inside a scroll area, with Run/Cancel/progress/status.
+
+    ``controls`` runs the panel's work; when napari removes the panel from its dock (the close
+    button, ``remove_dock_widget``) the work is stopped and waited for, and ``on_close``
+    callbacks (e.g. disconnecting viewer events) run.
+    """
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self.layer_updates = GradualLayers()
+        self._cancel = tip(PushButton(text="Cancel"), "Stop the running work at its next step")
+        self._progress = tip(ProgressBar(value=0, min=0, max=1), "Progress of the running work")
+        self._status = tip(Label(value=""), "What the panel is doing, or its last result")
+        self._status.native.setWordWrap(True)
+        self._closers: list[Callable[[], None]] = [self.layer_updates.clear]
+        self._closed = False
+
+    @property
+    def busy(self) -> bool:
+        """True while work runs or its result layers are still being added."""
+        return self.controls.busy or self.layer_updates.pending
+
+    def setup(
+        self, widgets: Sequence[Any], run_buttons: Sequence[PushButton], description: str
+    ) -> None:
+        """Lay out ``widgets`` above Cancel, the progress bar and the status line."""
+        self.form = Container(widgets=[*widgets, self._cancel, self._progress, self._status])
+        self.form.native.layout().addStretch(1)
+        self.setWidget(self.form.native)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setMinimumWidth(300)
+        self.controls = WorkerControls(
+            list(run_buttons), self._cancel, self._status, self._progress, description
+        )
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` when the panel is closed."""
+        self._closers.append(fn)
+
+    def connect_layer_events(self, callback: Callable[..., None]) -> None:
+        """Call ``callback`` when layers are added, removed or moved (disconnected on close)."""
+        events = self._viewer.layers.events
+        for name in ("inserted", "removed", "moved"):
+            getattr(events, name).connect(callback)
+            self.on_close(lambda name=name: getattr(events, name).disconnect(callback))
+
+    def shutdown(self) -> bool:
+        """Stop the work and wait for it; returns True when nothing is left running."""
+        if self._closed:
+            return True
+        self._closed = True
+        ended = self.controls.close()
+        for fn in self._closers:
+            with contextlib.suppress(Exception):
+                fn()
+        return ended
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and not self._closed:
+            self.shutdown()
+        return super().event(event)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        self.shutdown()
+        super().closeEvent(event)

@@ -1,0 +1,55 @@
+"""Every widget of the manifest opens as the Plugins menu opens it, fits a laptop screen, and
+explains each control with a tooltip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from magicgui.widgets import Container
+
+import napari_bta
+
+MANIFEST = Path(napari_bta.__file__).with_name("napari.yaml")
+
+
+def _widget_names() -> list[str]:
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    return [w["display_name"] for w in manifest["contributions"]["widgets"]]
+
+
+@pytest.mark.parametrize("name", _widget_names())
+def test_widget_opens_from_the_plugins_menu_with_tooltips(make_napari_viewer, open_panel, name):
+    from qtpy.QtWidgets import QWidget
+
+    viewer = make_napari_viewer()
+    panel = open_panel(viewer, name)
+    assert isinstance(panel, QWidget)
+    assert getattr(panel._viewer, "__wrapped__", panel._viewer) is viewer  # napari injected it
+    assert name in viewer.window.dock_widgets or any(name in k for k in viewer.window.dock_widgets)
+    untipped = [
+        w.label or type(w).__name__
+        for w in panel.form
+        if not isinstance(w, Container) and not w.tooltip
+    ]
+    assert not untipped, f"controls without a tooltip in {name}: {untipped}"
+
+
+def test_all_panels_fit_a_1280x800_window(make_napari_viewer, qtbot, open_panel):
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1280, 800)
+    panels = {name: open_panel(viewer, name) for name in _widget_names()}
+    qtbot.wait(200)
+    assert window.width() <= 1280 and window.height() <= 800
+    table = panels["Scan"]._table.native
+    assert table.minimumHeight() >= 150  # reachable by scrolling, never squeezed to 0 rows
+    for panel in panels.values():
+        assert panel.widgetResizable()  # a scroll area: content scrolls instead of growing
+
+
+def test_menu_name_is_the_manifest_display_name():
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    docs = (Path(__file__).parents[2] / "docs" / "plugin.md").read_text()
+    assert f"Plugins > {manifest['display_name']}" in docs

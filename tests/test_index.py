@@ -1,0 +1,168 @@
+"""The persistent reference index (bta_core.index) on real BCCD / DSB2018 images."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bta_core.imageio import load_image
+from bta_core.index import (
+    IndexFormatError,
+    ModelMismatchError,
+    add_to_index,
+    attach_index,
+    build_index,
+    index_info,
+    load,
+)
+
+pytest.importorskip("faiss")
+
+
+def _save(rgb: np.ndarray, path: Path, quality: int | None = None) -> Path:
+    img = Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
+    if quality is None:
+        img.save(path)
+    else:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+        path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory, bccd_images, dsb_images) -> Path:
+    """Eight real reference images (BCCD smears + DSB nuclei) in one folder."""
+    root = tmp_path_factory.mktemp("refs")
+    picks = bccd_images[10:60:10] + dsb_images[100:400:100]
+    for p in picks:
+        shutil.copy(p, root / p.name)
+    return root
+
+
+def test_build_add_info_and_changed_file(refs, cosine_model, tmp_path, bccd_images):
+    files = sorted(refs.iterdir())
+    out = tmp_path / "idx"
+    res = build_index(files[:5], out, cosine_model, workers=0)
+    assert (res["added"], res["skipped"]) == (5, [])
+    # adding the whole folder embeds only the three new files
+    res = add_to_index(out, [refs], cosine_model, workers=0)
+    assert (res["added"], res["unchanged"], res["replaced"]) == (3, 5, 0)
+    info = index_info(out)
+    assert (info["images"], info["segments"], info["search"]) == (8, 2, "flat")
+    # a changed file is re-embedded; its old row is never returned again
+    changed = tmp_path / "changed.jpg"
+    shutil.copy(bccd_images[200], changed)
+    add_to_index(out, [changed], cosine_model, workers=0)
+    before = load(out).live_by_path()[str(changed.resolve())]
+    shutil.copy(bccd_images[201], changed)
+    res = add_to_index(out, [changed], cosine_model, workers=0)
+    assert (res["added"], res["replaced"]) == (1, 1)
+    idx = load(out)
+    assert idx.n_live == 9 and before in idx.dead
+    _, ids = idx.search(idx.embeddings(np.array([before])), 9)
+    assert before not in ids[0]
+    with pytest.raises(ValueError, match="already an index"):
+        build_index(files, out, cosine_model, workers=0)
+
+
+def test_planted_copies_find_their_reference(refs, cosine_model, tmp_path, dsb_images):
+    """Query folder: a flip, a crop and a JPEG re-save of references, plus two unrelated images."""
+    from bta_core.scan import scan
+
+    files = sorted(refs.iterdir())
+    out = tmp_path / "idx"
+    build_index(files, out, cosine_model, workers=1)  # one decoding process
+    q = tmp_path / "manuscript"
+    q.mkdir()
+    a, b, c = (load_image(files[k]) for k in (0, 2, 6))
+    truth = {
+        _save(np.fliplr(a), q / "fig1_flip.png").name: files[0],
+        _save(b[40:400, 60:560], q / "fig2_crop.png").name: files[2],
+        _save(c, q / "fig3_jpeg.jpg", quality=70).name: files[6],
+    }
+    for k, p in enumerate(dsb_images[500:502]):
+        shutil.copy(p, q / f"other{k}{p.suffix}")
+    res = scan(q, model=cosine_model, index=out, cache_dir=None, faiss_k=4, top_k=10, verify=6)
+    assert res.stats["index_images"] == 8 and res.stats["index_candidates"] <= 8
+    top = res.pairs[: len(truth)]
+    found = {Path(p.path_a).name: Path(p.path_b) for p in top}
+    assert found == {k: v.resolve() for k, v in truth.items()}
+    assert all(p.verified for p in top)
+
+
+def test_model_mismatch_and_damaged_index_are_refused(refs, cosine_model, tiny_model, tmp_path):
+    out = tmp_path / "idx"
+    build_index(sorted(refs.iterdir())[:2], out, cosine_model, workers=0)
+    with pytest.raises(ModelMismatchError, match="built with model"):
+        add_to_index(out, [refs], tiny_model, workers=0)
+    assert load(out).n_live == 2  # nothing written by the refused call
+    with pytest.raises(IndexFormatError, match="not a reference index"):
+        load(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "format": "other/9"}))
+    with pytest.raises(IndexFormatError, match="format"):
+        load(out)
+
+
+def test_interrupted_write_leaves_the_old_index(refs, cosine_model, tmp_path, monkeypatch):
+    from bta_core.index import store
+
+    out = tmp_path / "idx"
+    build_index(sorted(refs.iterdir())[:2], out, cosine_model, workers=0)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "commit", boom)
+    with pytest.raises(OSError, match="disk full"):
+        add_to_index(out, [refs], cosine_model, workers=0)
+    monkeypatch.undo()
+    assert load(out).n_live == 2  # the new segment is not part of the index
+    res = add_to_index(out, [refs], cosine_model, workers=0)  # and the next writer tidies up
+    assert res["added"] == 6
+    idx = load(out)
+    on_disk = sorted(p.name for p in out.iterdir() if "seg-" in p.name)
+    assert on_disk == idx.manifest["segments"] and len(on_disk) == 2
+
+
+def test_cli_index_build_add_info_and_scan(refs, tiny_model, tmp_path, capsys):
+    from bta_core.checkpoint import save_checkpoint
+    from bta_core.cli import main
+
+    ckpt = str(save_checkpoint(tiny_model, tmp_path / "tiny.safetensors"))
+    files = sorted(refs.iterdir())
+    out = str(tmp_path / "lab.index")
+    opts = ["--checkpoint", ckpt, "--device", "cpu", "--quiet", "--workers", "0"]
+    assert main(["index", "build", *map(str, files[:3]), "--out", out, *opts]) == 0
+    assert main(["index", "add", out, str(refs), *opts]) == 0
+    assert main(["index", "info", out, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images"] == 8
+    q = tmp_path / "q"
+    q.mkdir()
+    shutil.copy(files[1], q / "copy.png")
+    argv = ["scan", str(q), "--index", out, "--checkpoint", ckpt, "--device", "cpu", "--quiet"]
+    assert main([*argv, "--no-cache", "--verify", "0", "--out", str(tmp_path / "s")]) == 0
+    pairs = (tmp_path / "s" / "pairs.csv").read_text()
+    assert str(files[1].resolve()) in pairs  # the copied reference is among the pairs
+    # a damaged index or a missing one: one clear line, exit 1
+    assert main(["index", "info", str(tmp_path)]) == 1
+    assert "not a reference index" in capsys.readouterr().err
+
+
+def test_attach_refuses_tta_embeddings(refs, cosine_model, tmp_path):
+    import torch
+
+    from bta_core.scan.embed import Embedded
+
+    out = tmp_path / "idx"
+    build_index(sorted(refs.iterdir())[:2], out, cosine_model, workers=0)
+    emb = Embedded([], torch.zeros(1, 8, 1280), [], {})
+    with pytest.raises(ValueError, match="tta"):
+        attach_index(emb, out, cosine_model)

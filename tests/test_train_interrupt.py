@@ -1,0 +1,128 @@
+"""Interrupted training on real images: Ctrl-C or SIGTERM mid-epoch saves a state that
+``--resume`` continues bit for bit; killed writes leave no temp files; nothing to resume says so."""
+
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bta_core import train as train_mod
+from bta_core.checkpoint import atomic_write, remove_stale_temps
+from bta_core.train import TrainConfig, state_path, train
+
+
+def _cfg(shared_data, out, **kw):
+    base = dict(
+        data=[
+            str(shared_data / "bccd" / "splits.csv"),
+            str(shared_data / "dsb2018" / "splits.csv"),
+        ],
+        out=str(out),
+        backbone="efficientnet-lite0",
+        projector_dim=64,
+        image_size=48,
+        batch_size=8,
+        limit=24,
+        quiet=True,
+        device="cpu",
+        mode="combined",
+        views="reuse",
+        view_bank=1,
+        epochs=3,
+        save_every=10,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _same_tensors(a, b):
+    ta, tb = load_file(str(a)), load_file(str(b))
+    assert ta.keys() == tb.keys()
+    return all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+@pytest.fixture(scope="module")
+def reference(shared_data, tmp_path_factory):
+    cfg = _cfg(shared_data, tmp_path_factory.mktemp("ref") / "m.safetensors")
+    train(cfg)
+    return cfg.out
+
+
+def test_ctrl_c_mid_epoch_then_resume_is_bit_identical(shared_data, tmp_path, reference):
+    cfg = _cfg(shared_data, tmp_path / "m.safetensors")
+    calls = {"n": 0}
+
+    def progress(step, total, info):  # 3 steps per epoch: Ctrl-C after step 2 of epoch 2
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_progress=progress)
+    assert state_path(cfg.out).exists() and not _same_tensors(reference, cfg.out)
+    cfg.resume = True
+    train(cfg)
+    assert _same_tensors(reference, cfg.out)
+
+
+def test_sigterm_during_cli_train_saves_like_ctrl_c(shared_data, tmp_path, monkeypatch, reference):
+    from bta_core.cli import main as cli_main
+
+    original, calls = train_mod.train_one_epoch, {"n": 0}
+
+    def epoch_then_sigterm(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # a batch scheduler stops the job during the second epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", epoch_then_sigterm)
+    out = tmp_path / "m.safetensors"
+    cfg = _cfg(shared_data, out)
+    argv = ["train", *cfg.data, "--out", str(out), "--backbone", cfg.backbone]
+    argv += ["--projector-dim", "64", "--image-size", "48", "--batch-size", "8", "--limit", "24"]
+    argv += ["--device", "cpu", "--mode", "combined", "--views", "reuse", "--view-bank", "1"]
+    argv += ["--epochs", "3", "--save-every", "10", "--quiet"]
+    assert cli_main(argv) == 130
+    assert state_path(out).exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    monkeypatch.setattr(train_mod, "train_one_epoch", original)
+    assert cli_main([*argv, "--resume"]) == 0
+    assert _same_tensors(reference, out)
+
+
+def test_resume_with_nothing_saved_says_so(shared_data, tmp_path, capsys):
+    from bta_core.cli import main as cli_main
+
+    out = tmp_path / "none.safetensors"
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(_cfg(shared_data, out, resume=True))
+    code = cli_main(["train", str(shared_data / "bccd"), "--out", str(out), "--resume", "--quiet"])
+    assert code == 1 and "nothing to resume" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_write_killed_midway_leaves_a_temp_that_the_next_write_removes(tmp_path):
+    target = tmp_path / "m.safetensors"
+    pid = os.fork()
+    if pid == 0:  # child: dies by SIGKILL in the middle of writing 1 MB
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                fh.write(b"\0" * 2**20)
+                fh.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        atomic_write(target, write)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    orphans = list(tmp_path.glob(".m.safetensors.*.tmp"))
+    assert len(orphans) == 1 and not target.exists()
+    live = tmp_path / f".m.safetensors.{os.getppid()}.busy.tmp"  # a writer that still runs
+    live.write_bytes(b"x")
+    atomic_write(target, lambda tmp: open(tmp, "wb").write(b"ok"))
+    assert target.read_bytes() == b"ok"
+    assert sorted(tmp_path.glob(".*.tmp")) == [live]
+    assert remove_stale_temps(target) == []
