@@ -1,13 +1,14 @@
-"""Scan quality with and without keypoint verification, on the eval's scan protocol as files.
+"""Scan quality of the evidence cascade, with and without keypoint verification, as files.
 
 The test images of ../shared/data plus planted manipulated copies of a quarter of them (the same
 planting as ``bta-core eval --protocol scan``: every manipulation in turn, fixed seed) are written
-to a folder as PNG files; ``bta_core.scan.scan`` ranks all pairs with the bundled model, once
-with the model score alone and once with the best pairs verified by keypoint matching. Pairs of
-two different photos of one field are left out, as in the eval. Prints average precision and
-recall@k of the planted pairs and writes JSON.
+to a folder as PNG files; ``bta_core.scan.scan`` ranks all pairs with the bundled model (identical
+pixels, perceptual hash, verified overlap, then model score: ``verdict.rank_key``), once for each
+``--verify-per-image`` K (the K best candidates of every image checked by keypoint matching).
+Pairs of two different photos of one field are left out, as in the eval. Prints average
+precision and recall@k of the planted pairs, the precision and recall of ``same``, and writes JSON.
 
-    python benchmarks/scan_quality.py --verify 0 200 --out benchmarks/scan_quality_cpu.json
+    python benchmarks/scan_quality.py --verify-per-image 0 3 --out benchmarks/scan_quality_cpu.json
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def build_corpus(folder: Path, size: int, split: str, seed: int = 0) -> tuple[di
 
 
 def quality(result, meta: dict, n_plant: int) -> dict:
-    """AP / recall@k of planted pairs in the scan's final order (verified first, then by score)."""
-    y, rank_score = [], []
+    """AP / recall@k of planted pairs in the scan's final order, and how good ``same`` is."""
+    y, rank_score, same = [], [], []
+    by: dict[str, list[int]] = {}
     total = len(result.pairs)
     for r, p in enumerate(result.pairs):
         a, b = meta[Path(p.path_a).name], meta[Path(p.path_b).name]
@@ -79,11 +81,17 @@ def quality(result, meta: dict, n_plant: int) -> dict:
             continue  # another photo of the same field: neither positive nor negative
         y.append(int(planted))
         rank_score.append(total - r)  # the scan's order, as a score
-    y, s = np.array(y), np.array(rank_score, dtype=float)
+        same.append(p.verdict == "same")
+        if p.verdict == "same":
+            by.setdefault(p.decided_by, [0, 0])[0 if planted else 1] += 1
+    y, s, same = np.array(y), np.array(rank_score, dtype=float), np.array(same)
     return {
         "average_precision": average_precision(y, s),
         "recall@k": recall_at_k(y, s, n_plant),
         "recall@2k": recall_at_k(y, s, 2 * n_plant),
+        "same_precision": float(y[same].mean()) if same.any() else float("nan"),
+        "same_recall": float(same[y == 1].sum() / n_plant),
+        "same_by": {k: {"planted": v[0], "other": v[1]} for k, v in sorted(by.items())},
         "planted_in_ranking": int(y.sum()),
         "n_planted": n_plant,
     }
@@ -95,7 +103,7 @@ def main() -> None:
     )
     ap.add_argument("--size", type=int, default=448, help="side of the written images")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--verify", type=int, nargs="+", default=[0, 200])
+    ap.add_argument("--verify-per-image", type=int, nargs="+", default=[0, 3])
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -105,16 +113,20 @@ def main() -> None:
         folder = Path(tmp)
         meta, n_plant = build_corpus(folder, args.size, args.split)
         n = len(meta)
-        for v in args.verify:
+        for v in args.verify_per_image:
             t0 = time.perf_counter()
-            result = scan(folder, model=model, cache_dir=folder / ".cache", verify=v, top_k=n * n)
+            result = scan(
+                folder, model=model, cache_dir=folder / ".cache", verify_per_image=v, top_k=n * n
+            )
             rows[v] = {
                 **quality(result, meta, n_plant),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
             print(
                 f"verify {v:>4}: AP {rows[v]['average_precision']:.3f}  recall@k {rows[v]['recall@k']:.3f}  "
-                f"recall@2k {rows[v]['recall@2k']:.3f}  ({rows[v]['seconds']} s)",
+                f"recall@2k {rows[v]['recall@2k']:.3f}  same: precision "
+                f"{rows[v]['same_precision']:.3f} recall {rows[v]['same_recall']:.3f} "
+                f"{rows[v]['same_by']}  ({rows[v]['seconds']} s)",
                 flush=True,
             )
     doc = {

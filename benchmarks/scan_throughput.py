@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from bta_core.device import describe_device, get_device
+from bta_core.device import autocast, describe_device, get_device
 from bta_core.heads import PAPER_HEAD_SIZES, SimilarityHead, symmetric_score_matrix
 from bta_core.imageio import find_images
 
@@ -84,7 +84,14 @@ def bench_folder_scan(args: argparse.Namespace, device: torch.device) -> dict:
         warm.mkdir()
         for f in files[:4]:
             os.symlink(os.path.abspath(f), warm / f.name)
-        scan(warm, model=model, cache_dir=None, batch_size=args.batch_size, workers=args.workers)
+        scan(
+            warm,
+            model=model,
+            cache_dir=None,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            verify_per_image=0,
+        )
         _sync(device)
         t0 = time.perf_counter()
         result = scan(
@@ -95,6 +102,7 @@ def bench_folder_scan(args: argparse.Namespace, device: torch.device) -> dict:
             batch_size=args.batch_size,
             workers=args.workers,
             tta=args.tta,
+            verify_per_image=0,  # keypoint verification is timed by scan_quality.py
         )
         _sync(device)
         wall = time.perf_counter() - t0
@@ -123,29 +131,29 @@ def bench_pair_scoring(args: argparse.Namespace, device: torch.device) -> dict:
     n, d = args.n_embeddings, args.dim
     head = SimilarityHead(d, PAPER_HEAD_SIZES).to(device).eval()
     z = torch.randn(n, d, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    amp = autocast(device)
     chunk = args.chunk_pairs
 
     def ours_one() -> None:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), amp:
             head.score_matrix(z, z, chunk_pairs=chunk)
 
     def ours_sym() -> None:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), amp:
             symmetric_score_matrix(head, z, z, chunk_pairs=chunk)
 
     rows = min(args.concat_rows or n, n)
     block = max(1, args.concat_block_pairs // n)
 
     def concat() -> None:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), amp:
             for i in range(0, rows, block):
                 head.concat_score_matrix(z[i : min(rows, i + block)], z)
 
     t_one = _timed(ours_one, device, args.repeats)
     t_sym = _timed(ours_sym, device, args.repeats)
     t_cat = _timed(concat, device, args.repeats)
-    with torch.inference_mode(), autocast:  # the two ways agree
+    with torch.inference_mode(), amp:  # the two ways agree
         a = head.score_matrix(z[:64], z[:64]).float()
         b = head.concat_score_matrix(z[:64], z[:64]).float()
     max_diff = float((a - b).abs().max())

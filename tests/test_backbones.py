@@ -81,3 +81,29 @@ def test_barlowtwins_downloads_official_url_with_progress(official_layout_file, 
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("vgg99")
+
+
+@pytest.mark.parametrize("name", ["resnet50-barlowtwins", "efficientnet-lite0", "resnet18"])
+def test_architecture_only_reads_and_fetches_nothing(name, monkeypatch):
+    """Checkpoints that carry the backbone's tensors build it without any weights source."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were read or fetched")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    bb = build_backbone(name, pretrained=False)
+    assert bb.weights_source == "checkpoint"
+    with torch.no_grad():
+        assert bb.module.eval()(torch.rand(1, 3, 64, 64)).shape == (1, bb.feature_dim)
+
+
+def test_only_registered_sources_pass():
+    from bta_core.backbones import DEFAULT_SOURCES, check_registered_source
+
+    for name, source in DEFAULT_SOURCES.items():
+        check_registered_source(name, None)
+        check_registered_source(name, source)
+    for bad in ("http://example.org/w.pth", "/tmp/w.pth", DEFAULT_SOURCES["resnet18"] + " "):
+        with pytest.raises(ValueError, match="may not name a URL or file"):
+            check_registered_source("resnet50-barlowtwins", bad)

@@ -13,7 +13,7 @@ def test_demo_finds_every_planted_pair(tmp_path, capsys):
     )  # exits 1 if a planted pair is missed
     doc = json.loads((out / "pairs.json").read_text(encoding="utf-8"))
     names = lambda p: frozenset(x.split("/")[-1] for x in (p["path_a"], p["path_b"]))  # noqa: E731
-    same = {names(p) for p in doc["pairs"] if p["same"]}
+    same = {names(p) for p in doc["pairs"] if p["verdict"] == "same"}
     assert {frozenset((a, b)) for a, b, _ in planted_pairs()} <= same
     assert [s["path"].split("/")[-1] for s in doc["skipped"]] == ["damaged_upload.jpg"]
     assert (out / "report.html").stat().st_size > 10_000
@@ -42,7 +42,10 @@ def test_score_verify_finds_the_planted_crop(capsys):
     a, b, c = (str(SAMPLES / n) for n in ("smear_1.jpg", "figure3_panel_b.png", "smear_2.jpg"))
     assert cli_main(["score", a, b, "--verify", "--json"]) == 0
     reused = json.loads(capsys.readouterr().out)
-    assert reused["verified"] and reused["same"] and reused["transform"]["rotation"] in (90, 270)
+    assert reused["decision"]["verified"] and reused["verdict"] == "same"
+    assert reused["decided_by"] == "verified overlap"
+    assert reused["transform"]["rotation"] in (90, 270)
     assert cli_main(["score", a, c, "--verify", "--json"]) == 0
     other = json.loads(capsys.readouterr().out)
-    assert not other["verified"] and other["transform"] is None
+    assert other["decision"]["verified"] is False and other["transform"] is None
+    assert other["verdict"] != "same"  # two smears from one lab: look-alikes, not reuse

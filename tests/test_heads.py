@@ -109,3 +109,27 @@ def test_model_config_selects_head_and_old_configs_default_to_paper():
 
     with pytest.raises(ValueError, match="unknown head"):
         build_head("nope", 32)
+
+
+def test_eval_method_scores_a_symmetric_head_model_like_the_model():
+    import numpy as np
+
+    from bta_core.evaluation.methods import BackboneFeatures, ModelMethod
+    from bta_core.model import BTAModel, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_backbone(
+        "efficientnet-lite0", projector_dim=64, image_size=64, head="symmetric", head_sizes=[16, 4]
+    )
+    model = BTAModel(cfg).eval()
+    x = torch.rand(5, 3, 64, 64)
+    method = ModelMethod("sym", model, "memory")
+    rep = method.represent(BackboneFeatures(x))
+    ia, ib = np.array([0, 1, 2, 4]), np.array([3, 4, 2, 0])
+    with torch.no_grad():
+        z = model(x)
+        ref = model.score_pairs(z[ia], z[ib]).numpy()
+        assert torch.allclose(model.score_matrix(z, z), model.score_matrix(z, z).T, atol=1e-6)
+    got = method.score(rep, rep, ia, ib)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert got[2] == got.max()  # the self pair scores highest

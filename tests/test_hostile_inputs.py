@@ -300,7 +300,7 @@ def test_loops_pipes_broken_links_and_unreadable_folders_are_listed(
     real_scandir = os.scandir
 
     def scandir(path="."):
-        if Path(path) == locked:
+        if isinstance(path, (str, os.PathLike)) and Path(path) == locked:
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_scandir(path)
 
@@ -335,3 +335,31 @@ def test_match_with_two_long_file_names(tmp_path, bccd_images):
 def test_short_name_keeps_short_names():
     assert short_name("x", "y") == "x__y"
     assert len(short_name("é" * 300, "z").encode()) <= 120
+
+
+def test_set_of_a_process_killed_mid_move_is_completed_next_time(two_results, tmp_path):
+    import signal
+
+    a, b = two_results
+    out = tmp_path / "out"
+    write_outputs(a, out)
+    pid = os.fork()
+    if pid == 0:  # child: SIGKILLed after moving two of the four files of run B
+        moved = []
+        real_replace = os.replace
+
+        def die_after_two(src, dst):
+            if Path(src).parent.name.startswith(".bta-staging-") and Path(dst).parent == out:
+                if len(moved) == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                moved.append(dst)
+            real_replace(src, dst)
+
+        os.replace = die_after_two
+        write_outputs(b, out)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert (out / ".bta-commit.json").exists() and list(out.glob(".bta-staging-*"))
+    with output_files.output_set(out):  # any later writer first completes the dead one's set
+        pass
+    assert _run_of(out) == "B" and not list(out.glob(".bta-staging-*"))

@@ -179,6 +179,16 @@ def test_cmyk_jpeg_is_converted_to_rgb(tmp_path, real_rgb):
     assert np.abs(img - real_rgb / 255.0).mean() < 0.01  # JPEG loss only, not CMY read as RGB
 
 
+def test_cmyk_tiff_is_converted_to_rgb(tmp_path, real_rgb):
+    from PIL import Image
+
+    path = tmp_path / "cmyk.tif"
+    tifffile.imwrite(
+        path, np.asarray(Image.fromarray(real_rgb).convert("CMYK")), photometric="separated"
+    )
+    assert np.allclose(load_image(path), real_rgb / 255.0, atol=1e-6)
+
+
 def test_grey_alpha_png_is_one_grey_image(tmp_path, dsb_images):
     from PIL import Image
 
@@ -262,7 +272,7 @@ def test_one_pixel_budget_for_every_format(tmp_path, real_rgb, monkeypatch, suff
         (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "a PDF document"),
         (b"PK\x03\x04\x14\x00\x00\x00\x08\x00", "a ZIP archive"),
         (b"Bilder der Zellkultur, Tag 3\n", "plain text"),
-        (bytes(range(7, 200)), "unknown binary data"),
+        (bytes(range(7, 200)), "unknown binary data (not TIFF, PNG, JPEG, BMP, GIF or WebP)"),
     ],
 )
 def test_non_image_jpg_says_what_it_is(tmp_path, content, holds):

@@ -89,12 +89,14 @@ def test_planted_copies_find_their_reference(refs, cosine_model, tmp_path, dsb_i
     }
     for k, p in enumerate(dsb_images[500:502]):
         shutil.copy(p, q / f"other{k}{p.suffix}")
-    res = scan(q, model=cosine_model, index=out, cache_dir=None, faiss_k=4, top_k=10, verify=6)
+    res = scan(
+        q, model=cosine_model, index=out, cache_dir=None, faiss_k=4, top_k=10, verify_per_image=2
+    )
     assert res.stats["index_images"] == 8 and res.stats["index_candidates"] <= 8
     top = res.pairs[: len(truth)]
     found = {Path(p.path_a).name: Path(p.path_b) for p in top}
     assert found == {k: v.resolve() for k, v in truth.items()}
-    assert all(p.verified for p in top)
+    assert all(p.verdict == "same" for p in top), [(p.path_a, p.decided_by) for p in top]
 
 
 def test_model_mismatch_and_damaged_index_are_refused(refs, cosine_model, tiny_model, tmp_path):
@@ -163,6 +165,6 @@ def test_attach_refuses_tta_embeddings(refs, cosine_model, tmp_path):
 
     out = tmp_path / "idx"
     build_index(sorted(refs.iterdir())[:2], out, cosine_model, workers=0)
-    emb = Embedded([], torch.zeros(1, 8, 1280), [], {})
+    emb = Embedded([], torch.zeros(1, 8, 1280), [], {}, np.zeros((1, 8, 32), np.uint8))
     with pytest.raises(ValueError, match="tta"):
         attach_index(emb, out, cosine_model)

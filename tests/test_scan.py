@@ -183,8 +183,7 @@ def test_scan_writes_outputs_and_skips_broken_files(corpus, tiny_model, tmp_path
     tiers = {"identical pixels": 5, "perceptual hash": 4, "model score": 1, "no evidence": 0}
     keys = [(tiers[r["decided_by"]], float(r["probability"])) for r in rows]
     assert keys == sorted(keys, reverse=True)
-    model_only = [r for r in rows if r["decided_by"] in ("model score", "no evidence")]
-    assert len(model_only) >= 10  # the 10 best model scores are always listed
+    assert len(rows) >= 10  # the 10 best model scores are always listed, besides hash matches
     planted = {frozenset(p) for p in corpus["planted"]}
     by_hash = {frozenset((r["path_a"], r["path_b"])) for r in rows if r["verdict"] == "same"}
     assert by_hash <= planted and len(by_hash) >= 3  # flip, JPEG q30, noise: near-exact copies
@@ -200,8 +199,9 @@ def test_scan_writes_outputs_and_skips_broken_files(corpus, tiny_model, tmp_path
     page = (out / "report.html").read_text(encoding="utf-8")
     check = _HTMLCheck()
     check.feed(page)
-    assert check.tags.get("tr", 0) == len(rows) + 1 and check.tags.get("script") == 1
-    assert len(check.images) == 2 * len(rows)
+    review = [r for r in rows if r["verdict"] != "different"]  # the report's default cards
+    assert check.tags.get("section", 0) == len(review) >= 3 and check.tags.get("script") == 1
+    assert len(check.images) == 2 * len(review)
     assert all(src.startswith("data:image/jpeg;base64,") for src in check.images)
     assert "broken ✗.png" in page  # the skipped files are listed in the report too
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
@@ -221,7 +221,7 @@ def test_planted_pairs_rank_first_with_trained_model(corpus, trained_checkpoint,
 
     model = load_checkpoint(trained_checkpoint, device="cpu")
     result = scan(
-        corpus["q"], model=model, cache_dir=None, out_dir=tmp_path, tta="d4", verify_per_image=2
+        corpus["q"], model=model, cache_dir=None, out_dir=tmp_path, tta="d4", verify_per_image=1
     )
     planted = {frozenset(p) for p in corpus["planted"]}
     top = {frozenset((p.path_a, p.path_b)) for p in result.pairs[: len(planted)]}
@@ -451,4 +451,6 @@ def test_report_match_overlay_for_top_pairs(corpus, tiny_model, tmp_path):
     scan(folder, model=tiny_model, cache_dir=None, out_dir=tmp_path / "o", match_top=1)
     check = _HTMLCheck()
     check.feed((tmp_path / "o" / "report.html").read_text(encoding="utf-8"))
-    assert len(check.images) == 3 and check.images[2].startswith("data:image/png;base64,")
+    # the pair is a near copy: one card whose match figure replaces the two thumbnails
+    assert check.tags.get("figure") == 1 and len(check.images) == 1
+    assert check.images[0].startswith("data:image/png;base64,")

@@ -122,6 +122,9 @@ def test_write_killed_midway_leaves_a_temp_that_the_next_write_removes(tmp_path)
     assert len(orphans) == 1 and not target.exists()
     live = tmp_path / f".m.safetensors.{os.getppid()}.busy.tmp"  # a writer that still runs
     live.write_bytes(b"x")
+    old_style = tmp_path / ".m.safetensors.k2j_x9a.tmp"  # orphan of an older version
+    old_style.write_bytes(b"\0" * 1000)
+    os.utime(old_style, (1, 1))
     atomic_write(target, lambda tmp: open(tmp, "wb").write(b"ok"))
     assert target.read_bytes() == b"ok"
     assert sorted(tmp_path.glob(".*.tmp")) == [live]

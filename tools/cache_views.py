@@ -1,15 +1,7 @@
 """Cache frozen-backbone features of many views of every image, once, for CPU training.
 
-For each data set folder (``<root>/<name>/splits.csv``) writes ``<cache>/<name>.safetensors``:
-
-* ``clean``: features of every image, resized whole (the image as a user scores it);
-* ``views``: ``K`` random "reuse" views (crops, flips, rot90, colour, blur, noise, JPEG) of
-  each train/val image, shape ``(N_trainval, K, D)``;
-* ``manip``: every reuse-suite manipulation of each test image plus the paper's two view
-  pipelines, shape ``(N_test, M, D)``;
-
-and a JSON sidecar with the files, groups, splits, modalities and manipulation names. The
-features are stored in fp16. Data sets already cached are skipped, so the job resumes.
+Thin command line over ``bta_core.view_cache`` (see there for the file layout). Data sets
+already cached are skipped, so the job resumes.
 
 Usage: ``python tools/cache_views.py ../shared/data --cache /work/cache/bta_views --views 4``
 """
@@ -17,117 +9,11 @@ Usage: ``python tools/cache_views.py ../shared/data --cache /work/cache/bta_view
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from bta_core.augment import PAPER_VIEWS, REUSE_VIEWS, apply_view
-from bta_core.backbones import build_backbone
-from bta_core.data import decode_records, read_splits_csv
-from bta_core.evaluation.pairs import MANIPULATIONS, manipulate
-
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-TEST_VIEWS = [m for m in MANIPULATIONS if m != "identity"] + ["paper_a", "paper_b"]
-
-
-def _features(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return net((x - MEAN) / STD).half()
-
-
-def subsample(records: list, caps: dict[str, int], seed: int) -> list:
-    """At most ``caps[split]`` random images of each split (CPU budget), in file order."""
-    rng = np.random.default_rng(seed)
-    keep = []
-    for split in sorted({r.split for r in records}):
-        idx = [i for i, r in enumerate(records) if r.split == split]
-        cap = caps.get(split)
-        if cap and len(idx) > cap:
-            idx = sorted(rng.choice(idx, cap, replace=False).tolist())
-        keep += idx
-    return [records[i] for i in sorted(keep)]
-
-
-def cache_dataset(
-    name: str,
-    csv: Path,
-    out: Path,
-    net,
-    k_views: int,
-    size: int,
-    bs: int,
-    seed: int,
-    caps: dict[str, int] | None = None,
-) -> None:
-    """Compute and write the feature cache of one data set."""
-    records = subsample(read_splits_csv(csv), caps or {}, seed)
-    t0 = time.time()
-    skipped: list[str] = []
-    images, records = decode_records(
-        records, round(size * 8 / 7), on_skip=lambda r, why: skipped.append(f"{r.path}: {why}")
-    )
-    print(f"{name}: decoded {len(records)} images in {time.time() - t0:.0f}s", flush=True)
-    splits = [r.split for r in records]
-    trainval = [i for i, s in enumerate(splits) if s in ("train", "val")]
-    test = [i for i, s in enumerate(splits) if s == "test"]
-    g = torch.Generator().manual_seed(seed)
-    clean, views, manip = [], [], []
-    n = len(records)
-    for start in range(0, n, bs):
-        x = images[start : start + bs]
-        clean.append(_features(net, manipulate(x, "identity", size)))
-        print(f"{name}: clean {min(start + bs, n)}/{n} {time.time() - t0:.0f}s", flush=True)
-    for start in range(0, len(trainval), bs):
-        x = images[trainval[start : start + bs]]
-        per = [_features(net, apply_view(x, REUSE_VIEWS[k % 2], size, g)) for k in range(k_views)]
-        views.append(torch.stack(per, 1))
-        print(f"{name}: views {start + len(x)}/{len(trainval)} {time.time() - t0:.0f}s", flush=True)
-    for start in range(0, len(test), bs):
-        x = images[test[start : start + bs]]
-        per = []
-        for k, m in enumerate(TEST_VIEWS):
-            if m.startswith("paper_"):
-                v = apply_view(x, PAPER_VIEWS[m == "paper_b"], size, g)
-            else:
-                v = manipulate(x, m, size, seed=seed + start + k)
-            per.append(_features(net, v))
-        manip.append(torch.stack(per, 1))
-        print(f"{name}: test {start + len(x)}/{len(test)} {time.time() - t0:.0f}s", flush=True)
-    from safetensors.torch import save_file
-
-    d = net_dim = clean[0].shape[1]
-    tensors = {
-        "clean": torch.cat(clean).contiguous(),
-        "views": torch.cat(views).contiguous() if views else torch.zeros(0, k_views, d),
-        "manip": torch.cat(manip).contiguous()
-        if manip
-        else torch.zeros(0, len(TEST_VIEWS), net_dim),
-    }
-    meta = {
-        "dataset": name,
-        "files": [r.path for r in records],
-        "groups": [r.group for r in records],
-        "splits": splits,
-        "modalities": [r.modality or "" for r in records],
-        "trainval_index": trainval,
-        "test_index": test,
-        "test_views": TEST_VIEWS,
-        "k_views": k_views,
-        "image_size": size,
-        "skipped": skipped,
-        "seed": seed,
-        "caps": caps or {},
-    }
-    tmp = out.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(out)
-    out.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
-    print(f"{name}: wrote {out} in {time.time() - t0:.0f}s", flush=True)
+from bta_core.view_cache import build_caches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,25 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root", help="folder of data sets (each with splits.csv)")
     p.add_argument("--cache", default="/work/cache/bta_views")
     p.add_argument("--views", type=int, default=4, help="random reuse views per train/val image")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-train", type=int, default=0, help="cap train images per data set")
     p.add_argument("--max-test", type=int, default=0, help="cap test images per data set")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    net = build_backbone("efficientnet-lite0").module.eval()
-    for csv in sorted(Path(args.root).glob("*/splits.csv")):
-        name = csv.parent.name
-        out = cache / f"{name}.safetensors"
-        if out.exists() and out.with_suffix(".json").exists():
-            print(f"{name}: cached already ({out})")
-            continue
-        caps = {"train": args.max_train, "test": args.max_test}
-        cache_dataset(name, csv, out, net, args.views, args.size, args.batch_size, args.seed, caps)
+    caps = {"train": args.max_train, "test": args.max_test}
+    build_caches(
+        args.root, args.cache, args.views, args.seed, caps, log=lambda s: print(s, flush=True)
+    )
     return 0
 
 

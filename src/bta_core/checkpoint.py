@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def atomic_write(path: str | os.PathLike, write) -> None:
 
 
 TEMP_SUFFIX = ".tmp"
+STALE_AFTER_S = 24 * 3600
+"""A temporary file without a process id in its name is stale after this long."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -82,7 +85,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Delete temporary files of ``path`` whose writing process no longer runs; returns them."""
+    """Delete temporary files of ``path`` whose writing process no longer runs (or, for names
+    without a process id, that are older than ``STALE_AFTER_S``); returns them."""
     path = Path(path)
     removed = []
     try:
@@ -91,7 +95,13 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
         return removed
     for tmp in candidates:
         pid_text = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+        if not pid_text.isdigit():  # written before temp names carried the process id
+            try:
+                if time.time() - tmp.stat().st_mtime < STALE_AFTER_S:
+                    continue
+            except OSError:
+                continue
+        elif int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
             continue
         try:
             tmp.unlink()

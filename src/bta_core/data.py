@@ -13,6 +13,7 @@ import torch
 
 from .imageio import ImageReadError, find_images, load_image, to_uint8
 from .model import to_model_input
+from .runtime import ProgressFn
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def list_records(
 def decode_records(
     records: Sequence[ImageRecord],
     size: int,
-    on_progress: Callable[[int, int, dict], None] | None = None,
+    on_progress: ProgressFn | None = None,
     on_skip: Callable[[ImageRecord, str], None] | None = None,
 ) -> tuple[torch.Tensor, list[ImageRecord]]:
     """Decode every image once into a uint8 tensor ``(N, 3, size, size)``.

@@ -88,7 +88,7 @@ def sniff(head: bytes) -> str:
         text = head[: exc.start].decode("utf-8") if exc.start >= len(head) - 3 else None
     if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
         return "plain text"
-    return "unknown binary data"
+    return "unknown binary data (not TIFF, PNG, JPEG, BMP, GIF or WebP)"
 
 
 _MAGIC = (
@@ -139,7 +139,18 @@ def _read_tiff(path: str) -> tuple[np.ndarray, str]:
         series = first_series(path, tif)
         data = series.asarray()
         axes = series.axes
+        cmyk = tif.pages[0].photometric == tifffile.PHOTOMETRIC.SEPARATED
+    if cmyk and axes.endswith("S") and data.shape[-1] == 4 and data.dtype.kind in "uf":
+        data = _cmyk_array_to_rgb(data)
     return data, axes
+
+
+def _cmyk_array_to_rgb(data: np.ndarray) -> np.ndarray:
+    """CMYK ink samples (last axis) -> RGB with the standard formula, in the same dtype."""
+    top = float(np.iinfo(data.dtype).max) if data.dtype.kind == "u" else 1.0
+    ink = data.astype(np.float32) / top
+    rgb = (1.0 - ink[..., :3]) * (1.0 - ink[..., 3:4])
+    return np.clip(rgb * top, 0, top).round().astype(data.dtype)
 
 
 def _read_pil(path: str) -> tuple[np.ndarray, str]:

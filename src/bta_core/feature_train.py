@@ -90,19 +90,19 @@ class FeatureTrainConfig:
     projector_sizes: list[int] = field(default_factory=lambda: [1280, 1024, 512])
     head: str = "symmetric"
     head_sizes: list[int] = field(default_factory=lambda: list(SYMMETRIC_HEAD_SIZES))
-    steps: int = 1200
+    steps: int = 500
     batch_size: int = 256
     lr: float = 1e-3
     lr_end: float = 1e-5
     warmup: int = 50
-    weight_decay: float = 1e-4
-    lambda_bt: float = 1.0
+    weight_decay: float = 0.05
+    lambda_bt: float = 3.0
     """Weight of L_BT / D (D = projector output width)."""
     lambda_offdiag: float = 5e-3
     hard_k: int = 8
     copy_p: float = 0.15
     head_lr_scale: float = 10.0
-    input_dropout: float = 0.0
+    input_dropout: float = 0.3
     """Dropout on the cached backbone features while training (fights memorising views)."""
     """Share of pairs that are the clean image twice (an exact copy)."""
     seed: int = 0

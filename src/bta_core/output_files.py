@@ -180,9 +180,9 @@ def output_set(out_dir: str | os.PathLike) -> Iterator[Path]:
     error (a full disk, a cancel) nothing in ``out_dir`` changes.
     """
     out = check_out_dir(out_dir)
-    _remove_stale(out)
     with _locked(out):
-        _roll_forward(out)
+        _roll_forward(out)  # first: a journal may name a dead process's staging folder
+        _remove_stale(out)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     try:
         yield staging

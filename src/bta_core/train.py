@@ -688,7 +688,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("data", nargs="+", help="image folders and/or splits.csv files")
     p.add_argument("--out", default=d.out, help="checkpoint to write (safetensors)")
-    p.add_argument("--mode", default=d.mode, choices=list(DEFAULT_EPOCHS))
+    p.add_argument(
+        "--mode",
+        default=d.mode,
+        choices=list(DEFAULT_EPOCHS),
+        help="training recipe (docs/training.md)",
+    )
     p.add_argument(
         "--views", default=d.views, choices=list(VIEW_RECIPES), help="augmentation recipe"
     )
@@ -718,8 +723,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--head-epochs", type=int, default=d.head_epochs, help="head epochs of --mode bta"
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="model input size (px)")
     p.add_argument(
         "--lr-start", type=float, default=d.lr_start, help="gamma_start of the cosine schedule"
     )
@@ -751,12 +756,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="similarity head: symmetric (identity-aware) or paper (concatenation MLP)",
     )
     p.add_argument("--limit", type=int, default=d.limit, help="use only the first N images")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, choices=DEVICE_CHOICES)
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (runs are repeatable)")
+    p.add_argument(
+        "--device",
+        default=d.device,
+        choices=DEVICE_CHOICES,
+        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
+    )
     p.add_argument(
         "--finetune-backbone", action="store_true", help="also train the backbone (lower lr)"
     )
-    p.add_argument("--backbone-lr-scale", type=float, default=d.backbone_lr_scale)
+    p.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=d.backbone_lr_scale,
+        help="backbone learning rate / head learning rate with --finetune-backbone",
+    )
     p.add_argument(
         "--init-projector",
         default=d.init_projector,
@@ -771,7 +786,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=d.view_bank,
         help="precompute backbone features of K view pairs per image (frozen backbone only; much faster on a CPU)",
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 

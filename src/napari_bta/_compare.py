@@ -20,7 +20,7 @@ from magicgui.widgets import Label, PushButton, Select, Table
 from ._compat import prepare_torch_import
 from ._layers import is_overlay
 from ._overlays import Source, plan_pair, provenance, warm_imports
-from ._panel import Panel, fmt, tip
+from ._panel import Panel, fmt, plain_table, short, tip
 from ._state import MODEL, adopt_default, load_model
 from ._workers import Progress, run_with_progress
 
@@ -272,6 +272,7 @@ class ComparePanel(Panel):
             "Model score P(same source) of every pair; click a cell to assess that pair",
         )
         self._table.read_only = True
+        plain_table(self._table)
         self.setup(
             [self._layers, self._run, self._verdict, self._table],
             [self._run],
@@ -360,8 +361,8 @@ class ComparePanel(Panel):
         matrix = result.matrix
         self._table.value = {
             "data": [[fmt(v) for v in row] for row in matrix],
-            "index": result.names,
-            "columns": result.names,
+            "index": [f"{k + 1} {short(name)}" for k, name in enumerate(result.names)],
+            "columns": [str(k + 1) for k in range(len(result.names))],
         }
         table = self._table.native
         n = matrix.shape[1]

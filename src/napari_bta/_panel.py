@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea
 
 from ._layers import GradualLayers
@@ -18,6 +18,21 @@ from ._workers import WorkerControls
 def fmt(value: float | None, digits: int = 3) -> str:
     """Fixed-point text for a score (``0.088``); an em dash for a missing value."""
     return "\u2014" if value is None else f"{float(value):.{digits}f}"
+
+
+def short(text: str, limit: int = 22) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis (the full text goes in a tooltip)."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def plain_table(table: Any) -> None:
+    """Show a magicgui Table's cells as given (its default re-formats numbers as 3.000e-03)."""
+    from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate
+
+    native = table.native
+    native.setItemDelegate(QStyledItemDelegate(native))
+    native.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    native.setWordWrap(False)
 
 
 def tip(widget: Any, text: str) -> Any:
@@ -60,6 +75,11 @@ class Panel(QScrollArea):
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setMinimumWidth(300)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # wrap, not scroll
+        for widget in self.form:
+            if isinstance(widget, Label):
+                widget.native.setWordWrap(True)
+                widget.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.controls = WorkerControls(
             list(run_buttons), self._cancel, self._status, self._progress, description
         )

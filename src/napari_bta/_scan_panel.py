@@ -19,7 +19,7 @@ from magicgui.widgets import CheckBox, FileEdit, Label, PushButton, SpinBox, Tab
 from ._compat import prepare_torch_import
 from ._layers import META_KEY, remove_group
 from ._overlays import Source, plan_pair, provenance, warm_imports
-from ._panel import Panel, fmt, tip
+from ._panel import Panel, fmt, plain_table, tip
 from ._state import MODEL, adopt_default, load_model
 from ._workers import Progress, run_with_progress
 
@@ -137,6 +137,7 @@ class ScanPanel(Panel):
             "The scan's pairs, best first; click a row to open the pair with its overlays",
         )
         self._table.read_only = True
+        plain_table(self._table)
         self._verdict = tip(Label(value=""), "The scan's verdict of the opened pair")
         self._skipped_btn = tip(
             PushButton(text="Show skipped files"), "List the files the scan could not read, and why"

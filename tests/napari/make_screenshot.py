@@ -1,59 +1,163 @@
-"""Save docs/napari-screenshot.png: the sample pair, the Compare panel and its overlays.
+"""Screenshots of each panel in a 1280x800 napari window after a real run, for docs/.
 
-Run with ``xvfb-run -a python tests/napari/make_screenshot.py [checkpoint]`` (default: the
-bundled model).
+Run with ``xvfb-run -a -s "-screen 0 1600x1000x24" python tests/napari/make_screenshot.py``.
+Writes docs/napari-{model,compare,scan,train}-panel.png (and docs/napari-screenshot.png, the
+Compare one, which the README shows). Uses the bundled model and real images from
+../shared/data (BCCD, DSB 2018); the training run is a short one at the panel's defaults.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch  # noqa: F401  (before the viewer: see tests/napari/conftest.py)
 import torchvision  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("BTA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DOCS = ROOT / "docs"
+SIZE = (1280, 800)
 
 
-def _model(checkpoint: str | None):
-    from bta_core.checkpoint import load_checkpoint
+def _pump(seconds: float) -> None:
+    from qtpy.QtWidgets import QApplication
 
-    return load_checkpoint(checkpoint, device="cpu")  # default: the bundled model
+    app = QApplication.instance()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def _wait(panel, timeout: float = 600) -> None:
+    end = time.monotonic() + timeout
+    while panel.busy and time.monotonic() < end:
+        _pump(0.1)
+    _pump(1.0)
+
+
+def _viewer(name: str):
+    import napari
+
+    viewer = napari.Viewer(title=f"napari-bta: {name}")
+    viewer.window._qt_window.resize(*SIZE)
+    _, panel = viewer.window.add_plugin_dock_widget("napari-bta", name)
+    _pump(0.5)
+    return viewer, panel
+
+
+def _save(viewer, name: str) -> Path:
+    _pump(6.0)  # let the notification toasts time out
+    viewer.window._qt_window.resize(*SIZE)
+    _pump(0.5)
+    out = DOCS / f"napari-{name.lower()}-panel.png"
+    viewer.window._qt_window.grab().save(str(out))
+    print(out, viewer.window._qt_window.size())
+    return out
+
+
+def _rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def model_panel() -> None:
+    viewer, panel = _viewer("Model")
+    viewer.open_sample("napari-bta", "reuse_pair")
+    panel._device.value = "cpu"
+    panel.load(None)
+    _wait(panel)
+    viewer.reset_view()
+    _save(viewer, "Model")
+    viewer.close()
+
+
+def compare_panel() -> None:
+    viewer, panel = _viewer("Compare")
+    layers = viewer.open_sample("napari-bta", "reuse_pair")
+    panel._layers.value = [ly.name for ly in layers]
+    panel.run()  # no model loaded: the worker loads the bundled one
+    _wait(panel)
+    viewer.layers.selection.active = layers[0]
+    viewer.reset_view()
+    out = _save(viewer, "Compare")
+    shutil.copy(out, DOCS / "napari-screenshot.png")
+    print(panel._verdict.value)
+    viewer.close()
+
+
+def _scan_folder(folder: Path) -> None:
+    from PIL import Image
+
+    bccd = sorted((DATA / "bccd" / "images").glob("*.jpg"))[:6]
+    dsb = sorted((DATA / "dsb2018" / "images").glob("*.png"))[:6]
+    for path in bccd + dsb:
+        rgb = _rgb(path)
+        Image.fromarray(rgb).save(folder / f"{path.stem[:16]}.png")
+    a, b = _rgb(bccd[0]), _rgb(dsb[1])
+    Image.fromarray(np.rot90(a[40:400, 80:560])).save(folder / "figure3_panel_b.png")
+    Image.fromarray(b[:, ::-1]).save(folder / "figure5_panel_a.png")
+    (folder / "corrupt_upload.tif").write_bytes(b"II*\x00 truncated")
+
+
+def scan_panel(tmp: Path) -> None:
+    folder = tmp / "lab-figures"
+    folder.mkdir()
+    _scan_folder(folder)
+    viewer, panel = _viewer("Scan")
+    panel._folder.value = str(folder)
+    panel._out.value = str(tmp / "scan-out")
+    panel.run()
+    _wait(panel)
+    panel.open_row(0)
+    _wait(panel)
+    viewer.reset_view()
+    _save(viewer, "Scan")
+    viewer.close()
+
+
+def train_panel(tmp: Path) -> None:
+    folder = tmp / "train-images"
+    folder.mkdir()
+    for path in sorted((DATA / "bccd" / "images").glob("*.jpg"))[:24]:
+        shutil.copy(path, folder)
+    viewer, panel = _viewer("Train")
+    panel._folder.value = str(folder)
+    panel._epochs.value, panel._head_epochs.value = 1, 2
+    panel._device.value = "cpu"
+    out = Path(str(panel._out.value))
+    panel.run()
+    _wait(panel, timeout=1200)
+    _save(viewer, "Train")
+    viewer.close()
+    for path in out.parent.glob(out.stem + "*"):  # the demo model is not kept
+        path.unlink()
 
 
 def main() -> None:
-    from qtpy.QtWidgets import QApplication
-
-    import napari
-    from napari_bta._compare import ComparePanel
     from napari_bta._state import MODEL
 
-    MODEL.set(_model(sys.argv[1] if len(sys.argv) > 1 else None))
-    viewer = napari.Viewer(title="napari-bta")
-    viewer.window._qt_window.resize(1600, 950)
-    layers = viewer.open_sample("napari-bta", "reuse_pair")
-    panel = ComparePanel(viewer)
-    viewer.window.add_dock_widget(panel, name="BTA compare", area="right")
-    panel.native.setMaximumWidth(560)
-    panel._layers.value = [ly.name for ly in layers]
-    panel.run(pair=(0, 1))  # the planted reuse: field A and the rotated crop B
-    app = QApplication.instance()
-    while panel.controls.busy:
-        app.processEvents()
-        time.sleep(0.05)
-    viewer.layers.selection.active = layers[0]
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
-    viewer.reset_view()
-    for _ in range(160):  # let the info toasts time out
-        app.processEvents()
-        time.sleep(0.05)
-    out = ROOT / "docs" / "napari-screenshot.png"
-    viewer.screenshot(str(out), canvas_only=False)
-    print(out, panel._verdict.value)
-    viewer.close()
+    which = sys.argv[1:] or ["model", "compare", "scan", "train"]
+    with tempfile.TemporaryDirectory(prefix="bta-shots-") as tmp:
+        os.environ.setdefault("BTA_CACHE_DIR", str(Path(tmp) / "cache"))
+        for name in which:
+            MODEL.clear()
+            if name == "model":
+                model_panel()
+            elif name == "compare":
+                compare_panel()
+            elif name == "scan":
+                scan_panel(Path(tmp))
+            elif name == "train":
+                train_panel(Path(tmp))
 
 
 if __name__ == "__main__":

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from napari_bta._model_panel import ModelPanel
 from napari_bta._state import MODEL
 
 
 def test_model_panel_loads_checkpoint_and_shows_device(
-    make_napari_viewer, qtbot, tiny_model, tmp_path
+    make_napari_viewer, qtbot, open_panel, tiny_model, tmp_path
 ):
     from bta_core.checkpoint import save_checkpoint
 
     path = save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
     viewer = make_napari_viewer()
-    panel = ModelPanel(viewer)
-    viewer.window.add_dock_widget(panel)
+    panel = open_panel(viewer, "Model")
     panel._device.value = "cpu"
     worker = panel.load(str(path))
     with qtbot.waitSignal(worker.finished, timeout=60_000):
@@ -29,13 +27,15 @@ def test_model_panel_loads_checkpoint_and_shows_device(
     assert panel._info.value == "No model loaded"
 
 
-def test_model_panel_reports_a_bad_checkpoint(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+def test_model_panel_reports_a_bad_checkpoint(
+    make_napari_viewer, qtbot, open_panel, tmp_path, monkeypatch
+):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not a checkpoint")
     errors = []
     monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
     viewer = make_napari_viewer()
-    panel = ModelPanel(viewer)
+    panel = open_panel(viewer, "Model")
     assert panel.load(str(bad)) is not None
     # this fails at once, maybe before a waitSignal could connect: wait for the panel instead
     qtbot.waitUntil(lambda: not panel.controls.busy, timeout=60_000)
@@ -45,8 +45,8 @@ def test_model_panel_reports_a_bad_checkpoint(make_napari_viewer, qtbot, tmp_pat
 
 
 @pytest.mark.parametrize("value", ["", "."])
-def test_model_panel_needs_a_file(make_napari_viewer, value, monkeypatch):
+def test_model_panel_needs_a_file(make_napari_viewer, open_panel, value, monkeypatch):
     errors = []
     monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
-    panel = ModelPanel(make_napari_viewer())
+    panel = open_panel(make_napari_viewer(), "Model")
     assert panel.load(value) is None and errors

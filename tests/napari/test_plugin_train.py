@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,11 +60,8 @@ def train_folder(tmp_path, bccd_images):
     return folder
 
 
-def _panel(viewer, folder, out, epochs):
-    from napari_bta._train_panel import TrainPanel
-
-    panel = TrainPanel(viewer)
-    viewer.window.add_dock_widget(panel)
+def _panel(viewer, open_panel, folder, out, epochs):
+    panel = open_panel(viewer, "Train")
     panel._folder.value = str(folder)
     panel._out.value = str(out)
     panel._mode.value = "combined"
@@ -74,13 +72,15 @@ def _panel(viewer, folder, out, epochs):
     return panel
 
 
-def test_train_panel_runs_one_epoch_in_a_worker(make_napari_viewer, qtbot, train_folder, tmp_path):
+def test_train_panel_runs_one_epoch_in_a_worker(
+    make_napari_viewer, qtbot, open_panel, wait_idle, train_folder, tmp_path
+):
     from qtpy.QtCore import QTimer
 
     from napari_bta._state import MODEL
 
     viewer = make_napari_viewer()
-    panel = _panel(viewer, train_folder, tmp_path / "tiny.safetensors", epochs=1)
+    panel = _panel(viewer, open_panel, train_folder, tmp_path / "tiny.safetensors", epochs=1)
     ticks = []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(1))
@@ -88,38 +88,77 @@ def test_train_panel_runs_one_epoch_in_a_worker(make_napari_viewer, qtbot, train
     try:
         worker = panel.run(**TINY)
         assert worker is not None and not panel._run.enabled and panel._cancel.enabled
-        with qtbot.waitSignal(worker.finished, timeout=120_000):
-            pass
+        wait_idle(panel)
     finally:
         timer.stop()
     assert len(ticks) > 10  # the event loop kept running during training
     assert panel._run.enabled and not panel._cancel.enabled
     assert panel.checkpoint == tmp_path / "tiny.safetensors" and panel.checkpoint.exists()
     assert MODEL.source == str(panel.checkpoint) and MODEL.model.config.image_size == 64
-    assert "loss" in panel._status.value or "done" in panel._status.value
-    MODEL.clear()
+    assert str(panel.checkpoint) in panel._status.value
 
 
-def test_train_panel_cancel_stops_at_next_step(make_napari_viewer, qtbot, train_folder, tmp_path):
+def test_train_panel_cancel_says_where_it_saved(
+    make_napari_viewer, qtbot, open_panel, wait_idle, train_folder, tmp_path
+):
     from napari_bta._state import MODEL
 
-    MODEL.clear()
     viewer = make_napari_viewer()
-    panel = _panel(viewer, train_folder, tmp_path / "cancel.safetensors", epochs=50)
+    out = tmp_path / "cancel.safetensors"
+    panel = _panel(viewer, open_panel, train_folder, out, epochs=50)
     worker = panel.run(**TINY)
     steps = []
 
     def on_yield(item):
-        if isinstance(item, Progress) and item.total > 0:
+        if isinstance(item, Progress) and item.total > 0 and "loss" in item.info:
             steps.append(item.step)
             panel._cancel.clicked.emit()  # the user presses Cancel after the first step
 
     worker.yielded.connect(on_yield)
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
+    wait_idle(panel)
     assert steps and max(steps) <= 3  # stopped long before 50 epochs x 2 steps
-    assert "cancelled" in panel._status.value
+    assert "cancelled" in panel._status.value and str(out) in panel._status.value
+    assert out.exists()  # the model so far, where the message says
     assert MODEL.model is None and panel._run.enabled
+
+
+def test_train_defaults_suit_a_cpu_and_save_outside_the_working_folder(
+    make_napari_viewer, open_panel, monkeypatch, tmp_path
+):
+    monkeypatch.chdir(tmp_path)
+    viewer = make_napari_viewer()
+    panel = open_panel(viewer, "Train")
+    assert panel._size.value <= 128 and panel._batch.value <= 16
+    assert panel._epochs.value + panel._head_epochs.value <= 10
+    out = Path(str(panel._out.value))
+    assert out.is_absolute() and Path.home() in out.parents and tmp_path not in out.parents
+
+
+def test_train_panel_offers_no_overlays_and_explains_one_image(
+    make_napari_viewer, open_panel, wait_idle, tmp_path, bccd_images, monkeypatch
+):
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    viewer = make_napari_viewer()
+    panel = open_panel(viewer, "Train")
+    viewer.add_image(np.zeros((32, 32)), name="cells")
+    viewer.add_image(
+        np.zeros((4, 4)), name="BTA heatmap: cells", metadata={"napari_bta": {"overlay": True}}
+    )
+    assert panel._layers.choices == ("cells",)
+    panel._source.value = "layers"
+    panel._layers.value = ["cells"]
+    assert panel.run() is None and "at least 2 images" in errors[-1]
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(bccd_images[0], one)
+    panel._source.value = "folder"
+    panel._folder.value = str(one)
+    panel._out.value = str(tmp_path / "one.safetensors")
+    assert panel.run() is not None
+    wait_idle(panel)
+    assert "at least 2 images" in errors[-1] and str(one) in errors[-1]
+    assert "Expected more than 1 value" not in panel._status.value
 
 
 def test_export_layers_writes_each_plane(make_napari_viewer, tmp_path):

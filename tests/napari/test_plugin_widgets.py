@@ -53,3 +53,16 @@ def test_menu_name_is_the_manifest_display_name():
     manifest = yaml.safe_load(MANIFEST.read_text())
     docs = (Path(__file__).parents[2] / "docs" / "plugin.md").read_text()
     assert f"Plugins > {manifest['display_name']}" in docs
+
+
+def test_opening_the_panels_does_not_import_torch():
+    """torch and OpenCV load in workers, never while napari builds the panels."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, napari_bta._compare, napari_bta._scan_panel, napari_bta._train_panel, "
+        "napari_bta._model_panel; print('torch' in sys.modules, 'cv2' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -31,9 +31,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``bta-core`` parser; only the module of ``command`` is imported (fast, and one
     subcommand's optional dependencies never break another)."""
+    from ._help import EXIT_CODES, DefaultsHelpFormatter
+
     parser = argparse.ArgumentParser(
         prog="bta-core",
         description="Detect reused, flipped, cropped or retouched microscopy images (BTA).",
+        epilog="Run 'bta-core COMMAND --help' for the options of a command.\n" + EXIT_CODES,
+        formatter_class=DefaultsHelpFormatter,
     )
     from .. import __version__
 
@@ -49,7 +53,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             parents=[module.get_args_parser(add_help=False)],
             help=help_text,
             description=help_text,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            epilog=EXIT_CODES,
+            formatter_class=DefaultsHelpFormatter,
         ).set_defaults(_main=module.main)
     return parser
 

@@ -23,8 +23,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write here instead of overwriting CHECKPOINT")
     p.add_argument("--limit", type=int, default=None, help="at most N images per source")
     p.add_argument("--repeats", type=int, default=3, help="pairs per image")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICE_CHOICES,
+        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 

@@ -14,6 +14,9 @@ Protocols (``--protocol``, several may be given comma-separated):
   set and modality (hard negatives). Per manipulation: recall at the threshold giving 1% FPR
   on those negatives, and ROC AUC. Pairs from ``same_source_edges.csv`` ("same field, other
   photo") are reported separately, against the unmanipulated hard negatives.
+* ``holdout``: leave one data set out (``bta_core.evaluation.holdout``): DATA is the folder
+  of data sets; for each, train on the others' cached features, calibrate on their val
+  splits, test on its test split (paper, reuse, identity, unrelated-pair FPR, ECE).
 * ``scan``: the images plus planted manipulated copies of a subset; every pair is ranked;
   average precision and recall@k of the planted pairs (other photos of one field are left out
   of the ranking: they are neither planted nor independent).
@@ -63,15 +66,34 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="split to fit thresholds of uncalibrated methods on ('' for none)",
     )
     p.add_argument("--negatives-per-image", type=int, default=32, help="reuse protocol")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICE_CHOICES,
+        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
+    )
+    p.add_argument(
+        "--cache",
+        default="/work/cache/bta_views",
+        help="holdout protocol: folder of cached backbone features (DATA: the data sets' root)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
+    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    if "holdout" in protocols:  # leave one data set out: train, calibrate, test per data set
+        from ..evaluation.holdout import evaluate_holdout
+
+        log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+        evaluate_holdout(args.data[0], args.cache, args.out, log=log)
+        protocols.remove("holdout")
+        if not protocols:
+            return 0
     evaluate(
         args.data,
-        protocols=[p.strip() for p in args.protocol.split(",") if p.strip()],
+        protocols=protocols,
         checkpoints=args.checkpoint,
         baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
         split=args.split or None,

@@ -7,27 +7,36 @@ import json
 import sys
 
 from ..device import DEVICE_CHOICES, describe_device, get_device
+from ._help import DefaultsHelpFormatter
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    fmt = {"formatter_class": DefaultsHelpFormatter}
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--checkpoint", default=None, help="model; none given = the bundled model")
-    common.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    common.add_argument("--batch-size", type=int, default=32)
+    common.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICE_CHOICES,
+        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
+    )
+    common.add_argument("--batch-size", type=int, default=32, help="images per model batch")
     common.add_argument(
         "--workers", type=int, default=None, help="decoding processes (default: cores - 1)"
     )
     common.add_argument("--quiet", action="store_true", help="no progress bar")
-    b = sub.add_parser("build", parents=[common], help="embed reference images into a new index")
+    b = sub.add_parser(
+        "build", parents=[common], help="embed reference images into a new index", **fmt
+    )
     b.add_argument("paths", nargs="+", metavar="REF", help="reference folders or files")
     b.add_argument("--out", required=True, metavar="INDEX", help="index folder to create")
-    a = sub.add_parser("add", parents=[common], help="add new or changed images to an index")
-    a.add_argument("index", metavar="INDEX")
+    a = sub.add_parser("add", parents=[common], help="add new or changed images to an index", **fmt)
+    a.add_argument("index", metavar="INDEX", help="index folder to update")
     a.add_argument("paths", nargs="+", metavar="NEW", help="folders or files")
-    i = sub.add_parser("info", help="what an index holds")
-    i.add_argument("index", metavar="INDEX")
+    i = sub.add_parser("info", help="what an index holds", **fmt)
+    i.add_argument("index", metavar="INDEX", help="index folder")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

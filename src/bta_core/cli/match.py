@@ -24,7 +24,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "if installed, else keypoints only)",
     )
     parser.add_argument("--no-model", action="store_true", help="skip the model (keypoints only)")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICE_CHOICES,
+        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
+    )
     parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="working size for keypoints")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", default=None, metavar="DIR", help="write a PNG (and JSON) here")

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections import Counter
+from pathlib import Path
 
 from ..checkpoint import load_checkpoint
-from ..device import DEVICE_CHOICES, describe_device, get_device
+from ..device import describe_device, get_device
 from ..output_files import check_out_dir
-from ..scan import merge, scan
+from ..scan import ScanResult, merge, scan
 from ..scan.cache import default_cache_dir
 from ..scan.candidates import DEFAULT_FAISS_ABOVE, DEFAULT_FAISS_K, DEFAULT_MAX_PAIRS, DEFAULT_TOP_K
+from ..scan.outputs import OUTPUT_FILES
 from ..scan.pipeline import DEFAULT_VERIFY_PER_IMAGE
+from ..scan.report import summary_text
 from ..verdict import DEFAULT_PHASH_MAX_DISTANCE
+from ._help import add_device, add_quiet
+from ._progress import StageBars
+
+CONSOLE_PAIRS = 10
+"""Pairs worth reviewing listed on the console (all of them are in pairs.csv and the report)."""
+JSON_PAIRS = 20
+"""Pairs worth reviewing in the ``--json`` summary."""
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -40,18 +52,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="decision threshold; none given = the model's calibrated one",
+        help="model-score threshold of 'suspect'; none given = the model's calibrated one",
     )
     parser.add_argument(
-        "--top", type=int, default=DEFAULT_TOP_K, help="always list the K best pairs"
+        "--top",
+        type=int,
+        default=DEFAULT_TOP_K,
+        metavar="K",
+        help="always list the K best model scores in pairs.csv",
     )
     parser.add_argument(
         "--planes", action="store_true", help="each plane/channel of a stack is its own image"
     )
     parser.add_argument("--tta", default=None, choices=["d4"], help="max over 8 rotations/flips")
     parser.add_argument("--out", default="bta-scan", help="output folder")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    parser.add_argument("--batch-size", type=int, default=32)
+    add_device(parser)
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model batch")
     parser.add_argument("--workers", type=int, default=2, help="threads decoding images")
     parser.add_argument(
         "--cache", default=None, help=f"embedding cache folder; none given = {default_cache_dir()}"
@@ -88,9 +104,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-pairs", type=int, default=DEFAULT_MAX_PAIRS, help="cap on pairs above threshold"
     )
-    parser.add_argument("--report-pairs", type=int, default=200, help="pairs shown in report.html")
     parser.add_argument(
-        "--match-top", type=int, default=0, metavar="N", help="match overlay for the N best pairs"
+        "--report-pairs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="report.html shows every 'same' and 'suspect' pair; N > 0 also shows the N best "
+        "of the other listed pairs ('different')",
+    )
+    parser.add_argument(
+        "--match-top",
+        type=int,
+        default=10,
+        metavar="N",
+        help="report.html shows where the images match (figure of the located region) for the "
+        "N best 'same'/'suspect' pairs (0: none; about 1 s per pair on a CPU)",
     )
     parser.add_argument(
         "--verify-per-image",
@@ -107,12 +135,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         metavar="D",
         help="perceptual-hash distance (of 256 bits, best of 8 rotations/flips) still a near copy",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON summary on stdout: counts, output files, the best pairs with "
+        "their verdict and evidence (progress stays on stderr)",
+    )
+    add_quiet(parser)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    bars = StageBars(skip=("embed", "score"), enabled=not args.quiet)
     check_out_dir(args.out)  # a wrong --out fails before the model is loaded
     device = get_device(args.device)
     model = load_checkpoint(args.checkpoint, device=device)
@@ -136,7 +171,9 @@ def main(args: argparse.Namespace) -> int:
     if args.merge:
         if args.folders or args.shard:
             raise ValueError("--merge takes shard folders only (no FOLDER, no --shard)")
-        result = merge(args.merge, model, allow_partial=args.allow_partial, **common)
+        result = merge(
+            args.merge, model, allow_partial=args.allow_partial, on_progress=bars, **common
+        )
     else:
         if not args.folders:
             raise ValueError("give at least one FOLDER to scan (or --merge SHARD_DIR...)")
@@ -152,22 +189,61 @@ def main(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             index=args.index,
+            on_progress=bars,
             **common,
         )
+    bars.close()
     s = result.stats
     if args.shard:
         say(
             f"shard {args.shard}: {s['n_images']} images ({s['n_embedded']} embedded, "
             f"{s['n_cached']} cached), {len(result.skipped)} skipped -> {args.out}"
         )
+        if args.json:
+            print(json.dumps({"shard": args.shard, "out": args.out, "stats": s}, default=str))
         return 0
     say(
-        f"{s['n_images']} images ({s.get('n_embedded', 0)} embedded, {s.get('n_cached', 0)} from cache), "
-        f"{len(result.skipped)} skipped, {s['n_pairs_scored']} pairs scored ({s['method']}), "
-        f"{s['n_checked']} verified by keypoints: {s['n_same']} same, {s['n_suspect']} suspect "
-        f"(model score >= {s['threshold']:.3f} only)"
+        f"{s['n_images']} images ({s.get('n_embedded', 0)} embedded, "
+        f"{s.get('n_cached', 0)} from cache), {len(result.skipped)} skipped, "
+        f"{s['n_pairs_scored']} pairs scored ({s['method']}), {s['n_checked']} checked by "
+        f"keypoints; threshold {s['threshold']:.3f}"
     )
-    for p in result.pairs[:5]:
-        say(f"  {p.verdict:<9} {p.decided_by:<17} {p.score:.4f}  {p.path_a}  <->  {p.path_b}")
+    say(summary_text(result.pairs) + ":")
+    review = [p for p in result.pairs if p.verdict != "different"]
+    for p in review[:CONSOLE_PAIRS]:
+        detail = f"  {p.transform}" if p.verified and p.transform else ""
+        say(
+            f"  {p.verdict:<8} {p.decided_by:<16} score {p.score:.3f}  {p.path_a}  <->  {p.path_b}{detail}"
+        )
+    if len(review) > CONSOLE_PAIRS:
+        say(f"  ... {len(review) - CONSOLE_PAIRS} more in {args.out}/pairs.csv")
     say(f"wrote {args.out}/pairs.csv, pairs.json, report.html, skipped.csv")
+    if args.json:
+        print(json.dumps(summary_dict(result, args.out), default=str))
     return 0
+
+
+def summary_dict(result: ScanResult, out_dir: str, top: int = JSON_PAIRS) -> dict:
+    """The ``--json`` object: counts, output files, the best pairs with verdict and evidence."""
+    s = result.stats
+    same_by = Counter(p.decided_by for p in result.pairs if p.verdict == "same")
+    review = [p for p in result.pairs if p.verdict != "different"]
+    return {
+        "summary": summary_text(result.pairs),
+        "counts": {
+            "images": s.get("n_images"),
+            "skipped": len(result.skipped),
+            "pairs_scored": s.get("n_pairs_scored"),
+            "pairs_checked_by_keypoints": s.get("n_checked"),
+            "pairs_listed": len(result.pairs),
+            "same": s.get("n_same"),
+            "same_by": dict(same_by),
+            "suspect": s.get("n_suspect"),
+        },
+        "threshold": s.get("threshold"),
+        "checkpoint": s.get("checkpoint"),
+        "device": s.get("device"),
+        "outputs": {name: str(Path(out_dir).resolve() / name) for name in OUTPUT_FILES},
+        "top_pairs": [p.to_dict() for p in review[:top]],
+        "skipped": [{"path": k.path, "problem": k.problem} for k in result.skipped],
+    }

@@ -19,7 +19,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint", default=None, help="model checkpoint (default: bundled model)"
     )
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICE_CHOICES,
+        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
+    )
     parser.add_argument(
         "--tta", default=None, choices=["d4"], help="max over 8 rotations/flips of B"
     )
@@ -54,10 +59,13 @@ def main(args: argparse.Namespace) -> int:
         "device": describe_device(device),
         "tta": args.tta,
     }
+    result["transform"] = None
     if found.match is not None:
         from ..match import summary
 
         result["match"] = summary(found.match)
+        if found.match.transform is not None:
+            result["transform"] = found.match.transform.to_dict()
     if args.json:
         print(json.dumps(result))
     else:

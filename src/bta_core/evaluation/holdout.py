@@ -243,3 +243,30 @@ def table_for(name: str, r: dict) -> str:
             f"rec@1% {b['reuse'][man]['recall@1%fpr']:.3f}"
         )
     return "\n".join(lines)
+
+
+def evaluate_holdout(
+    root: str | Path,
+    cache: str | Path,
+    out: str | Path,
+    cfg: FeatureTrainConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """``bta-core eval --protocol holdout``: cache missing data sets, run, write JSON + tables.
+
+    ``root`` holds one folder per data set (each with ``splits.csv``); every one of them is
+    held out in turn. Writes ``holdout.json`` and ``holdout.md`` into ``out``.
+    """
+    import json
+
+    from ..checkpoint import atomic_write_text
+    from ..view_cache import build_caches
+
+    build_caches(root, cache, log=log)
+    res = run_holdout(Path(cache), cfg or FeatureTrainConfig(), log=log)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "holdout.json", json.dumps(res, indent=1))
+    tables = [table_for(name, r) for name, r in res["heldout"].items()]
+    atomic_write_text(out / "holdout.md", "```\n" + "\n\n".join(tables) + "\n```\n")
+    return res

@@ -2,7 +2,7 @@
 
 ``build_index`` / ``add_to_index`` / ``index_info`` manage the index folder (``store``: atomic,
 append-only segments; ``ann``: exact or IVF FAISS search); ``attach_index`` hands a scan the
-nearest indexed images of its queries; ``loader`` decodes images in worker processes.
+nearest indexed images of its queries; the scan's ``loader`` decodes images in worker processes.
 """
 
 from .build import add_to_index, build_index, index_info, list_images

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime import ProgressFn, StopFn
+from ..scan.loader import embed_files
 from . import ann, store
-from .loader import embed_files
 from .store import ModelMismatchError, ReferenceIndex, Row
 
 
@@ -75,15 +75,16 @@ def _embed_new(
         should_stop=should_stop,
     ):
         k = 0
-        for d in batch:
-            path = str(files[d.position])
-            if d.problem is not None:
-                skipped.append((path, d.problem))
+        for position, images, problem in batch:
+            path = str(files[position])
+            if problem is not None:
+                skipped.append((path, problem))
                 continue
+            fp = images[0][2]
             st = os.stat(path)
-            rows.append(Row(path, st.st_size, st.st_mtime_ns, _file_hash(path), d.pixel_hash))
+            rows.append(Row(path, st.st_size, st.st_mtime_ns, _file_hash(path), fp.pixel_hash))
             zs.append(z[k].numpy())
-            phs.append(d.phash)
+            phs.append(fp.phash)
             k += 1
     dim = model.embed_dim
     z_all = np.stack(zs).astype(np.float32) if zs else np.zeros((0, dim), np.float32)

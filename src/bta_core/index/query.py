@@ -50,10 +50,14 @@ def attach_index(emb, index: str | os.PathLike, model, k: int = 32):
         {int(i) for i in ids.ravel() if i >= 0 and rows[int(i)].path not in query_paths}
     )
     refs = [
-        ScanImage(rows[i].path, rows[i].path, "reference", rows[i].content_hash) for i in chosen
+        ScanImage(
+            rows[i].path, rows[i].path, "reference", rows[i].content_hash, 0, rows[i].pixel_hash
+        )
+        for i in chosen
     ]
-    z_ref = torch.from_numpy(idx.embeddings(np.array(chosen, np.int64))) if chosen else None
-    z = torch.cat([emb.z, z_ref.to(emb.z.dtype)]) if z_ref is not None else emb.z
+    sel = np.array(chosen, np.int64)
+    z_ref = torch.from_numpy(idx.embeddings(sel)).to(emb.z.dtype) if chosen else emb.z[:0]
+    ph_ref = idx.phashes(sel) if chosen else np.zeros((0, *emb.phash.shape[1:]), np.uint8)
     stats = dict(
         emb.stats,
         index=str(idx.root),
@@ -61,4 +65,6 @@ def attach_index(emb, index: str | os.PathLike, model, k: int = 32):
         index_candidates=len(chosen),
         index_k=k,
     )
-    return Embedded(list(emb.items) + refs, z, emb.skipped, stats)
+    z = torch.cat([emb.z, z_ref])
+    phash = np.concatenate([emb.phash, ph_ref.astype(emb.phash.dtype)])
+    return Embedded(list(emb.items) + refs, z, emb.skipped, stats, phash)

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..device import autocast
-from ..dihedral import D4_NAMES
 from ..model import BTAModel
 from ..runtime import ProgressFn, StopFn, check_cancel
+from ..scoring import block_scores, orientation_name, pair_scores  # noqa: F401 (re-exported)
 
 DEFAULT_TOP_K = 50
 DEFAULT_FAISS_ABOVE = 20_000
@@ -146,71 +145,6 @@ class PerImageBest:
         other = self.partner[ok]
         i, j = torch.minimum(img, other), torch.maximum(img, other)
         return torch.stack([self.score[ok], i.double(), j.double(), self.code[ok].double()], 1)
-
-
-def orientation_name(code: int) -> str | None:
-    if code < 0:
-        return None
-    if code < 8:
-        return f"b:{D4_NAMES[code]}"
-    return f"a:{D4_NAMES[code - 8]}"
-
-
-def block_scores(
-    model: BTAModel, za: torch.Tensor, zb: torch.Tensor, tta: str | None, chunk_pairs: int = 1 << 21
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric scores of every ``(za[i], zb[j])`` and the best orientation code (-1 without TTA).
-
-    With TTA (``za``/``zb`` of shape ``(n, 8, D)``) a pair scores the max over the 8 orientations
-    of either side: codes 0-7 name the orientation of b, 8-15 that of a.
-    """
-    with torch.no_grad(), autocast(za.device):
-        if tta != "d4":
-            s = model.score_matrix(za, zb, symmetric=True, chunk_pairs=chunk_pairs).float()
-            return s, torch.full(s.shape, -1, dtype=torch.int8, device=s.device)
-        best = None
-        code = None
-        for o in range(8):
-            for side in (0, 1):
-                if side == 1 and o == 0:
-                    continue  # identity x identity is already scored
-                a = za[:, 0] if side == 0 else za[:, o]
-                b = zb[:, o] if side == 0 else zb[:, 0]
-                s = model.score_matrix(a, b, symmetric=True, chunk_pairs=chunk_pairs).float()
-                c = o + 8 * side
-                if best is None:
-                    best, code = s, torch.full(s.shape, c, dtype=torch.int8, device=s.device)
-                else:
-                    better = s > best
-                    best = torch.where(better, s, best)
-                    code[better] = c
-        return best, code
-
-
-def pair_scores(
-    model: BTAModel, za: torch.Tensor, zb: torch.Tensor, tta: str | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise version of ``block_scores`` for candidate pairs ``(za[k], zb[k])``."""
-    with torch.no_grad(), autocast(za.device):
-        if tta != "d4":
-            s = model.score_pairs(za, zb, symmetric=True).float()
-            return s, torch.full(s.shape, -1, dtype=torch.int8, device=s.device)
-        best, code = None, None
-        for o in range(8):
-            for side in (0, 1):
-                if side == 1 and o == 0:
-                    continue
-                a = za[:, 0] if side == 0 else za[:, o]
-                b = zb[:, o] if side == 0 else zb[:, 0]
-                s = model.score_pairs(a, b, symmetric=True).float()
-                c = o + 8 * side
-                if best is None:
-                    best, code = s, torch.full(s.shape, c, dtype=torch.int8, device=s.device)
-                else:
-                    better = s > best
-                    best = torch.where(better, s, best)
-                    code[better] = c
-        return best, code
 
 
 def faiss_neighbours(

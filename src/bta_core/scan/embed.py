@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,28 +13,12 @@ import numpy as np
 import torch
 
 from ..fingerprint import PHASH_SIZE
-from ..imageio import ImageReadError
 from ..model import BTAModel, embed_images
 from ..runtime import ProgressFn, StopFn, check_cancel
 from .cache import CacheEntry, EmbeddingCache, file_hash, model_identity
-from .discover import decode_file, discover
+from .discover import discover
+from .loader import capture_problem, decode_stream
 from .records import ScanImage, Skipped
-
-
-def capture_problem(fn: Callable, *args) -> tuple[object, str | None]:
-    """Run ``fn``; a failure becomes a problem string instead of an exception."""
-    try:
-        return fn(*args), None
-    except ImageReadError as exc:
-        return None, one_line(exc.problem)
-    except Exception as exc:  # any odd file: list it, never stop the scan
-        return None, one_line(f"{type(exc).__name__}: {exc}")
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """A problem message on one line (CSV- and log-friendly), shortened if very long."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
@@ -43,6 +27,8 @@ def chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
 
 
 PHASH_BYTES = PHASH_SIZE * PHASH_SIZE // 8
+IN_PROCESS_BELOW = 64
+"""Fewer files than this are decoded in this process (starting worker processes costs more)."""
 
 
 @dataclass
@@ -126,16 +112,15 @@ def embed_folders(
         todo_list = list(todo.items())
         size = model.config.image_size
         groups = list(chunks(todo_list, max(1, batch_size)))
-        decode = lambda kv: capture_problem(decode_file, kv[1], planes, size)  # noqa: E731
-        pending = [[pool.submit(decode, kv) for kv in g] for g in groups[:1]]
+        # decode in worker processes (scan.loader); small jobs in this process
+        procs = workers if len(todo_list) >= IN_PROCESS_BELOW else 0
+        stream = decode_stream([p for _, p in todo_list], planes, size, procs)
         done_files = 0
         report(0, len(todo_list), "embed")
         try:
-            for gi, group in enumerate(groups):
+            for group in groups:
                 check_cancel(should_stop, "scan")
-                decoded = [fut.result() for fut in pending.pop(0)]
-                if gi + 1 < len(groups):  # decode the next group while the model works
-                    pending.append([pool.submit(decode, kv) for kv in groups[gi + 1]])
+                decoded = [next(stream)[1:] for _ in group]
                 flat, owners, prints = [], [], []
                 for (h, _), (images, problem) in zip(group, decoded, strict=True):
                     if problem is not None:
@@ -165,9 +150,7 @@ def embed_folders(
                     bar.update(len(group))
                 report(done_files, len(todo_list), "embed")
         finally:
-            for futs in pending:
-                for fut in futs:
-                    fut.cancel()
+            stream.close()  # stops the decoding processes
             if bar is not None:
                 bar.close()
 

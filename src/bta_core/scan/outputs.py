@@ -10,6 +10,7 @@ from pathlib import Path
 from ..checkpoint import atomic_write
 from ..model import BTAModel
 from ..output_files import csv_text, json_text, output_set, write_text
+from ..runtime import ProgressFn
 from .records import Pair, ScanResult, Skipped
 from .report import render_report
 
@@ -74,9 +75,11 @@ def write_outputs(
     result: ScanResult,
     out_dir: str | os.PathLike,
     *,
-    report_pairs: int = 200,
+    report_pairs: int = 0,
     match_top: int = 0,
     model: BTAModel | None = None,
+    notes: dict[frozenset[str], str] | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> dict[str, str]:
     """Write pairs.csv, pairs.json, skipped.csv and report.html into ``out_dir`` as one set.
 
@@ -90,7 +93,13 @@ def write_outputs(
         "pairs": [p.to_dict() for p in result.pairs],
         "skipped": [asdict(s) for s in result.skipped],
     }
-    page = render_report(result, max_pairs=report_pairs, match_top=match_top, model=model)
+    page = render_report(
+        result,
+        extra_pairs=report_pairs,
+        match_top=match_top,
+        notes=notes,
+        on_progress=on_progress,
+    )
     with output_set(out) as staging:
         write_text(staging / "pairs.csv", pairs_csv_text(result.pairs, tta))
         write_text(staging / "skipped.csv", skipped_csv_text(result.skipped))

@@ -64,7 +64,8 @@ class ScanOptions:
     verify_per_image: int = DEFAULT_VERIFY_PER_IMAGE
     """Keypoint-verify the best ``verify_per_image`` candidates of every image (0: none)."""
     out_dir: str | os.PathLike | None = None
-    report_pairs: int = 200
+    report_pairs: int = 0
+    """report.html shows every same/suspect pair plus this many of the best 'different' ones."""
     match_top: int = 0
     progress_bar: bool = False
 
@@ -167,7 +168,12 @@ def score_and_report(
     result = ScanResult(pairs, emb.skipped, emb.items, stats)
     if o.out_dir is not None:
         write_outputs(
-            result, o.out_dir, report_pairs=o.report_pairs, match_top=o.match_top, model=model
+            result,
+            o.out_dir,
+            report_pairs=o.report_pairs,
+            match_top=o.match_top,
+            model=model,
+            on_progress=on_progress,
         )
         stats["seconds_write"] = round(time.perf_counter() - t_verify, 3)
     return result

@@ -1,15 +1,17 @@
-document.querySelectorAll('th').forEach(function(th, col){
-  th.addEventListener('click', function(){
-    var body = th.closest('table').tBodies[0];
-    var asc = th.dataset.asc !== '1'; th.dataset.asc = asc ? '1' : '0';
-    var rows = Array.from(body.rows);
-    rows.sort(function(a, b){
-      var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
-      var nx = parseFloat(x), ny = parseFloat(y);
-      var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-      return asc ? c : -c;
-    });
-    rows.forEach(function(r){ body.appendChild(r); });
+(function(){
+  // click a match figure: show it at full size; click again or press Escape to close
+  var box = document.createElement('div'); box.id = 'zoom';
+  var big = document.createElement('img'); box.appendChild(big); document.body.appendChild(box);
+  function close(){ box.classList.remove('open'); }
+  document.querySelectorAll('img.zoom').forEach(function(img){
+    img.addEventListener('click', function(){ big.src = img.src; box.classList.add('open'); });
   });
-});
-"""
+  box.addEventListener('click', close);
+  document.addEventListener('keydown', function(e){ if (e.key === 'Escape') close(); });
+  // verdict filters
+  document.querySelectorAll('.filters input').forEach(function(cb){
+    cb.addEventListener('change', function(){
+      document.body.classList.toggle('hide-' + cb.dataset.verdict, !cb.checked);
+    });
+  });
+})();

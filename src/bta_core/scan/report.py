@@ -1,4 +1,13 @@
-"""The self-contained HTML report of a scan: thumbnails side by side, score, verdict."""
+"""The self-contained HTML report of a scan, written for an editor who must act on it.
+
+At the top: one summary line (how many pairs are ``same`` and by which evidence, how many are
+``suspect``), the scan's facts, and a legend of verdicts, evidence and the match figure. Then one
+card per pair worth reviewing (``same`` or ``suspect``, best first by ``verdict.rank_key``):
+verdict and evidence, both thumbnails with their path relative to the scanned folders (full path
+on hover), a known description when the caller has one (the demo's planted pairs), and for the
+best pairs a full-width figure of where the two images match (click to enlarge). ``different``
+pairs appear only when asked for (``extra_pairs``). Every file name is HTML-escaped.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +15,32 @@ import base64
 import html
 import io
 import os
+from collections import Counter
+from collections.abc import Sequence
 from importlib import resources
 
 import numpy as np
 
 from ..imageio import to_uint8
-from ..model import BTAModel
 from ..runtime import ProgressFn
-from ..verdict import rank_key
-from .records import Pair, ScanResult
+from ..verdict import (
+    DEFAULT_PHASH_MAX_DISTANCE,
+    DIFFERENT,
+    IDENTICAL_PIXELS,
+    PERCEPTUAL_HASH,
+    SAME,
+    SUSPECT,
+    VERIFIED_OVERLAP,
+)
+from .records import Pair, ScanImage, ScanResult
 from .verify import load_scan_image
 
-THUMB_SIZE = 192
+THUMB_SIZE = 220
+REVIEW_CAP = 1000
+"""At most this many same/suspect cards in one page (the CSV and JSON list every pair)."""
+MATCH_DPI = 100
+
+SAME_KINDS = (IDENTICAL_PIXELS, PERCEPTUAL_HASH, VERIFIED_OVERLAP)
 
 
 def _asset(name: str) -> str:
@@ -25,8 +48,8 @@ def _asset(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
-def _png_data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
 
 
 def thumbnail_uri(rgb: np.ndarray, size: int = THUMB_SIZE) -> str:
@@ -40,131 +63,212 @@ def thumbnail_uri(rgb: np.ndarray, size: int = THUMB_SIZE) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _verdict_html(p: Pair) -> str:
-    """The verdict and the evidence that decided it (``verdict.decide``), e.g. same / perceptual hash."""
-    text = f"<b>{html.escape(p.verdict)}</b><br><small>{html.escape(p.decided_by)}</small>"
-    if p.verified:
-        detail = html.escape(p.transform or "")
-        text += f'<br><span class="verified" title="{detail}">&#10003; overlap verified</span>'
-        text += f"<br><small>{detail}</small>" if detail else ""
-    elif p.verified is False:
-        text += "<br><small>no geometric match</small>"
-    return text
+def summary_text(pairs: Sequence[Pair]) -> str:
+    """``"6 same (4 by perceptual hash, 2 by verified overlap), 3 suspect"``: the one phrase
+    the report, ``bta-core scan`` and ``bta-core demo`` print."""
+    same = Counter(p.decided_by for p in pairs if p.verdict == SAME)
+    n_same = sum(same.values())
+    n_suspect = sum(p.verdict == SUSPECT for p in pairs)
+    parts = [f"{same[k]} by {k}" for k in SAME_KINDS if same[k]]
+    text = f"{n_same} same" + (f" ({', '.join(parts)})" if parts else "")
+    return f"{text}, {n_suspect} suspect (model score only)"
+
+
+def common_root(items: Sequence[ScanImage]) -> str:
+    """The deepest folder holding every scanned file ("" when there is none)."""
+    dirs = [os.path.dirname(os.path.abspath(it.path)) for it in items]
+    if not dirs:
+        return ""
+    try:
+        root = os.path.commonpath(dirs)
+    except ValueError:  # different drives
+        return ""
+    return "" if root in ("", os.sep) else root
+
+
+def display_name(name: str, item: ScanImage | None, root: str) -> str:
+    """A scanned image's name relative to ``root``, keeping a plane suffix like ``[c=1]``."""
+    if item is None or not root:
+        return name
+    suffix = name[len(item.path) :] if name.startswith(item.path) else ""
+    return os.path.relpath(os.path.abspath(item.path), root) + suffix
+
+
+def select_pairs(pairs: Sequence[Pair], extra_pairs: int = 0) -> list[Pair]:
+    """The pairs worth reviewing (same, suspect; at most ``REVIEW_CAP``), then the best
+    ``extra_pairs`` of the others."""
+    review = [p for p in pairs if p.verdict != DIFFERENT][:REVIEW_CAP]
+    others = [p for p in pairs if p.verdict == DIFFERENT][: max(0, extra_pairs)]
+    return review + others
+
+
+def evidence_lines(p: Pair, threshold: float | None) -> list[str]:
+    """What is known about a pair, one short HTML line per kind of evidence."""
+    ev = p.evidence
+    lines = []
+    if ev.identical_pixels:
+        lines.append("<b>identical pixels</b>")
+    if ev.phash_distance is not None and p.decided_by == PERCEPTUAL_HASH:
+        orient = ev.phash_orientation or "identity"
+        lines.append(
+            f"<b>perceptual hash</b>: {ev.phash_distance} of 256 bits differ (B as {_esc(orient)})"
+        )
+    if ev.verified:
+        conf = f", confidence {ev.match_confidence:.2f}" if ev.match_confidence is not None else ""
+        lines.append(f"<b>overlap verified</b>: {_esc(ev.transform or 'located')}{conf}")
+    elif ev.verified is False:
+        lines.append("keypoint check: no shared region located")
+    if ev.model_score is not None:
+        thr = f" (threshold {threshold:.3f})" if threshold is not None else ""
+        lines.append(f"model score {ev.model_score:.3f}{thr}")
+    if p.orientation:
+        lines.append(f"best orientation for the model: {_esc(p.orientation)}")
+    return lines
+
+
+def _match_figure(rgb_a: np.ndarray, rgb_b: np.ndarray) -> str:
+    """The located region as an inline PNG figure, or a note when none is found."""
+    import tempfile
+
+    from ..match import match_images, render_match_png
+
+    try:
+        res = match_images(rgb_a, rgb_b, model=None)
+        if not res.found:
+            return '<p class="note">Where they match: no shared region located.</p>'
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "match.png")
+            render_match_png(rgb_a, rgb_b, res, path, dpi=MATCH_DPI)
+            with open(path, "rb") as fh:
+                uri = "data:image/png;base64," + base64.b64encode(fh.read()).decode("ascii")
+    except Exception as exc:  # the figure is a bonus: never fail the report for it
+        return f'<p class="note">Match figure failed: {_esc(type(exc).__name__)}</p>'
+    return (
+        '<figure class="match"><img class="zoom" alt="where A and B match" '
+        f'title="click to enlarge" src="{uri}"></figure>'
+    )
+
+
+def _legend(phash_max: int) -> str:
+    return f"""<details class="legend" open><summary>How to read this report</summary>
+<dl>
+<dt><span class="badge v-same">same</span></dt><dd>Evidence of reuse, the strongest decides:
+<b>identical pixels</b>; <b>perceptual hash</b> (a near-exact copy, also rotated, mirrored,
+re-compressed or recoloured: at most {phash_max} of 256 hash bits differ);
+<b>verified overlap</b> (keypoints and pixel agreement locate a shared region: crops,
+rotations, partial retouching).</dd>
+<dt><span class="badge v-suspect">suspect</span></dt><dd>The model score is at or above the
+model's threshold, with none of that evidence. Look at the pair: the model sees reuse where
+keypoints fail (strong blur, flat texture), and look-alike images can fool it.</dd>
+<dt><span class="badge v-different">different</span></dt><dd>No evidence of reuse (shown only
+with <code>--report-pairs N</code>).</dd>
+<dt>model score</dt><dd>P(same source image) from the BTA similarity head.</dd>
+<dt>match figure</dt><dd>(1) A with the shared region outlined in cyan and matched keypoints in
+yellow; (2) B with the same region; (3) B warped onto A: grey where they agree, magenta (A only)
+or green (B only) where they differ; (4) how well each tile of A agrees (bright: agrees).
+Click a figure to enlarge it.</dd>
+</dl></details>"""
 
 
 def render_report(
     result: ScanResult,
-    max_pairs: int = 200,
+    extra_pairs: int = 0,
     match_top: int = 0,
-    model: BTAModel | None = None,
+    notes: dict[frozenset[str], str] | None = None,
     on_progress: ProgressFn | None = None,
 ) -> str:
-    """The self-contained HTML page: side-by-side thumbnails, score, verdict; sortable columns.
-
-    ``match_top`` adds the localisation overlay of ``bta_core.match`` for the best pairs when
-    that module is installed.
-    """
+    """The report page. ``match_top``: match figures for the best N same/suspect pairs;
+    ``notes``: known descriptions keyed by ``frozenset({name_a, name_b})``."""
     items = {it.name: it for it in result.items}
+    root = common_root(result.items)
     thumbs: dict[str, str] = {}
-    matcher = None
-    if match_top:
-        try:
-            from .. import match as matcher  # optional: the localisation module
-        except ImportError:
-            matcher = None
+    stats = result.stats
+    threshold = stats.get("threshold")
 
     def load(name: str) -> np.ndarray | None:
-        it = items.get(name)
-        if it is None:
-            return None
+        item = items.get(name)
         try:
-            return load_scan_image(it)
+            return None if item is None else load_scan_image(item)
         except Exception:  # the file changed or vanished since the scan
             return None
 
-    def thumb(name: str) -> str:
+    def path_line(name: str, label: str) -> str:
+        shown = display_name(name, items.get(name), root)
+        full = os.path.abspath(items[name].path) if name in items else name
+        return f'<div class="path" title="{_esc(full)}"><b>{label}</b> {_esc(shown)}</div>'
+
+    def image_cell(name: str, label: str) -> str:
         if name not in thumbs:
             rgb = load(name)
             thumbs[name] = "" if rgb is None else thumbnail_uri(rgb)
-        return thumbs[name]
+        alt = _esc(display_name(name, items.get(name), root))
+        img = f'<img src="{thumbs[name]}" alt="{alt}">' if thumbs[name] else "(unreadable)"
+        return f'<div class="img">{img}{path_line(name, label)}</div>'
 
-    shown = result.pairs[:max_pairs]
-    rows = []
+    shown = select_pairs(result.pairs, extra_pairs)
+    cards = []
+    n_figures = 0
     for rank, p in enumerate(shown, 1):
-        ta, tb = thumb(p.path_a), thumb(p.path_b)
-        overlay = ""
-        if matcher is not None and rank <= match_top:
-            rgb_a, rgb_b = load(p.path_a), load(p.path_b)
-            if rgb_a is not None and rgb_b is not None:
-                overlay = _match_overlay(matcher, rgb_a, rgb_b, model)
-        cells = [
-            (str(rank), str(rank)),
-            (f"{p.score:.4f}", f'<td class="score" data-v="{p.score:.6f}">{p.score:.4f}</td>'),
-            (f"{rank_key(p.decision)[0]}", _verdict_html(p)),
-            (p.path_a, f'<img src="{ta}" alt="">' if ta else "(unreadable)"),
-            (p.path_b, f'<img src="{tb}" alt="">' if tb else "(unreadable)"),
-        ]
-        html_cells = []
-        for v, content in cells:
-            if content.startswith("<td"):
-                html_cells.append(content)
-            else:
-                html_cells.append(f'<td data-v="{html.escape(v, quote=True)}">{content}</td>')
-        html_cells.append(
-            f'<td class="path" data-v="{html.escape(p.path_a, quote=True)}">{html.escape(p.path_a)}</td>'
+        note = (notes or {}).get(frozenset((p.path_a, p.path_b)))
+        verdict_by = "" if p.verdict == DIFFERENT else f" by {_esc(p.decided_by)}"
+        ev = "".join(f"<li>{line}</li>" for line in evidence_lines(p, threshold))
+        known = f'<p class="known">Known: {_esc(note)}</p>' if note else ""
+        figure = ""
+        # a pair whose keypoint check found no region gets no figure (its evidence says so)
+        if n_figures < match_top and p.verdict != DIFFERENT and p.verified is not False:
+            n_figures += 1
+            a, b = load(p.path_a), load(p.path_b)
+            if a is not None and b is not None:
+                figure = _match_figure(a, b)
+        head = (
+            f'<div class="head"><span class="rank">{rank}</span>'
+            f'<span class="badge v-{p.verdict}">{p.verdict}</span>{verdict_by}'
+            f'<ul class="evidence">{ev}</ul>{known}'
         )
-        html_cells.append(
-            f'<td class="path" data-v="{html.escape(p.path_b, quote=True)}">{html.escape(p.path_b)}</td>'
-        )
-        orient = p.orientation or ""
-        html_cells.append(f'<td data-v="{html.escape(orient)}">{html.escape(orient)}</td>')
-        if match_top:
-            html_cells.append(f'<td data-v="">{overlay}</td>')
-        cls = f' class="{html.escape(p.verdict)}"'
-        rows.append(f"<tr{cls}>" + "".join(html_cells) + "</tr>")
+        if figure.startswith("<figure"):  # the figure shows both images large
+            body = f"{path_line(p.path_a, 'A')}{path_line(p.path_b, 'B')}</div>{figure}"
+            layout = "with-figure"
+        else:
+            body = f"</div>{image_cell(p.path_a, 'A')}{image_cell(p.path_b, 'B')}{figure}"
+            layout = "with-thumbs"
+        cards.append(f'<section class="pair v-{p.verdict} {layout}">{head}{body}</section>')
         if on_progress is not None:
             on_progress(rank, len(shown), {"stage": "report"})
-    headers = ["#", "score", "verdict", "image a", "image b", "path a", "path b", "orientation"]
-    if match_top:
-        headers.append("match")
-    s = result.stats
-    meta = (
-        f"{s.get('n_images', 0)} images, {len(result.skipped)} skipped, "
-        f"{s.get('n_pairs_scored', 0)} pairs scored ({s.get('method', '')}), "
-        f"{len(result.pairs)} listed (threshold {s.get('threshold', float('nan')):.3f}, "
-        f"top {s.get('top_k', '')}); showing {len(shown)}. Model {s.get('model_id', '')[:12]}."
+
+    n_review = sum(p.verdict != DIFFERENT for p in result.pairs)
+    more = ""
+    if n_review > REVIEW_CAP:
+        more = f" Showing the first {REVIEW_CAP} of {n_review}; pairs.csv lists them all."
+    model_name = os.path.basename(str(stats.get("checkpoint") or "in-memory model"))
+    facts = (
+        f"{stats.get('n_images', len(result.items))} images"
+        + (f' in <code title="{_esc(root)}">{_esc(root)}</code>' if root else "")
+        + f", {len(result.skipped)} skipped"
+        + (' (<a href="#skipped">list</a>)' if result.skipped else "")
+        + f"; {stats.get('n_pairs_scored', 0)} pairs scored ({_esc(stats.get('method', ''))}),"
+        f" {stats.get('n_checked', 0)} checked by keypoints. Model {_esc(model_name)}"
+        + (f", threshold {threshold:.3f}" if threshold is not None else "")
+        + f". Paths are relative to that folder; hover for the full path.{more}"
     )
     skipped_html = ""
     if result.skipped:
-        items_html = "".join(
-            f"<li><code>{html.escape(k.path)}</code>: {html.escape(k.problem)}</li>"
-            for k in result.skipped
+        rows = "".join(
+            f"<li><code>{_esc(k.path)}</code>: {_esc(k.problem)}</li>" for k in result.skipped
         )
-        skipped_html = f"<h2>Skipped files ({len(result.skipped)})</h2><ul>{items_html}</ul>"
+        skipped_html = f'<h2 id="skipped">Skipped files ({len(result.skipped)})</h2><ul>{rows}</ul>'
+    empty = "" if cards else '<p class="none">No pair is same or suspect.</p>'
+    filters = "".join(
+        f'<label><input type="checkbox" data-verdict="{v}" checked> {v}</label>'
+        for v in (SAME, SUSPECT, DIFFERENT)
+        if any(p.verdict == v for p in shown)
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         "<title>bta-core scan report</title>"
         f"<style>{_asset('report.css')}</style></head><body>"
-        "<h1>bta-core scan report</h1>"
-        f'<p class="meta">{html.escape(meta)} Click a column header to sort.</p>'
-        "<table><thead><tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-        + "</tr></thead><tbody>"
-        + "".join(rows)
-        + f"</tbody></table>{skipped_html}<script>{_asset('report.js')}</script></body></html>\n"
+        f'<header><h1>{_esc(summary_text(result.pairs))}</h1><p class="meta">{facts}</p>'
+        f"{_legend(int(stats.get('phash_max_distance', DEFAULT_PHASH_MAX_DISTANCE)))}"
+        f'<p class="filters">Show: {filters}</p></header>'
+        f"<main>{''.join(cards)}{empty}</main>{skipped_html}"
+        f"<script>{_asset('report.js')}</script></body></html>\n"
     )
-
-
-def _match_overlay(matcher, rgb_a: np.ndarray, rgb_b: np.ndarray, model: BTAModel | None) -> str:
-    """The localisation overlay as an inline PNG, or a short note when it fails."""
-    import tempfile
-
-    try:
-        res = matcher.match_images(rgb_a, rgb_b, model=model)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "match.png")
-            matcher.render_match_png(rgb_a, rgb_b, res, path, dpi=80)
-            with open(path, "rb") as fh:
-                return f'<img class="match" src="{_png_data_uri(fh.read())}" alt="match">'
-    except Exception as exc:  # the overlay is a bonus: never fail the report for it
-        return html.escape(f"(match failed: {type(exc).__name__})")

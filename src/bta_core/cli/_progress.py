@@ -1,0 +1,50 @@
+"""Progress bars on stderr for the stages a core call reports through ``on_progress``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+STAGE_UNITS = {"verify": "pair", "report": "pair", "fingerprints": "pair", "embed": "file"}
+STAGE_LABELS = {"verify": "keypoint check", "report": "report"}
+
+
+class StageBars:
+    """An ``on_progress(step, total, info)`` callback drawing one tqdm bar per stage.
+
+    ``skip`` names stages that already draw their own bar (the scan's ``embed`` and ``score``
+    with ``progress_bar=True``). A bar closes when its stage reaches ``total`` or another stage
+    starts; ``close()`` ends the last one.
+    """
+
+    def __init__(self, skip: Iterable[str] = (), enabled: bool = True) -> None:
+        self.skip = set(skip)
+        self.enabled = enabled
+        self._stage: str | None = None
+        self._bar: Any = None
+
+    def __call__(self, step: int, total: int, info: dict | None = None) -> None:
+        stage = str((info or {}).get("stage", "work"))
+        if not self.enabled or stage in self.skip or total <= 0:
+            return
+        if stage != self._stage:
+            self.close()
+            from tqdm.auto import tqdm
+
+            self._stage = stage
+            self._bar = tqdm(
+                total=total,
+                desc=STAGE_LABELS.get(stage, stage),
+                unit=STAGE_UNITS.get(stage, "step"),
+                dynamic_ncols=True,
+            )
+        self._bar.total = total
+        self._bar.n = step
+        self._bar.refresh()
+        if step >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._stage = None, None

@@ -1,0 +1,111 @@
+"""One evidence cascade, one decision: identical and near-exact copies are certain, look-alikes
+are not "same", and ``score``, ``match`` and ``scan`` give a pair the same verdict (real images)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bta_core.assess import assess_pair
+from bta_core.cli import main as cli_main
+from bta_core.imageio import load_image, to_uint8
+from bta_core.scan import scan
+from bta_core.verdict import DEFAULT_PHASH_MAX_DISTANCE
+
+
+@pytest.fixture(scope="module")
+def copies(shared_data, tmp_path_factory) -> dict[str, Path]:
+    """A real BCCD smear, its byte copy, lossless PNG re-save, JPEG re-encode and half-size
+    copy, and two unrelated smears of the same modality (other field-of-view groups)."""
+    with open(shared_data / "bccd" / "same_source_groups.csv", newline="") as fh:
+        singles = [r["file"] for r in csv.DictReader(fh) if r["group_size"] == "1"]
+    src, other1, other2 = (shared_data / "bccd" / "images" / f for f in singles[5:30:12])
+    folder = tmp_path_factory.mktemp("verdicts")
+    rgb = to_uint8(load_image(src))
+    out = {"original": folder / "smear.jpg", "byte copy": folder / "copy of smear.jpg"}
+    shutil.copy(src, out["original"])
+    shutil.copy(src, out["byte copy"])
+    out["lossless"] = folder / "smear resaved.png"
+    Image.fromarray(rgb).save(out["lossless"])
+    out["jpeg"] = folder / "smear q40.jpg"
+    Image.fromarray(rgb).save(out["jpeg"], quality=40)
+    out["half"] = folder / "smear half.png"
+    Image.fromarray(rgb).resize((rgb.shape[1] // 2, rgb.shape[0] // 2), Image.LANCZOS).save(
+        out["half"]
+    )
+    out["look-alike 1"] = folder / "other smear 1.jpg"
+    out["look-alike 2"] = folder / "other smear 2.jpg"
+    shutil.copy(other1, out["look-alike 1"])
+    shutil.copy(other2, out["look-alike 2"])
+    return out
+
+
+EXPECTED = {
+    ("original", "byte copy"): ("same", "identical pixels"),
+    ("original", "lossless"): ("same", "identical pixels"),
+    ("original", "jpeg"): ("same", "perceptual hash"),
+    ("original", "half"): ("same", "perceptual hash"),
+}
+
+
+def test_self_pair_is_certain(copies, tiny_model):
+    image = load_image(copies["original"])
+    d = assess_pair(tiny_model, image, image, verify=False).decision
+    assert (d.verdict, d.decided_by, d.probability) == ("same", "identical pixels", 1.0)
+
+
+def test_scan_verdicts_and_ranking(copies, tiny_model):
+    folder = copies["original"].parent
+    res = scan(folder, model=tiny_model, cache_dir=None, top_k=100, verify_per_image=1)
+    by_pair = {frozenset((Path(p.path_a).name, Path(p.path_b).name)): p for p in res.pairs}
+    for (a, b), expected in EXPECTED.items():
+        p = by_pair[frozenset((copies[a].name, copies[b].name))]
+        assert (p.verdict, p.decided_by) == expected, (a, b)
+    look_alike = by_pair[frozenset((copies["look-alike 1"].name, copies["look-alike 2"].name))]
+    assert look_alike.verdict != "same"
+    assert look_alike.evidence.phash_distance > DEFAULT_PHASH_MAX_DISTANCE
+    assert not look_alike.evidence.identical_pixels
+    # every copy of the smear outranks every pair of unrelated images
+    family = {copies[k].name for k in ("original", "byte copy", "lossless", "jpeg", "half")}
+    ranks = {
+        frozenset((Path(p.path_a).name, Path(p.path_b).name)): r for r, p in enumerate(res.pairs)
+    }
+    copy_ranks = [r for key, r in ranks.items() if key <= family]
+    other_ranks = [r for key, r in ranks.items() if not key <= family]
+    assert len(copy_ranks) == 10 and max(copy_ranks) < min(other_ranks)
+    assert res.stats["n_checked"] >= 1  # look-alike candidates went through keypoint matching
+
+
+def test_score_cli_and_scan_agree(copies, tiny_model, tmp_path, capsys):
+    from bta_core.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
+    res = scan(
+        copies["original"].parent, model=tiny_model, cache_dir=None, top_k=100, verify_per_image=0
+    )
+    by_pair = {frozenset((p.path_a, p.path_b)): p for p in res.pairs}
+    for a, b in [("original", "lossless"), ("original", "half"), ("look-alike 1", "look-alike 2")]:
+        pa, pb = str(copies[a]), str(copies[b])
+        argv = ["score", pa, pb, "--checkpoint", str(ckpt), "--device", "cpu", "--json"]
+        assert cli_main(argv + ["--no-verify"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        in_scan = by_pair[frozenset((pa, pb))]
+        assert out["verdict"] == in_scan.verdict and out["decided_by"] == in_scan.decided_by
+        assert out["decision"]["phash_distance"] == in_scan.evidence.phash_distance
+        assert out["score"] == pytest.approx(in_scan.score, abs=1e-4)
+
+
+def test_match_cli_prints_the_decision(copies, capsys):
+    argv = ["match", str(copies["original"]), str(copies["half"]), "--no-model", "--json"]
+    assert cli_main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["decision"]["verdict"] == "same"
+    assert out["decision"]["decided_by"] == "perceptual hash"
+    assert out["found"]  # and the half-size copy is located
+    assert np.isclose(out["transform"]["scale"], 2.0, atol=0.05)  # B shows A at half size
