@@ -34,7 +34,8 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def build_corpus(folder: Path, size: int, split: str, seed: int = 0) -> tuple[dict, np.ndarray]:
-    """Write originals and planted copies; returns file -> (owner, group) and the groups."""
+    """Write originals and planted copies; returns file -> (owner, group, source file name)
+    and the number of planted copies."""
     ed = load_eval_data(
         [DATA / "bccd" / "splits.csv", DATA / "dsb2018" / "splits.csv"], split, size
     )
@@ -43,7 +44,7 @@ def build_corpus(folder: Path, size: int, split: str, seed: int = 0) -> tuple[di
     n_plant = max(1, round(0.25 * n))
     src = np.sort(rng.choice(n, n_plant, replace=False))
     kinds = [MANIPULATIONS[k % len(MANIPULATIONS)] for k in range(n_plant)]
-    meta: dict[str, tuple[int, int]] = {}
+    meta: dict[str, tuple[int, int, str]] = {}
     originals = resize_batch(ed.images, size)
     for i in range(n):
         name = f"img_{i:03d}.png"
@@ -52,7 +53,7 @@ def build_corpus(folder: Path, size: int, split: str, seed: int = 0) -> tuple[di
             (originals[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
             check_contrast=False,
         )
-        meta[name] = (i, int(ed.groups[i]))
+        meta[name] = (i, int(ed.groups[i]), Path(ed.records[i].path).name)
     for k, name in enumerate(MANIPULATIONS):
         sel = [j for j, kind in enumerate(kinds) if kind == name]
         if not sel:
@@ -65,13 +66,13 @@ def build_corpus(folder: Path, size: int, split: str, seed: int = 0) -> tuple[di
                 (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
                 check_contrast=False,
             )
-            meta[fname] = (int(src[j]), int(ed.groups[src[j]]))
+            meta[fname] = (int(src[j]), int(ed.groups[src[j]]), Path(ed.records[src[j]].path).name)
     return meta, n_plant
 
 
 def quality(result, meta: dict, n_plant: int) -> dict:
     """AP / recall@k of planted pairs in the scan's final order, and how good ``same`` is."""
-    y, rank_score, same = [], [], []
+    y, rank_score, same, wrong = [], [], [], []
     by: dict[str, list[int]] = {}
     total = len(result.pairs)
     for r, p in enumerate(result.pairs):
@@ -84,6 +85,8 @@ def quality(result, meta: dict, n_plant: int) -> dict:
         same.append(p.verdict == "same")
         if p.verdict == "same":
             by.setdefault(p.decided_by, [0, 0])[0 if planted else 1] += 1
+            if not planted:
+                wrong.append([a[2], b[2], p.decided_by, p.transform])
     y, s, same = np.array(y), np.array(rank_score, dtype=float), np.array(same)
     return {
         "average_precision": average_precision(y, s),
@@ -92,6 +95,7 @@ def quality(result, meta: dict, n_plant: int) -> dict:
         "same_precision": float(y[same].mean()) if same.any() else float("nan"),
         "same_recall": float(same[y == 1].sum() / n_plant),
         "same_by": {k: {"planted": v[0], "other": v[1]} for k, v in sorted(by.items())},
+        "same_not_planted": wrong,
         "planted_in_ranking": int(y.sum()),
         "n_planted": n_plant,
     }

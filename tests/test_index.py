@@ -168,3 +168,63 @@ def test_attach_refuses_tta_embeddings(refs, cosine_model, tmp_path):
     emb = Embedded([], torch.zeros(1, 8, 1280), [], {}, np.zeros((1, 8, 32), np.uint8))
     with pytest.raises(ValueError, match="tta"):
         attach_index(emb, out, cosine_model)
+
+
+def test_d4_phash_equals_imagehash_of_each_orientation(bccd_images, dsb_images):
+    """The stored pHashes (one DCT, orientations by sign flips) are imagehash's, bit for bit."""
+    import imagehash
+
+    from bta_core.dihedral import apply_d4
+    from bta_core.fingerprint import PHASH_SIZE, _grey_uint8, d4_phash
+
+    for path in [*bccd_images[:2], *dsb_images[::200]]:
+        rgb = load_image(path)
+        grey = Image.fromarray(_grey_uint8(rgb)).resize((64, 64), Image.LANCZOS)
+        want = [
+            np.packbits(
+                imagehash.phash(Image.fromarray(apply_d4(np.asarray(grey), k)), PHASH_SIZE).hash
+            )
+            for k in range(8)
+        ]
+        np.testing.assert_array_equal(d4_phash(rgb), np.stack(want), err_msg=path.name)
+        old_grey = np.clip(rgb.mean(axis=-1) * 255, 0, 255).astype(np.uint8)  # numpy's mean
+        np.testing.assert_array_equal(_grey_uint8(rgb), old_grey)
+
+
+def test_decode_stream_in_processes_keeps_order_and_reports_bad_files(bccd_images, tmp_path):
+    from bta_core.scan.loader import decode_stream
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    paths = [bccd_images[0], bad, bccd_images[1], bccd_images[2]]
+    out = list(decode_stream(paths, planes=False, image_size=32, workers=1))
+    assert [i for i, _, _ in out] == [0, 1, 2, 3]
+    assert out[1][1] is None and "not an image" in out[1][2]
+    tag, x, fp = out[2][1][0]
+    assert x.shape == (32, 32, 3) and len(fp.pixel_hash) == 64
+    stream = decode_stream(paths * 4, planes=False, image_size=32, workers=1)
+    next(stream)
+    stream.close()  # stopping early shuts the worker down (the test would hang otherwise)
+
+
+def test_cancelled_build_keeps_finished_segments_and_add_resumes(
+    refs, cosine_model, tmp_path, monkeypatch
+):
+    from bta_core.index import build
+    from bta_core.runtime import Cancelled
+
+    monkeypatch.setattr(build, "SEGMENT_ROWS", 3)
+    calls = {"n": 0}
+
+    def stop_in_second_segment() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 1  # one batch of 3 images, then stop
+
+    out = tmp_path / "idx"
+    with pytest.raises(Cancelled):
+        build_index(
+            [refs], out, cosine_model, workers=0, batch_size=3, should_stop=stop_in_second_segment
+        )
+    assert load(out).n_live == 3  # the finished segment survived
+    res = add_to_index(out, [refs], cosine_model, workers=0)
+    assert (res["added"], res["unchanged"]) == (5, 3)

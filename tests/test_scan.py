@@ -395,7 +395,8 @@ def test_tta_and_planes_scan(tmp_path, bccd_images, tiny_model):
     assert "orientation" in rows[0] and len(rows) == 10
     check = _HTMLCheck()
     check.feed((tmp_path / "o" / "report.html").read_text(encoding="utf-8"))
-    assert len(check.images) == 20 and all(src for src in check.images)
+    review = [r for r in rows if r["verdict"] != "different"]  # the report's cards
+    assert len(check.images) == 2 * len(review) and all(src for src in check.images)
 
 
 def test_cli_scan_shards_and_merge(corpus, tiny_model, tmp_path, capsys):
@@ -454,3 +455,54 @@ def test_report_match_overlay_for_top_pairs(corpus, tiny_model, tmp_path):
     # the pair is a near copy: one card whose match figure replaces the two thumbnails
     assert check.tags.get("figure") == 1 and len(check.images) == 1
     assert check.images[0].startswith("data:image/png;base64,")
+
+
+def test_per_image_best_keeps_each_images_top_k():
+    """Each image's k best partners, whether pairs arrive as dense blocks or as lists."""
+    rng = np.random.default_rng(0)
+    n, k = 9, 2
+    full = rng.random((n, n))
+    full = np.triu(full, 1) + np.triu(full, 1).T  # symmetric scores, zero diagonal
+    truth = set()
+    for i in range(n):
+        order = [j for j in np.argsort(-full[i]) if j != i][:k]
+        truth |= {(min(i, int(j)), max(i, int(j))) for j in order}
+    dense = scan_candidates.PerImageBest(n, k)
+    for i0 in range(0, n, 4):  # row blocks of the upper triangle, as score_all feeds them
+        i1 = min(n, i0 + 4)
+        s = torch.from_numpy(full[i0:i1, i0:])
+        a = torch.arange(i0, i1)[:, None]
+        b = torch.arange(i0, n)[None, :]
+        s = torch.where(b > a, s, torch.full_like(s, -np.inf))
+        dense.add_block(s, torch.arange(i0, i1), torch.arange(i0, n), torch.zeros_like(s).long())
+    ia, ib = np.triu_indices(n, 1)
+    listed = scan_candidates.PerImageBest(n, k)
+    for part in np.array_split(rng.permutation(len(ia)), 3):  # pairs in any order, in chunks
+        a, b = torch.from_numpy(ia[part]), torch.from_numpy(ib[part])
+        s = torch.from_numpy(full[ia[part], ib[part]])
+        listed.add(torch.cat([a, b]), torch.cat([b, a]), s.repeat(2), torch.zeros(2 * len(a)))
+    for best in (dense, listed):
+        rows = best.rows()
+        got = {(int(i), int(j)) for i, j in rows[:, 1:3].tolist()}
+        assert got == truth
+        np.testing.assert_allclose(rows[:, 0].numpy(), full[rows[:, 1].long(), rows[:, 2].long()])
+
+
+def test_hash_candidates_follow_the_pairing_rules():
+    """Identical and near-copy candidates: query x reference always, query x query only
+    ``within``, reference x reference never."""
+    from bta_core.scan.evidence import identical_pixel_pairs, near_copy_pairs
+    from bta_core.scan.records import ScanImage
+
+    roles = ["query", "query", "reference", "reference"]
+    items = [ScanImage(f"i{k}", f"i{k}", r, f"c{k}", 0, "same pixels") for k, r in enumerate(roles)]
+    assert identical_pixel_pairs(items, within=True) == {(0, 1), (0, 2), (0, 3), (1, 2), (1, 3)}
+    assert identical_pixel_pairs(items, within=False) == {(0, 2), (0, 3), (1, 2), (1, 3)}
+    rng = np.random.default_rng(0)
+    phash = rng.integers(0, 256, (4, 8, 32), dtype=np.uint8)
+    phash[3] = phash[2]  # the two references are copies: never a candidate
+    phash[1, 5] = phash[0, 0]  # query 1 mirrored-and-rotated is query 0
+    assert near_copy_pairs(phash, roles, 10, within=True) == {(0, 1)}
+    assert near_copy_pairs(phash, roles, 10, within=False) == set()
+    phash[2, 0] = phash[0, 0]
+    assert near_copy_pairs(phash, roles, 10, within=False) == {(0, 2)}

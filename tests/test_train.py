@@ -194,7 +194,11 @@ def test_cli_train_then_score(shared_data, tmp_path, capsys):
     a, b = sorted(images.glob("*.jpg"))[:2]
     assert cli_main(["score", str(a), str(b), "--checkpoint", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert 0 <= result["score"] <= 1 and result["same"] == (result["score"] >= result["threshold"])
+    assert 0 <= result["score"] <= 1 and result["same"] == (result["verdict"] == "same")
+    # two different smears: only the model speaks, and the one decision rule makes the
+    # verdict "suspect" exactly when its score reaches the threshold
+    assert result["decided_by"] in ("model score", "no evidence")
+    assert (result["verdict"] == "suspect") == (result["score"] >= result["threshold"])
     assert result["checkpoint"] == str(out)
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .evaluation.metrics import roc_auc, threshold_at_fpr
-from .heads import SYMMETRIC_HEAD_SIZES, Projector, build_head
+from .heads import SYMMETRIC_HEAD_SIZES, Projector, build_head, is_symmetric
 from .losses import barlow_twins_loss
 
 ProgressFn = Callable[[int, int, dict], None]
@@ -242,8 +242,15 @@ def embed(projector: Projector, y: torch.Tensor, batch: int = 4096) -> torch.Ten
 
 @torch.no_grad()
 def pair_scores(head: torch.nn.Module, za: torch.Tensor, zb: torch.Tensor) -> np.ndarray:
-    """Probabilities of the row-wise pairs ``(za[i], zb[i])``."""
-    out = [torch.sigmoid(head(za[i : i + 8192], zb[i : i + 8192])) for i in range(0, len(za), 8192)]
+    """Probabilities of the row-wise pairs ``(za[i], zb[i])`` (both orders averaged when the
+    head is not symmetric by construction, as the product scores them)."""
+    out = []
+    for i in range(0, len(za), 8192):
+        a, b = za[i : i + 8192], zb[i : i + 8192]
+        p = torch.sigmoid(head(a, b).float())
+        if not is_symmetric(head):
+            p = 0.5 * (p + torch.sigmoid(head(b, a).float()))
+        out.append(p)
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 

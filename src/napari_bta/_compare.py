@@ -273,6 +273,7 @@ class ComparePanel(Panel):
         )
         self._table.read_only = True
         plain_table(self._table)
+        self._table.native.verticalHeader().setMaximumWidth(130)
         self.setup(
             [self._layers, self._run, self._verdict, self._table],
             [self._run],
@@ -360,15 +361,18 @@ class ComparePanel(Panel):
 
         matrix = result.matrix
         self._table.value = {
-            "data": [[fmt(v) for v in row] for row in matrix],
-            "index": [f"{k + 1} {short(name)}" for k, name in enumerate(result.names)],
+            "data": [
+                [fmt(None) if i == j else fmt(v) for j, v in enumerate(row)]
+                for i, row in enumerate(matrix)
+            ],
+            "index": [f"{k + 1} {short(name, 14)}" for k, name in enumerate(result.names)],
             "columns": [str(k + 1) for k in range(len(result.names))],
         }
         table = self._table.native
         n = matrix.shape[1]
         for k, hexcol in enumerate(_inferno_hex(matrix)):
             cell = table.item(k // n, k % n)
-            if cell is None:
+            if cell is None or k // n == k % n:  # an image with itself: no score shown
                 continue
             cell.setBackground(QColor(hexcol))
             cell.setForeground(QColor("black" if matrix.flat[k] > 0.6 else "white"))

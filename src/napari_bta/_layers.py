@@ -118,7 +118,7 @@ def placement(
     return kwargs
 
 
-def lift(data: np.ndarray, lead: int, rgb: bool = False) -> np.ndarray:
+def lift(data: np.ndarray, lead: int) -> np.ndarray:
     """A 2-D map (or ``(H, W, 3)`` with ``rgb``) with ``lead`` length-1 axes in front."""
     arr = np.asarray(data)
     return arr.reshape((1,) * lead + arr.shape)

@@ -9,7 +9,7 @@ from typing import Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from qtpy.QtCore import QEvent, Qt
-from qtpy.QtWidgets import QFrame, QScrollArea
+from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
 
 from ._layers import GradualLayers
 from ._workers import WorkerControls
@@ -25,14 +25,17 @@ def short(text: str, limit: int = 22) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def plain_table(table: Any) -> None:
-    """Show a magicgui Table's cells as given (its default re-formats numbers as 3.000e-03)."""
+def plain_table(table: Any, stretch: bool = True) -> None:
+    """Show a magicgui Table's cells as given (its default re-formats numbers as 3.000e-03);
+    columns share the width (``stretch``) or fit their contents (the table then scrolls)."""
     from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate
 
     native = table.native
     native.setItemDelegate(QStyledItemDelegate(native))
-    native.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    mode = QHeaderView.ResizeMode.Stretch if stretch else QHeaderView.ResizeMode.ResizeToContents
+    native.horizontalHeader().setSectionResizeMode(mode)
     native.setWordWrap(False)
+    native.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # keep a file name's distinct end
 
 
 def tip(widget: Any, text: str) -> Any:
@@ -78,7 +81,10 @@ class Panel(QScrollArea):
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # wrap, not scroll
         for widget in self.form:
             if isinstance(widget, Label):
-                widget.native.setWordWrap(True)
+                widget.native.setWordWrap(True)  # magicgui's fixed width grew the dock
+                widget.native.setSizePolicy(
+                    QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred
+                )
                 widget.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.controls = WorkerControls(
             list(run_buttons), self._cancel, self._status, self._progress, description

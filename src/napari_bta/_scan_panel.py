@@ -137,7 +137,7 @@ class ScanPanel(Panel):
             "The scan's pairs, best first; click a row to open the pair with its overlays",
         )
         self._table.read_only = True
-        plain_table(self._table)
+        plain_table(self._table, stretch=False)
         self._verdict = tip(Label(value=""), "The scan's verdict of the opened pair")
         self._skipped_btn = tip(
             PushButton(text="Show skipped files"), "List the files the scan could not read, and why"
@@ -166,6 +166,7 @@ class ScanPanel(Panel):
         self._verdict.native.setWordWrap(True)
         self._skipped_btn.enabled = self._report_btn.enabled = False
         self.result: Any = None
+        self.summary = ""
         self.pairs: list[Any] = []
         self.skipped_dialog: Any = None
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -235,6 +236,7 @@ class ScanPanel(Panel):
                 f"Scanned {n_images} images: {len(self.pairs)} pairs listed{more}"
                 + (f", {len(skipped)} files skipped" if skipped else "")
             )
+        self.summary = self._status.value
         self._skipped_btn.enabled = bool(skipped)
         self._report_btn.enabled = self.report_path() is not None
 
@@ -296,6 +298,7 @@ class ScanPanel(Panel):
 
             match, aligned = value
             self._verdict.value = text + f"\nLocalisation: {summary(match)}"
+            self._status.value = f"{self.summary}; pair {row + 1} opened"
             ops, _ = plan_pair(self._viewer, "scan", a, b, match, aligned, prov)
             self.layer_updates.run(ops)
 

@@ -116,6 +116,32 @@ class _Helpers:
 HELPERS = _Helpers()
 
 
+_RUNNING: set[StoppableWorker] = set()
+
+
+def stop_all(timeout_s: float = CLOSE_WAIT_S) -> None:
+    """Stop every running plugin worker and wait for it (at exit: no thread is left computing
+    while Python or Qt shut down, which aborted the process before)."""
+    for worker in list(_RUNNING):
+        worker.stop_event.set()
+    for worker in list(_RUNNING):
+        worker.done.wait(timeout_s)
+
+
+def _stop_at_exit() -> None:
+    """Run ``stop_all`` when the app quits and before Python joins its threads at exit."""
+    register = getattr(threading, "_register_atexit", None)  # runs before non-daemon joins
+    if register is not None:
+        register(stop_all)
+    else:  # pragma: no cover
+        import atexit
+
+        atexit.register(stop_all)
+
+
+_stop_at_exit()
+
+
 class WorkError(Exception):
     """A ``RuntimeError`` of the work under a type that superqt reports.
 
@@ -139,6 +165,7 @@ class StoppableWorker(GeneratorWorker):
         super().quit()
 
     def work(self) -> Any:
+        _RUNNING.add(self)
         try:
             result = super().work()
             if isinstance(result, RuntimeError):  # see WorkError
@@ -147,6 +174,7 @@ class StoppableWorker(GeneratorWorker):
         finally:
             with contextlib.suppress(Exception):
                 self._gen.close()  # runs the generator's finally: waits for the helper thread
+            _RUNNING.discard(self)
             self.done.set()
 
 
@@ -249,6 +277,7 @@ class WorkerControls:
         worker.errored.connect(errored)
         worker.aborted.connect(lambda: setattr(self.status, "value", f"{what}: cancelled"))
         worker.finished.connect(lambda: self._finished(worker))
+        _quit_stops_workers()
         worker.start()
         return worker
 
@@ -279,3 +308,13 @@ class WorkerControls:
         if not ended:
             LOG.warning("%s: work still running %.0f s after close", self.description, timeout_s)
         return ended
+
+
+def _quit_stops_workers() -> None:
+    """Connect the Qt application's ``aboutToQuit`` to ``stop_all`` (once)."""
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is not None and not getattr(app, "_napari_bta_stop_all", False):
+        app.aboutToQuit.connect(stop_all)
+        app._napari_bta_stop_all = True

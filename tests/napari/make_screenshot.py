@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch  # noqa: F401  (before the viewer: see tests/napari/conftest.py)
 import torchvision  # noqa: F401
+from qtpy.QtWidgets import QWidget
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("BTA_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -53,7 +54,11 @@ def _viewer(name: str):
 
 
 def _save(viewer, name: str) -> Path:
-    _pump(6.0)  # let the notification toasts time out
+    _pump(1.0)
+    for toast in viewer.window._qt_window.findChildren(QWidget):  # the notification toasts
+        if type(toast).__name__ == "NapariQtNotification":
+            toast.close()
+    _pump(1.0)
     viewer.window._qt_window.resize(*SIZE)
     _pump(0.5)
     out = DOCS / f"napari-{name.lower()}-panel.png"
@@ -130,6 +135,10 @@ def train_panel(tmp: Path) -> None:
     for path in sorted((DATA / "bccd" / "images").glob("*.jpg"))[:24]:
         shutil.copy(path, folder)
     viewer, panel = _viewer("Train")
+    viewer.open(sorted(str(p) for p in folder.iterdir())[:3], stack=False)
+    for k, layer in enumerate(viewer.layers):
+        layer.translate = (0, k * 660)
+    viewer.reset_view()
     panel._folder.value = str(folder)
     panel._epochs.value, panel._head_epochs.value = 1, 2
     panel._device.value = "cpu"

@@ -23,14 +23,41 @@ def test_layer_items_from_layers_and_from_one_stack(make_napari_viewer, rotated_
     assert [p.index for p in planes] == [(0,), (1,), (2,)] and planes[0].rgb is None  # lazy
 
 
+def _cli_verdict(capsys, tmp_path, a, b) -> dict:
+    """``bta-core score A B --verify --json`` on the two images saved as PNG files."""
+    import json
+
+    from PIL import Image
+
+    from bta_core.cli import score
+
+    paths = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    for path, rgb in zip(paths, (a, b), strict=True):
+        Image.fromarray(rgb).save(path)
+    capsys.readouterr()
+    score.main(
+        score.get_args_parser().parse_args([*paths, "--verify", "--json", "--device", "cpu"])
+    )
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 def test_compare_gives_the_core_verdict_on_a_rotated_crop(
-    make_napari_viewer, qtbot, open_panel, wait_idle, held_model, default_model, rotated_crop
+    make_napari_viewer,
+    qtbot,
+    open_panel,
+    wait_idle,
+    held_model,
+    default_model,
+    rotated_crop,
+    capsys,
+    tmp_path,
 ):
-    """Same verdict as ``assess_pair`` (what ``bta-core score --verify`` calls), shown with why."""
+    """Same verdict as ``assess_pair`` and ``bta-core score --verify``, shown with why."""
     from bta_core.assess import assess_pair
 
     a, b = rotated_crop
     expected = assess_pair(default_model, to_rgb(a), to_rgb(b)).decision
+    cli = _cli_verdict(capsys, tmp_path, a, b)
     held_model(default_model)
     viewer = make_napari_viewer()
     kw = {"scale": (0.5, 0.5), "units": ("um", "um")}
@@ -45,6 +72,7 @@ def test_compare_gives_the_core_verdict_on_a_rotated_crop(
     assert viewer.layers.extent.units is not None
     decision = panel.result.decision
     assert (decision.verdict, decision.decided_by) == (expected.verdict, expected.decided_by)
+    assert (decision.verdict, decision.decided_by) == (cli["verdict"], cli["decided_by"])
     assert decision.verdict == "same" and decision.decided_by == "verified overlap"
     text = panel._verdict.value
     assert "SAME" in text and decision.explain() in text and "rot90" in text

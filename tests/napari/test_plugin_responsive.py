@@ -101,7 +101,9 @@ def test_no_model_loaded_never_blocks_the_event_loop(
     stuck = "\n".join(dict.fromkeys(watch.stuck_in))
     # the plugin's work (torch import, model loading, scoring, matching) never blocks the loop
     work_gap = watch.gap_between(watch.ticks[0], returned[0])
-    print(f"longest event-loop gap: {work_gap:.3f} s during the work, {watch.longest_gap:.3f} s overall")
+    print(
+        f"longest event-loop gap: {work_gap:.3f} s during the work, {watch.longest_gap:.3f} s overall"
+    )
     assert work_gap < 0.5, f"event loop blocked {work_gap:.2f} s during the work in:\n{stuck}"
     # the overlays go in one layer per event-loop turn; what remains is napari drawing each new
     # layer the first time (vispy compiles its shaders: ~0.1 s on a GPU, up to ~0.6 s with
@@ -180,3 +182,47 @@ def test_closing_a_panel_during_work_stops_it(
         assert MODEL.model is None  # a closed panel never swaps in its model later
     else:
         assert not [ly for ly in viewer.layers if ly.name.startswith("BTA ")]
+
+
+EXIT_SCRIPT = """
+import sys, time
+import torch, torchvision  # as napari_bta's conftest: before the viewer (Triton vs Mesa)
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+from PIL import Image
+
+a = np.asarray(Image.open(sys.argv[1]).convert("RGB"))
+viewer = napari.Viewer(show=False)
+_, panel = viewer.window.add_plugin_dock_widget("napari-bta", "Compare")
+viewer.add_image(a, name="A", rgb=True)
+viewer.add_image(np.ascontiguousarray(np.rot90(a[60:400, 100:560])), name="B", rgb=True)
+panel._layers.value = ["A", "B"]
+worker = panel.run()
+end = time.monotonic() + 1.5
+while time.monotonic() < end:
+    QApplication.processEvents()
+    time.sleep(0.02)
+print("busy at exit:", panel.busy, flush=True)
+viewer.close()
+"""
+
+
+def test_quitting_while_a_panel_works_exits_cleanly(tmp_path, bccd_images):
+    """Quitting napari mid-compare used to abort ("terminate called without an active
+    exception"); now the work is stopped and waited for, and the process exits with 0."""
+    import subprocess
+
+    script = tmp_path / "quit_mid_compare.py"
+    script.write_text(EXIT_SCRIPT)
+    t0 = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, str(script), str(bccd_images[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "busy at exit: True" in run.stdout  # it really quit during the work
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "terminate called" not in run.stderr
+    assert time.perf_counter() - t0 < 60

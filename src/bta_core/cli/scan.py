@@ -16,7 +16,7 @@ from ..scan.cache import default_cache_dir
 from ..scan.candidates import DEFAULT_FAISS_ABOVE, DEFAULT_FAISS_K, DEFAULT_MAX_PAIRS, DEFAULT_TOP_K
 from ..scan.outputs import OUTPUT_FILES
 from ..scan.pipeline import DEFAULT_VERIFY_PER_IMAGE
-from ..scan.report import summary_text
+from ..scan.report import common_root, display_name, summary_text
 from ..verdict import DEFAULT_PHASH_MAX_DISTANCE
 from ._help import add_device, add_quiet
 from ._progress import StageBars
@@ -64,7 +64,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--planes", action="store_true", help="each plane/channel of a stack is its own image"
     )
-    parser.add_argument("--tta", default=None, choices=["d4"], help="max over 8 rotations/flips")
+    parser.add_argument(
+        "--tta",
+        default=None,
+        choices=["d4"],
+        help="model score: best over the 8 rotations/flips of either image",
+    )
     parser.add_argument("--out", default="bta-scan", help="output folder")
     add_device(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="images per model batch")
@@ -208,13 +213,14 @@ def main(args: argparse.Namespace) -> int:
         f"{s['n_pairs_scored']} pairs scored ({s['method']}), {s['n_checked']} checked by "
         f"keypoints; threshold {s['threshold']:.3f}"
     )
-    say(summary_text(result.pairs) + ":")
+    root = common_root(result.items)
+    items = {it.name: it for it in result.items}
+    say(summary_text(result.pairs) + (f" (paths relative to {root}):" if root else ":"))
     review = [p for p in result.pairs if p.verdict != "different"]
     for p in review[:CONSOLE_PAIRS]:
         detail = f"  {p.transform}" if p.verified and p.transform else ""
-        say(
-            f"  {p.verdict:<8} {p.decided_by:<16} score {p.score:.3f}  {p.path_a}  <->  {p.path_b}{detail}"
-        )
+        a, b = (display_name(n, items.get(n), root) for n in (p.path_a, p.path_b))
+        say(f"  {p.verdict:<8} {p.decided_by:<16} score {p.score:.3f}  {a}  <->  {b}{detail}")
     if len(review) > CONSOLE_PAIRS:
         say(f"  ... {len(review) - CONSOLE_PAIRS} more in {args.out}/pairs.csv")
     say(f"wrote {args.out}/pairs.csv, pairs.json, report.html, skipped.csv")

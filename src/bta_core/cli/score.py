@@ -26,7 +26,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
     )
     parser.add_argument(
-        "--tta", default=None, choices=["d4"], help="max over 8 rotations/flips of B"
+        "--tta",
+        default=None,
+        choices=["d4"],
+        help="model score: best over the 8 rotations/flips of either image (as scan)",
     )
     parser.add_argument(
         "--verify",

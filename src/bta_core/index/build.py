@@ -20,6 +20,10 @@ from ..scan.loader import embed_files
 from . import ann, store
 from .store import ModelMismatchError, ReferenceIndex, Row
 
+SEGMENT_ROWS = 4096
+"""Images embedded per segment: each is committed on its own, so an interrupted build keeps
+what was done and ``index add`` with the same paths resumes."""
+
 
 def _model_identity(model) -> str:
     from ..scan.cache import model_identity
@@ -127,7 +131,9 @@ def add_to_index(
     store.clean(idx.root, idx.manifest)  # left-overs of an interrupted write
     live = idx.live_by_path()
     rows_all = idx.rows
-    todo, retire, unchanged = [], [], 0
+    todo: list[Path] = []
+    retire: dict[str, int] = {}  # path -> its current row, retired once the new one is in
+    unchanged = 0
     for f in list_images(paths):
         rid = live.get(str(f))
         if rid is not None:
@@ -138,27 +144,40 @@ def add_to_index(
             if r.size == st.st_size and _file_hash(str(f)) == r.content_hash:
                 unchanged += 1  # touched but identical bytes
                 continue
-            retire.append(rid)
+            retire[str(f)] = rid
         todo.append(f)
-    rows, z, ph, skipped = _embed_new(model, todo, batch_size, workers, on_progress, should_stop)
-    manifest = dict(idx.manifest)
-    if rows:
+    added, replaced, skipped = 0, 0, []
+    for start in range(0, len(todo), SEGMENT_ROWS):
+        chunk = todo[start : start + SEGMENT_ROWS]
+
+        def chunk_progress(step: int, total: int, info: dict, start=start) -> None:
+            if on_progress is not None:
+                on_progress(start + step, len(todo), info)
+
+        rows, z, ph, bad = _embed_new(
+            model, chunk, batch_size, workers, chunk_progress, should_stop
+        )
+        skipped += bad
+        if not rows:
+            continue
+        manifest = dict(idx.manifest)
         name = store._next_name(manifest, "seg")
         store.write_segment(idx.root, name, rows, z, ph)
         idx.manifest = manifest
         search = _grow_search(idx, z, len(idx))
         manifest["segments"] = [*manifest["segments"], name]
-    else:
-        search = None
-    # a changed file whose new version failed to decode keeps its old row
-    failed = {p for p, _ in skipped}
-    manifest["dead"] = sorted(idx.dead | {i for i in retire if rows_all[i].path not in failed})
-    if rows or retire:
-        store.commit(idx.root, manifest, search)
+        # a changed file whose new version failed to decode keeps its old row
+        gone = {retire[r.path] for r in rows if r.path in retire}
+        manifest["dead"] = sorted(idx.dead | gone)
+        idx.manifest = store.commit(idx.root, manifest, search)  # this chunk is now safe
+        idx.segments.append(store.Segment(name, rows, z, ph))
+        idx.search_index = search
+        added += len(rows)
+        replaced += len(gone)
     return {
         "index": str(idx.root),
-        "added": len(rows),
-        "replaced": len([i for i in retire if rows_all[i].path not in failed]),
+        "added": added,
+        "replaced": replaced,
         "unchanged": unchanged,
         "skipped": skipped,
         "seconds": round(time.perf_counter() - t0, 3),

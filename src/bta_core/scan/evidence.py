@@ -15,7 +15,7 @@ import numpy as np
 
 from ..dihedral import D4_NAMES
 from ..fingerprint import pairs_phash, phash_distances
-from ..runtime import StopFn, check_cancel
+from ..runtime import ProgressFn, StopFn, check_cancel
 from ..verdict import Evidence
 from .records import ScanImage
 
@@ -54,6 +54,7 @@ def near_copy_pairs(
     roles: Sequence[str],
     max_distance: int,
     within: bool,
+    on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> set[PairKey]:
     """Pairs with a perceptual-hash distance of at most ``max_distance`` under one of the
@@ -72,6 +73,8 @@ def near_copy_pairs(
             i = int(block[r])
             if i != j and pair_counts(roles, i, int(j), within):
                 out.add((min(i, int(j)), max(i, int(j))))
+        if on_progress is not None:
+            on_progress(start + len(block), len(queries), {"stage": "hash"})
     return out
 
 

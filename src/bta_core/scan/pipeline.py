@@ -102,7 +102,9 @@ def score_and_report(
     roles = [it.role for it in emb.items]
     t0 = time.perf_counter()
     identical = identical_pixel_pairs(emb.items, o.within)
-    near = near_copy_pairs(emb.phash, roles, policy.phash_max_distance, o.within, should_stop)
+    near = near_copy_pairs(
+        emb.phash, roles, policy.phash_max_distance, o.within, on_progress, should_stop
+    )
     t_hash = time.perf_counter()
     rows, sstats = score_all(
         model,
