@@ -160,3 +160,63 @@ def test_calibrate_round_trip(shared_data, tiny_model, tmp_path):
     fpr_info = calibrate(out, data, split="val", target_fpr=0.05, limit=5, repeats=1, quiet=True)
     assert fpr_info["fpr"] <= 0.05
     assert read_config(out).calibration["method"] == "fpr<=0.05"
+
+
+def _numbers(tree, prefix=""):
+    """Flatten the numeric leaves of a results dict (timings left out)."""
+    out = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k not in ("seconds", "stage_seconds", "work_seconds", "date", "_roc"):
+                out.update(_numbers(v, f"{prefix}/{k}"))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            out.update(_numbers(v, f"{prefix}/{i}"))
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        out[prefix] = float(tree)
+    return out
+
+
+def test_cached_views_give_the_uncached_metrics(shared_data, tiny_model):
+    """Views represented once and reused give the metrics of recomputing every pair batch."""
+    data = [shared_data / "bccd" / "splits.csv", shared_data / "dsb2018" / "splits.csv"]
+    kw = dict(
+        protocols=("paper", "reuse", "scan"),
+        models=[("tiny", tiny_model)],
+        baselines=("phash", "crhash", "backbone-cosine"),
+        split="test",
+        out=None,
+        seeds=(0, 1, 2),
+        limit=5,
+        calibration_split="val",
+        negatives_per_image=4,
+        manipulations=("identity", "rot90", "crop25", "jpeg30"),
+        quiet=True,
+    )
+    cached = _numbers(evaluate(data, cache=True, **kw))
+    uncached = _numbers(evaluate(data, cache=False, **kw))
+    assert cached.keys() == uncached.keys()
+    assert len(cached) > 100
+    for k, v in cached.items():
+        assert v == pytest.approx(uncached[k], abs=1e-6, nan_ok=True), k
+
+
+def test_fast_crop_hash_is_imagehash(bccd_images, dsb_images):
+    """The segment hashes of crophash equal imagehash.crop_resistant_hash's (any order)."""
+    import imagehash
+    from PIL import Image
+
+    from bta_core.evaluation.crophash import crop_resistant_bits
+
+    images = []
+    for path in [bccd_images[0], dsb_images[0], dsb_images[360]]:
+        im = Image.open(path).convert("RGB").resize((224, 224))
+        images += [im, im.point(lambda v: min(255, 3 * v)), im.point(lambda v: 255 - v)]  # bright and dark segments
+    n_segments = 0
+    for im in images:
+        ref = imagehash.crop_resistant_hash(im, segmentation_image_size=224, min_segment_size=278)
+        want = sorted(np.packbits(s.hash.ravel()).tobytes() for s in ref.segment_hashes)
+        got = sorted(np.packbits(b).tobytes() for b in crop_resistant_bits(im, 224, 278))
+        assert got == want
+        n_segments += len(got)
+    assert n_segments > len(images)  # some images have several segments

@@ -91,12 +91,15 @@ def n_planes(layer: Any) -> int:
 
 
 def layer_items(
-    layers: Sequence[Any], point: Sequence[float] | None = None, convert: bool = False
+    layers: Sequence[Any],
+    point: Sequence[float] | None = None,
+    convert: bool = False,
+    max_planes: int | None = MAX_PLANES,
 ) -> list[Item]:
     """Items to compare from image layers (``convert``: also make their float RGB now).
 
-    One layer with several planes: every plane (up to ``MAX_PLANES``) is an item. Several layers:
-    each layer's plane at the viewer's current ``point`` (world coordinates) is an item.
+    One layer with several planes: every plane (up to ``max_planes``) is an item. Several
+    layers: each layer's plane at the viewer's current ``point`` (world coordinates) is an item.
     """
     layers = list(layers)
     items: list[Item] = []
@@ -105,7 +108,7 @@ def layer_items(
         data = _array(layer)
         lead = data.shape[: data.ndim - (3 if layer.rgb else 2)]
         for k, idx in enumerate(np.ndindex(*lead)):
-            if k >= MAX_PLANES:
+            if max_planes is not None and k >= max_planes:
                 break
             tag = ",".join(str(i) for i in idx)
             items.append(Item(f"{layer.name}[{tag}]", np.asarray(data[idx]), layer, idx, layer.rgb))

@@ -234,7 +234,11 @@ class ScanPanel(Panel):
             )
             self._status.value = (
                 f"Scanned {n_images} images: {len(self.pairs)} pairs listed{more}"
-                + (f", {len(skipped)} files skipped" if skipped else "")
+                + (
+                    f", {len(skipped)} file{'s' if len(skipped) > 1 else ''} skipped"
+                    if skipped
+                    else ""
+                )
             )
         self.summary = self._status.value
         self._skipped_btn.enabled = bool(skipped)

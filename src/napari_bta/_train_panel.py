@@ -37,24 +37,30 @@ def default_output() -> Path:
     return MODELS_DIR / f"bta-model-{time.strftime('%Y%m%d-%H%M%S')}.safetensors"
 
 
-def export_layers(layers: Sequence[Any], folder: str | Path) -> list[Path]:
-    """Write every plane of ``layers`` as an 8-bit RGB PNG into ``folder`` (training input)."""
+def export_items(items: Sequence[Any], folder: str | Path) -> list[Path]:
+    """Write compare items (layer planes) as 8-bit RGB PNGs into ``folder`` (training input)."""
     from PIL import Image
 
     from bta_core.imageio import to_uint8
 
-    from ._compare import layer_items
+    from ._compare import to_rgb
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for layer in layers:
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in layer.name)
-        for k, item in enumerate(layer_items([layer], convert=True)):
-            path = folder / f"{safe}_{k:03d}.png"
-            Image.fromarray(to_uint8(item.rgb)).save(path)
-            paths.append(path)
+    for k, item in enumerate(items):
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in item.name)
+        path = folder / f"{k:04d}_{safe[:60]}.png"
+        Image.fromarray(to_uint8(to_rgb(item.data, item.is_rgb))).save(path)
+        paths.append(path)
     return paths
+
+
+def export_layers(layers: Sequence[Any], folder: str | Path) -> list[Path]:
+    """Write every plane of ``layers`` as an 8-bit RGB PNG into ``folder``."""
+    from ._compare import layer_items
+
+    return export_items([it for layer in layers for it in layer_items([layer])], folder)
 
 
 def count_images(data: Sequence[str]) -> int:
@@ -68,9 +74,11 @@ def count_images(data: Sequence[str]) -> int:
 
 
 def train_job(
-    settings: dict, stop: threading.Event | None = None
+    settings: dict, planes: Sequence[Any] = (), stop: threading.Event | None = None
 ) -> Generator[Progress, None, tuple[Path, Any]]:
     """Generator worker: ``bta_core.train.train`` with progress, then load the saved checkpoint.
+
+    ``planes`` (layer planes chosen in the panel) are first written as PNGs to the data folder.
 
     A cancelled run raises ``Cancelled`` whose message says whether and where the model so far
     was saved.
@@ -81,6 +89,8 @@ def train_job(
     from bta_core.train import TrainConfig, train
 
     yield Progress(0, 1, {"stage": "reading images"})
+    if planes:
+        export_items(planes, settings["data"][0])
     n = count_images(settings["data"])
     where = ", ".join(map(str, settings["data"]))
     if n < 2:
@@ -179,6 +189,7 @@ class TrainPanel(Panel):
         self._cancel.tooltip = "Stop at the next step; the model so far is saved"
         self._layers.native.setMaximumHeight(120)
         self.checkpoint: Path | None = None
+        self.planes: list[Any] = []
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._run.changed.connect(lambda *_: self.run())
         self._source.changed.connect(self._toggle_source)
@@ -202,22 +213,27 @@ class TrainPanel(Panel):
     def settings(self) -> dict:
         """The ``TrainConfig`` fields chosen in the panel (layers are exported to a temp folder)."""
         if self._source.value == "layers":
+            from ._compare import layer_items
+
             names = list(self._layers.value)
             if not names:
                 raise ValueError("choose the layers to train on")
-            self._tmp = tempfile.TemporaryDirectory(prefix="napari-bta-train-")
-            paths = export_layers([self._viewer.layers[n] for n in names], self._tmp.name)
-            if len(paths) < 2:
+            self.planes = [
+                it for n in names for it in layer_items([self._viewer.layers[n]], max_planes=None)
+            ]
+            if len(self.planes) < 2:
                 raise ValueError(
                     "training needs at least 2 images; the chosen layers hold "
-                    f"{len(paths)} plane (choose more layers or a stack)"
+                    f"{len(self.planes)} plane (choose more layers or a stack)"
                 )
+            self._tmp = tempfile.TemporaryDirectory(prefix="napari-bta-train-")
             data = [self._tmp.name]
         else:
             folder = str(self._folder.value)
             if folder in ("", ".") or not Path(folder).is_dir():
                 raise ValueError(f"choose a folder of images to train on (got {folder!r})")
             data = [folder]
+            self.planes = []
         out = str(self._out.value)
         if out in ("", "."):
             out = str(default_output())
@@ -248,7 +264,7 @@ class TrainPanel(Panel):
             self._status.value = f"Cannot train: {exc}"
             return None
         return self.controls.start(
-            train_job, settings, on_return=self._done, on_cancel=self._cancelled
+            train_job, settings, self.planes, on_return=self._done, on_cancel=self._cancelled
         )
 
     def _done(self, value: tuple[Path, Any]) -> None:

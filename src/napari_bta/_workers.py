@@ -164,8 +164,18 @@ class StoppableWorker(GeneratorWorker):
         self.stop_event.set()
         super().quit()
 
-    def work(self) -> Any:
+    def run(self) -> None:
+        """Qt's entry point; ``done`` is set only after the last signal has been emitted, so
+        nothing of this thread touches Qt or Python objects once a waiter goes on (at exit,
+        emitting while the interpreter shut down crashed the process)."""
         _RUNNING.add(self)
+        try:
+            super().run()
+        finally:
+            _RUNNING.discard(self)
+            self.done.set()
+
+    def work(self) -> Any:
         try:
             result = super().work()
             if isinstance(result, RuntimeError):  # see WorkError
@@ -174,8 +184,6 @@ class StoppableWorker(GeneratorWorker):
         finally:
             with contextlib.suppress(Exception):
                 self._gen.close()  # runs the generator's finally: waits for the helper thread
-            _RUNNING.discard(self)
-            self.done.set()
 
 
 class WorkerControls:

@@ -171,3 +171,21 @@ def test_export_layers_writes_each_plane(make_napari_viewer, tmp_path):
     rgb = viewer.add_image(np.zeros((10, 12, 3), np.uint8), name="rgb", rgb=True)
     paths = export_layers([stack, rgb], tmp_path / "out")
     assert len(paths) == 4 and all(p.suffix == ".png" and p.exists() for p in paths)
+
+
+def test_train_panel_trains_on_the_planes_of_a_layer(
+    make_napari_viewer, open_panel, wait_idle, tmp_path, bccd_images, read_rgb
+):
+    from napari_bta._state import MODEL
+
+    viewer = make_napari_viewer()
+    stack = np.stack([read_rgb(p)[:240, :320, 1] for p in bccd_images[:4]])  # real 4-plane stack
+    viewer.add_image(stack, name="green planes")
+    panel = _panel(viewer, open_panel, tmp_path, tmp_path / "layers.safetensors", epochs=1)
+    panel._source.value = "layers"
+    panel._layers.value = ["green planes"]
+    assert panel.run(**TINY) is not None
+    wait_idle(panel)
+    assert panel.checkpoint == tmp_path / "layers.safetensors" and panel.checkpoint.exists()
+    assert len(list(Path(panel._tmp.name).glob("*.png"))) == 4  # written by the worker
+    assert MODEL.source == str(panel.checkpoint)

@@ -6,6 +6,7 @@ Protocols (``--protocol``, several may be given comma-separated):
   pipeline; with p_same = 0.4 its partner is x_i through the second pipeline, otherwise another
   image through it. Accuracy, precision, recall, F1 at the default threshold (0.5 for models)
   and at the calibrated one, and ROC AUC, as mean and std over 10 resamples with fixed seeds.
+  Each image has one view A and one view B, drawn once; the resamples redraw the partners.
   Fix against the paper's code: a "different" partner is drawn among images of *other*
   field-of-view groups, so an image is never its own negative, nor is another photo of the
   same field.
@@ -20,6 +21,11 @@ Protocols (``--protocol``, several may be given comma-separated):
 * ``scan``: the images plus planted manipulated copies of a subset; every pair is ranked;
   average precision and recall@k of the planted pairs (other photos of one field are left out
   of the ranking: they are neither planted nor independent).
+
+Speed: every view of an image (resized original, the paper's view A and view B, each
+manipulation) is decoded, augmented and represented once per method, then reused by every
+resample, pair and protocol; methods sharing a frozen backbone share its forward pass. Progress
+bars per stage; metrics.json records the seconds per stage.
 
 Methods: every ``--checkpoint`` (labelled by its file name) and the training-free baselines
 ``phash``, ``crhash`` (imagehash's crop-resistant hash) and ``backbone-cosine`` (cosine of the
@@ -77,6 +83,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default="/work/cache/bta_views",
         help="holdout protocol: folder of cached backbone features (DATA: the data sets' root)",
     )
+    p.add_argument(
+        "--no-view-cache",
+        action="store_true",
+        help="recompute every pair batch (slow reference path; same metrics)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -105,6 +116,7 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         negatives_per_image=args.negatives_per_image,
         quiet=args.quiet,
+        cache=not args.no_view_cache,
     )
     if not args.quiet:
         print(f"wrote {Path(args.out) / 'metrics.json'}, metrics.md and PNGs")

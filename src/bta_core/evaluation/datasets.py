@@ -32,10 +32,13 @@ def load_eval_data(
     decode_size: int,
     limit: int | None = None,
     on_progress: ProgressFn | None = None,
+    decoded: dict[tuple[str, int], torch.Tensor] | None = None,
 ) -> EvalData:
     """Read and decode the images of ``split`` from folders / ``splits.csv`` files.
 
     ``limit`` keeps at most that many images per source (so every data set stays present).
+    ``decoded`` maps ``(path, decode_size)`` to images already decoded (filled in here), so
+    an image needed by two splits or calls is decoded once.
     """
     import csv
 
@@ -56,7 +59,7 @@ def load_eval_data(
             with open(edge_file, newline="", encoding="utf-8") as fh:
                 for row in csv.DictReader(fh):
                     edges.append((str(base / row["a"]), str(base / row["b"])))
-    images, kept = decode_records(records, decode_size, on_progress=on_progress)
+    images, kept = _decode(records, decode_size, on_progress, decoded)
     dataset_of = {r.path: d for r, d in zip(records, datasets, strict=True)}
     groups_map: dict[str, int] = {}
     groups = np.array([groups_map.setdefault(r.group, len(groups_map)) for r in kept])
@@ -71,3 +74,23 @@ def load_eval_data(
     ]
     same_field = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     return EvalData(images, kept, groups, population, names, same_field)
+
+
+def _decode(
+    records: list[ImageRecord],
+    size: int,
+    on_progress: ProgressFn | None,
+    decoded: dict[tuple[str, int], torch.Tensor] | None,
+) -> tuple[torch.Tensor, list[ImageRecord]]:
+    if decoded is None:
+        return decode_records(records, size, on_progress=on_progress)
+    todo = [r for r in records if (r.path, size) not in decoded]
+    if todo:
+        images, kept = decode_records(todo, size, on_progress=on_progress)
+        decoded.update({(r.path, size): im for r, im in zip(kept, images, strict=True)})
+        if len(todo) == len(records):  # nothing was decoded before: no copy
+            return images, kept
+    kept = [r for r in records if (r.path, size) in decoded]
+    if not kept:
+        raise ValueError("none of the images could be read")
+    return torch.stack([decoded[(r.path, size)] for r in kept]), kept

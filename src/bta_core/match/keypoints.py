@@ -11,7 +11,7 @@ import numpy as np
 from ..runtime import check_cancel
 from .params import MIN_INLIERS, MIN_NCC_KEYPOINTS, STRONG_INLIERS
 from .prepare import pixel_ncc
-from .transform import map_points, warp_image
+from .transform import image_corners, map_points, polygon_mask, warp_image
 
 
 @dataclass
@@ -29,6 +29,8 @@ class Candidate:
     structure: float = 0.0
     margin: float = 1.0
     coincidences: int = 0
+    chance: float = 0.0
+    """Coincidences expected by chance for this placement (see :func:`chance_coincidences`)."""
 
 
 _SIFT_CACHE: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -153,6 +155,33 @@ def _fit_keypoints(
         return None
     m, inl = fit
     return m, dst[inl], src[inl], len(pairs)
+
+
+def chance_coincidences(
+    kp_a: np.ndarray,
+    kp_b: np.ndarray,
+    matrix: np.ndarray,
+    shape_a: tuple[int, ...],
+    shape_b: tuple[int, ...],
+    radius: float = 3.0,
+) -> float:
+    """Coincidences a placement would show by chance: the keypoints of each image inside the
+    overlap, as if scattered at random over it (dense textures line up a few by luck)."""
+    if len(kp_a) == 0 or len(kp_b) == 0:
+        return 0.0
+
+    def inside(xy: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        h, w = shape[:2]
+        return (
+            (xy[:, 0] >= -0.5) & (xy[:, 0] <= w - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= h - 0.5)
+        )
+
+    b_in_a = inside(map_points(matrix, kp_b), shape_a)
+    a_in_b = inside(map_points(np.linalg.inv(matrix), kp_a), shape_b)
+    area = polygon_mask(shape_a, map_points(matrix, image_corners(shape_b))).sum()
+    if area == 0:
+        return 0.0
+    return float(b_in_a.sum() * a_in_b.sum() * np.pi * radius**2 / area)
 
 
 def coincidences(

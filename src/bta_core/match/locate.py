@@ -13,8 +13,16 @@ import numpy as np
 from ..runtime import ProgressFn, StopFn, check_cancel
 from .correlation import correlation_candidates, refine_shift
 from .heatmaps import alignment_heatmaps, grid_shape, tile_heatmaps
-from .keypoints import Candidate, check_alignment, coincidences, keypoint_candidates, sift_features
+from .keypoints import (
+    Candidate,
+    chance_coincidences,
+    check_alignment,
+    coincidences,
+    keypoint_candidates,
+    sift_features,
+)
 from .params import (
+    CHANCE_P,
     EXACT_MARGIN,
     EXACT_NCC,
     FEW_INLIERS,
@@ -149,6 +157,13 @@ def _confidence(cand: Candidate, accepted: bool) -> float:
     return float(0.5 + 0.4 * pix * (0.5 + 0.5 * size))
 
 
+def _chance_probability(count: int, expected: float) -> float:
+    """P(at least ``count`` coincidences) when ``expected`` arise by chance (Poisson tail)."""
+    from scipy.stats import poisson
+
+    return float(poisson.sf(count - 1, max(expected, 1e-9)))
+
+
 def _accept(cand: Candidate) -> bool:
     """Is a candidate a verified match? (thresholds tuned on real BCCD/DSB pairs, docs/match.md)"""
     if cand.method == "keypoints":
@@ -165,7 +180,10 @@ def _accept(cand: Candidate) -> bool:
     # a distinct peak (sparse images can fit several orientations; allow that for exact copies)
     distinct = cand.margin >= MIN_MARGIN or (exact and cand.margin >= EXACT_MARGIN)
     # backed by keypoints that coincide after alignment (one lined-up blob is not enough)
-    supported = cand.coincidences >= MIN_COINCIDENCES or exact
+    supported = exact or (
+        cand.coincidences >= MIN_COINCIDENCES
+        and _chance_probability(cand.coincidences, cand.chance) <= CHANCE_P
+    )
     return (
         corr >= MIN_NCC_CORRELATION
         and distinct
@@ -234,6 +252,7 @@ def match_images(
             if c.ncc >= 0.6 * MIN_NCC_CORRELATION:
                 c = refine_shift(ha, hb, c)
             c.coincidences = coincidences(feats_a[0], feats_b[0], c.matrix)
+            c.chance = chance_coincidences(feats_a[0], feats_b[0], c.matrix, ga.shape, gb.shape)
             if _accept(c) and (best is None or c.ncc > best.ncc):
                 best = c
     progress(2, "correlation")

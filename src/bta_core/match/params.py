@@ -22,6 +22,9 @@ MIN_MARGIN = 0.15
 """A correlation peak must beat the best peak of every other orientation by this much."""
 MIN_COINCIDENCES = 4
 """Keypoints of A and B that must coincide under a correlation-only alignment."""
+CHANCE_P = 0.005
+"""...and so many that chance alone (Poisson, the keypoint density of the overlap) would give
+that many with at most this probability: dense textures line a few keypoints up by luck."""
 EXACT_NCC = 0.95
 EXACT_MARGIN = 0.04
 MIN_STRUCTURE = 0.05

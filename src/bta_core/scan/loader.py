@@ -127,10 +127,10 @@ def embed_files(
     done = 0
     try:
         while True:
-            check_cancel(should_stop, "embedding")
             batch = [d for _, d in zip(range(max(1, batch_size)), stream, strict=False)]
             if not batch:
                 return
+            check_cancel(should_stop, "embedding")
             batch = [
                 (i, imgs, p or (None if imgs else "file holds no image")) for i, imgs, p in batch
             ]

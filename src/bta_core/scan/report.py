@@ -252,8 +252,16 @@ def render_report(
     )
     skipped_html = ""
     if result.skipped:
+
+        def rel(path: str) -> str:
+            full = os.path.abspath(path)
+            inside = root and full.startswith(root + os.sep)
+            return os.path.relpath(full, root) if inside else path
+
         rows = "".join(
-            f"<li><code>{_esc(k.path)}</code>: {_esc(k.problem)}</li>" for k in result.skipped
+            f'<li><code title="{_esc(os.path.abspath(k.path))}">{_esc(rel(k.path))}</code>: '
+            f"{_esc(k.problem)}</li>"
+            for k in result.skipped
         )
         skipped_html = f'<h2 id="skipped">Skipped files ({len(result.skipped)})</h2><ul>{rows}</ul>'
     empty = "" if cards else '<p class="none">No pair is same or suspect.</p>'
