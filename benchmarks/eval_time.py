@@ -1,8 +1,8 @@
 """Time of ``bta-core eval`` (paper + reuse protocols): the current code vs the pre-change one.
 
 The new path runs on N images (``--limit`` per data set, default: all splits, ~700 images). The
-reference is the evaluation package as committed at ``--ref`` (default ``HEAD``; read with
-``git show``, imported in this process as ``bta_core._evaluation_ref``). It is too slow for N
+reference is the evaluation package as committed at ``--ref`` (default: the commit before the
+view cache; read with ``git show``, imported in this process as ``bta_core._evaluation_ref``). It is too slow for N
 images on a small CPU (measured > 25 min for the paper protocol alone), so it runs on
 ``--old-limit`` images per data set and every stage is extrapolated linearly: decode, paper and
 reuse by the number of evaluated images, calibration by the number of calibration images (all
@@ -30,6 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+PRE_CHANGE = "b39b3cb"  # the last commit before the view cache (issue 16, part 4)
 EVAL_FILES = ("__init__", "metrics", "pairs", "methods", "datasets", "report", "calibrate")
 
 
@@ -64,18 +65,23 @@ def run_stages(proto, data, args, limit: int, seeds) -> dict:
     size = 224
     split = args.split or None
     stages, n_cal = {}, 0
+
+    def note(name: str, w: float, c: float) -> None:
+        stages[name] = (w, c)
+        print(f"  {proto.__name__} {name}: {w:.1f} s wall, {c:.1f} s CPU", flush=True)
+
     ed, w, c = timed(proto.load_eval_data, data, split, decode_size=2 * size, limit=limit)
-    stages["decode"] = (w, c)
+    note("decode", w, c)
     cal = proto.load_eval_data(data, "val", decode_size=2 * size, limit=limit)
     n_cal = len(cal.groups)
     del cal
     quiet = {"log": lambda _m: None}
     _, w, c = timed(proto.calibrate_methods, methods, data, "val", size, limit, **quiet)
-    stages["calibration"] = (w, c)
+    note("calibration", w, c)
     _, w, c = timed(proto.run_paper, ed, methods, size, seeds, **quiet)
-    stages["paper"] = (w, c)
+    note("paper", w, c)
     _, w, c = timed(proto.run_reuse, ed, methods, size, **quiet)
-    stages["reuse"] = (w, c)
+    note("reuse", w, c)
     return {
         "n_images": len(ed.groups),
         "n_calibration_images": n_cal,
@@ -106,7 +112,7 @@ def main() -> int:
     p.add_argument("--resamples", type=int, default=10)
     p.add_argument("--checkpoint", default=str(ROOT / "src/bta_core/models/default.safetensors"))
     p.add_argument("--baselines", default="phash,crhash,backbone-cosine")
-    p.add_argument("--ref", default="HEAD", help="git revision of the old evaluation code")
+    p.add_argument("--ref", default=PRE_CHANGE, help="git revision of the old evaluation code")
     p.add_argument("--skip-old", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -131,13 +137,19 @@ def main() -> int:
         total = sum(r["wall_s"].values())
         print(f"{label}: {r.get('n_images', '')} images, {total:.1f} s wall ({st})", flush=True)
 
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+
     if not args.skip_old:
         with tempfile.TemporaryDirectory() as tmp:
             old = load_reference(args.ref, Path(tmp))
             res["new_small"] = run_stages(new, args.data, args, args.old_limit, seeds)
             show("new, small", res["new_small"])
+            save()
             res["old_small"] = run_stages(old, args.data, args, args.old_limit, seeds)
             show("old, small", res["old_small"])
+            save()
     res["new"] = run_stages(new, args.data, args, args.limit, seeds)
     show("new", res["new"])
     for kind in ("wall_s", "cpu_s"):
@@ -167,8 +179,8 @@ def main() -> int:
             f"ratio old/new: {res['ratio_wall']}x wall, {res['ratio_cpu']}x CPU "
             f"({res['ratio_small_measured']}x measured at {res['new_small']['n_images']} images)"
         )
+    save()
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 

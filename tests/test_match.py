@@ -265,3 +265,17 @@ def test_model_score_heatmaps_progress_and_cancel(bccd_images, tiny_model):
     assert match_images(a, b, model=tiny_model).model_heatmap_a is None  # found: tiles skipped
     with pytest.raises(InterruptedError):
         match_images(a, b, should_stop=lambda: True)
+
+
+def test_chance_coincidences_do_not_support_a_match(shared_data):
+    """Two DSB fluorescence tiles of one experiment, enlarged to 448 px: a corner placement lines
+    up 4 keypoints, about what the keypoint density gives by chance; no overlap may be claimed."""
+    from skimage.transform import resize
+
+    folder = shared_data / "dsb2018" / "images"
+    names = (
+        "3b75fc03a1d12b29bd2870eb1f6fdb44174dbd1118dfc11c31f127bd87bd27ef.png",
+        "2349e95ece2857c89db7e4a8be8c88af0b45f3c4262608120cb3bd6ef51fd241.png",
+    )
+    a, b = (resize(load_image(folder / n), (448, 448), anti_aliasing=True) for n in names)
+    assert not match_images(a, b).found

@@ -61,8 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=FeatureTrainConfig.steps)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="only store the --holdout figures in the existing --out checkpoint",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.metrics_only:
+        from bta_core.checkpoint import load_checkpoint
+
+        model = load_checkpoint(args.out)
+        model.config.metrics = holdout_summary(Path(args.holdout))
+        save_checkpoint(model, args.out, half=True)
+        print(f"stored the leave-one-out figures in {args.out}")
+        return 0
     sets = [load_feature_set(q) for q in sorted(Path(args.cache).glob("*.safetensors"))]
     cfg = replace(FeatureTrainConfig(), steps=args.steps, seed=args.seed)
     t0 = time.time()

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .evaluation.metrics import roc_auc, threshold_at_fpr
-from .heads import SYMMETRIC_HEAD_SIZES, Projector, build_head, is_symmetric
+from .heads import Projector, build_head, is_symmetric
 from .losses import barlow_twins_loss
 
 ProgressFn = Callable[[int, int, dict], None]
@@ -87,10 +87,10 @@ def load_feature_set(path: str | Path) -> FeatureSet:
 class FeatureTrainConfig:
     """Recipe of ``train_on_features`` (stored in the checkpoint's ``recipe``)."""
 
-    projector_sizes: list[int] = field(default_factory=lambda: [1280, 1024, 512])
+    projector_sizes: list[int] = field(default_factory=lambda: [1280, 512, 256])
     head: str = "symmetric"
-    head_sizes: list[int] = field(default_factory=lambda: list(SYMMETRIC_HEAD_SIZES))
-    steps: int = 500
+    head_sizes: list[int] = field(default_factory=lambda: [128, 16])
+    steps: int = 300
     batch_size: int = 256
     lr: float = 1e-3
     lr_end: float = 1e-5

@@ -122,10 +122,15 @@ _RUNNING: set[StoppableWorker] = set()
 def stop_all(timeout_s: float = CLOSE_WAIT_S) -> None:
     """Stop every running plugin worker and wait for it (at exit: no thread is left computing
     while Python or Qt shut down, which aborted the process before)."""
-    for worker in list(_RUNNING):
+    running = list(_RUNNING)
+    for worker in running:
         worker.stop_event.set()
-    for worker in list(_RUNNING):
+    for worker in running:
         worker.done.wait(timeout_s)
+    if running:  # let Qt's pool threads finish their own clean-up of those workers
+        from qtpy.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(1000)
 
 
 def _stop_at_exit() -> None:

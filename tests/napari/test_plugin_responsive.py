@@ -128,12 +128,12 @@ def test_cancel_during_alignment_ends_the_thread_within_1s(
             panel._cancel.clicked.emit()
 
     worker.yielded.connect(on_yield)
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
+    qtbot.waitUntil(worker.done.is_set, timeout=120_000)  # set as the worker thread's run ends
     ended = time.perf_counter()
     assert pressed, "the alignment stage was never reached"
     assert ended - pressed[0] < 1.0, f"stopped {ended - pressed[0]:.2f} s after Cancel"
     assert worker.done.is_set() and not HELPERS.alive()  # the computing thread has finished
+    qtbot.waitUntil(lambda: not panel.busy, timeout=5_000)  # the panel has heard of it
     assert panel.result is None and "cancelled" in panel._status.value
     assert not [ly for ly in viewer.layers if ly.name.startswith("BTA ")]
     assert panel._run.enabled and not panel._cancel.enabled

@@ -48,3 +48,32 @@ class StageBars:
         if self._bar is not None:
             self._bar.close()
         self._bar, self._stage = None, None
+
+
+class StepBar:
+    """One bar for a short command whose steps are named stages (``bta-core score``):
+    ``stage("loading model")`` before work without a callback, then ``on_progress``."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self._bar: Any = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
+
+    def stage(self, name: str, step: int | None = None) -> None:
+        if self._bar is not None:
+            self._bar.set_description(name)
+            if step is not None:
+                self._bar.n = step
+            self._bar.refresh()
+
+    def __call__(self, step: int, total: int, info: dict | None = None) -> None:
+        if self._bar is not None:
+            self._bar.total = total + 1  # + the model loading step
+            self.stage(str((info or {}).get("stage", "")), step + 1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -67,8 +67,16 @@ def main(args: argparse.Namespace) -> int:
             for k, v in info.items():
                 print(f"{k:>24}: {v}")
         return 0
-    from ..checkpoint import load_checkpoint
+    from pathlib import Path
 
+    from ..checkpoint import load_checkpoint
+    from ..index import load
+
+    for p in args.paths:  # fail before the model loads
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{p}: not found")
+    if args.action == "add":
+        load(args.index)  # a clear error if it is not an index
     device = get_device(args.device)
     model = load_checkpoint(args.checkpoint, device=device)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))

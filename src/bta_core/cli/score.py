@@ -10,6 +10,8 @@ from ..assess import assess_pair
 from ..checkpoint import load_checkpoint
 from ..device import DEVICE_CHOICES, describe_device, get_device
 from ..imageio import load_image
+from ._help import add_quiet
+from ._progress import StepBar
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -39,14 +41,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "image's best candidates); a verified overlap makes the verdict 'same'",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_quiet(parser, "no progress bar on stderr")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    device = get_device(args.device)
-    model = load_checkpoint(args.checkpoint, device=device)
-    image_a, image_b = load_image(args.image_a), load_image(args.image_b)
-    found = assess_pair(model, image_a, image_b, verify=args.verify, tta=args.tta)
+    bar = StepBar(total=(4 if args.verify else 3) + 1, enabled=not args.quiet)
+    try:
+        bar.stage("loading model")
+        device = get_device(args.device)
+        model = load_checkpoint(args.checkpoint, device=device)
+        image_a, image_b = load_image(args.image_a), load_image(args.image_b)
+        bar.stage("comparing", 1)
+        found = assess_pair(
+            model, image_a, image_b, verify=args.verify, tta=args.tta, on_progress=bar
+        )
+    finally:
+        bar.close()
     decision = found.decision
     result = {
         "image_a": str(args.image_a),

@@ -25,6 +25,57 @@ from .pairs import resize_batch
 BASELINES = ("phash", "crhash", "backbone-cosine")
 
 
+def _fold_batchnorms(module: torch.nn.Module) -> None:
+    """Fold every eval-mode BatchNorm that directly follows a Conv2d into that convolution."""
+    prev_name, prev = None, None
+    for name, child in list(module.named_children()):
+        if (
+            isinstance(prev, torch.nn.Conv2d)
+            and isinstance(child, torch.nn.BatchNorm2d)
+            and child.running_mean is not None
+        ):
+            scale = child.running_var.add(child.eps).rsqrt()
+            if child.weight is not None:
+                scale = scale * child.weight
+            shift = -child.running_mean * scale
+            if child.bias is not None:
+                shift = shift + child.bias
+            w = prev.weight.detach() * scale.view(-1, 1, 1, 1)
+            b = shift if prev.bias is None else prev.bias.detach() * scale + shift
+            prev.weight = torch.nn.Parameter(w, requires_grad=False)
+            prev.bias = torch.nn.Parameter(b.detach(), requires_grad=False)
+            after = [getattr(child, k) for k in ("drop", "act") if hasattr(child, k)]
+            setattr(module, name, torch.nn.Sequential(*after))  # timm BatchNormAct2d: act only
+        else:
+            _fold_batchnorms(child)
+        prev_name, prev = name, child
+    del prev_name
+
+
+def inference_features(model: BTAModel):
+    """``model.features`` for inference: a copy of the backbone with batch norms folded into
+    the convolutions, channels-last. Falls back to the plain copy when folding would change
+    the features (a backbone whose layer order is not its data flow)."""
+    import copy
+
+    backbone = copy.deepcopy(model.backbone).eval()
+    fused = copy.deepcopy(backbone)
+    _fold_batchnorms(fused)
+    probe = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    probe = probe.to(model.device)
+    with torch.inference_mode():
+        want, got = backbone(probe).float(), fused(probe).float()
+    if torch.allclose(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()) + 1e-6):
+        backbone = fused
+    backbone.to(memory_format=torch.channels_last)
+    mean, std = model.mean, model.std
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return backbone((x - mean) / std)
+
+    return features
+
+
 class BackboneFeatures:
     """Backbone features of one image batch, computed once per distinct backbone."""
 
@@ -34,8 +85,10 @@ class BackboneFeatures:
         self._cache: dict[tuple, torch.Tensor] = {}
 
     @torch.inference_mode()
-    def for_model(self, key: tuple, model: BTAModel) -> torch.Tensor:
-        """Pooled backbone features of the batch for ``model`` (computed once per ``key``)."""
+    def for_model(self, key: tuple, model: BTAModel, features=None) -> torch.Tensor:
+        """Pooled backbone features of the batch for ``model`` (computed once per ``key``);
+        ``features``: a faster equivalent of ``model.features`` (:func:`inference_features`)."""
+        features = features or model.features
         if key not in self._cache:
             size = model.config.image_size
             dev = model.device
@@ -44,7 +97,7 @@ class BackboneFeatures:
                 xb = resize_batch(self.x[start : start + self.batch_size], size).to(dev)
                 xb = xb.contiguous(memory_format=torch.channels_last)
                 with autocast(dev):
-                    outs.append(model.features(xb).float().cpu())
+                    outs.append(features(xb).float().cpu())
             self._cache[key] = torch.cat(outs) if outs else torch.empty(0)
         return self._cache[key]
 
@@ -88,10 +141,11 @@ class ModelMethod(Method):
         cal = dict(model.config.calibration or {})
         super().__init__(name, "checkpoint", 0.5, model.config.threshold if cal else None, cal)
         self.model, self.path, self.key, self.chunk = model, path, _backbone_key(model, path), chunk
+        self.features = inference_features(model)
 
     @torch.inference_mode()
     def represent(self, feats: BackboneFeatures):
-        y = feats.for_model(self.key, self.model)
+        y = feats.for_model(self.key, self.model, self.features)
         dev = self.model.device
         us, vs = [], []
         for start in range(0, y.shape[0], 1024):
@@ -129,12 +183,13 @@ class ModelMethod(Method):
 class CosineMethod(Method):
     """Cosine similarity of the frozen backbone's pooled features (no training)."""
 
-    def __init__(self, model: BTAModel, key: tuple, threshold: float = 0.9) -> None:
+    def __init__(self, model: BTAModel, key: tuple, threshold: float = 0.9, features=None) -> None:
         super().__init__("backbone-cosine", "baseline", threshold)
         self.model, self.key = model, key
+        self.features = features or inference_features(model)
 
     def represent(self, feats: BackboneFeatures):
-        return F.normalize(feats.for_model(self.key, self.model), dim=1)
+        return F.normalize(feats.for_model(self.key, self.model, self.features), dim=1)
 
     def score(self, rep_a, rep_b, ia, ib) -> np.ndarray:
         a, b = torch.as_tensor(ia), torch.as_tensor(ib)
@@ -203,9 +258,7 @@ def build_methods(
     for name, model, path in loaded:
         seen[name] = seen.get(name, 0) + 1
         label = name if seen[name] == 1 else f"{name}-{seen[name]}"
-        model = model.to(dev).eval()
-        model.backbone.to(memory_format=torch.channels_last)  # faster convolutions on CPU
-        methods.append(ModelMethod(label, model, path))
+        methods.append(ModelMethod(label, model.to(dev).eval(), path))
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown baselines {unknown} (choose from {', '.join(BASELINES)})")
@@ -217,13 +270,13 @@ def build_methods(
         elif b == "backbone-cosine":
             frozen = [m for m in methods if isinstance(m, ModelMethod) and m.key[0] != "checkpoint"]
             if frozen:
-                methods.append(CosineMethod(frozen[0].model, frozen[0].key))
+                f = frozen[0]
+                methods.append(CosineMethod(f.model, f.key, features=f.features))
             else:
                 cfg = ModelConfig.for_backbone(
                     "efficientnet-lite0", projector_dim=16, image_size=image_size or 224
                 )
                 model = BTAModel(cfg).to(dev).eval()
-                model.backbone.to(memory_format=torch.channels_last)
                 methods.append(CosineMethod(model, ("efficientnet-lite0", None, cfg.image_size)))
     if not methods:
         raise ValueError("nothing to evaluate: give --checkpoint and/or --baselines")

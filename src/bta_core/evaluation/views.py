@@ -4,7 +4,8 @@ A view is a named batch of images made by a function (a resize of the originals,
 view A, one manipulation, ...). :class:`ViewStore` makes the pixels when a view is first asked
 for, runs every method on them once (methods sharing a frozen backbone share its forward pass)
 and keeps only the representations. With ``cache=False`` every request recomputes: the
-reference path the tests compare the cached one against.
+reference path the tests compare the cached one against. View keys name views of one image
+set: use one store per :class:`~.datasets.EvalData`.
 """
 
 from __future__ import annotations

@@ -196,6 +196,7 @@ def build_index(
 ) -> dict:
     """Create an index at ``out`` over the images below ``paths`` (``out`` must not be one)."""
     root = Path(out)
+    files = list_images(paths)  # a missing folder fails here, before anything is written
     if store.is_index(root):
         raise ValueError(f"{root}: already an index; use 'bta-core index add' to grow it")
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -215,7 +216,7 @@ def build_index(
     store.commit(root, manifest, ann.new_flat(int(model.embed_dim)))
     return add_to_index(
         root,
-        paths,
+        files,
         model,
         batch_size=batch_size,
         workers=workers,

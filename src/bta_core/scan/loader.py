@@ -5,7 +5,8 @@ embedding from files, not the network: Python threads share one interpreter, so 
 the next batch and the forward pass of this one compete for it. A
 ``torch.utils.data.DataLoader`` with worker processes runs ``discover.decode_file`` on each
 file in its own interpreter and hands the results over in order; the main process only stacks
-them and runs the model. ``workers=0`` decodes in the calling process (small jobs, tests).
+them and runs the model. ``workers=0`` decodes in the calling process (small jobs, tests),
+as does any call inside a Qt application (napari), where starting processes is unsafe.
 """
 
 from __future__ import annotations
@@ -67,11 +68,14 @@ class _Map(torch.utils.data.Dataset):
         return i, result, problem
 
 
-def _context() -> str | None:
-    """``fork`` is fast, but not safe in a process that runs a Qt event loop (napari)."""
-    if any(m in sys.modules for m in ("PyQt5", "PyQt6", "PySide2", "PySide6")):
-        return "forkserver" if sys.platform != "win32" else "spawn"
-    return None
+def _in_gui() -> bool:
+    """A Qt application (napari) runs in this process: forking it is unsafe, and spawned
+    workers would import its main module again, so decoding stays in the calling process."""
+    for binding in ("PyQt5", "PyQt6", "PySide2", "PySide6"):
+        core = sys.modules.get(f"{binding}.QtCore")
+        if core is not None and core.QCoreApplication.instance() is not None:
+            return True
+    return False
 
 
 def map_in_workers(
@@ -81,7 +85,7 @@ def map_in_workers(
     ``workers`` processes (0: here). ``fn`` must be picklable (a module-level function or a
     ``functools.partial`` of one); a failing item gives its problem and the rest goes on."""
     workers = default_workers() if workers is None else max(0, int(workers))
-    if workers == 0 or len(items) < 2:
+    if workers == 0 or len(items) < 2 or _in_gui():
         here = _Map(fn, items)
         for i in range(len(here)):
             yield here[i]
@@ -93,7 +97,6 @@ def map_in_workers(
         num_workers=min(workers, len(items)),
         worker_init_fn=_worker_init,
         prefetch_factor=prefetch,
-        multiprocessing_context=_context(),
     )
     yield from loader
 
