@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,11 +53,12 @@ class StageBars:
 
 class StepBar:
     """One bar for a short command whose steps are named stages (``bta-core score``):
-    ``stage("loading model")`` before work without a callback, then ``on_progress``."""
+    ``stage("loading model")`` before work without a callback, then ``on_progress``. Drawn only
+    on a terminal, and cleared at the end, so scripts and logs see just the result."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
         self._bar: Any = None
-        if enabled:
+        if enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)

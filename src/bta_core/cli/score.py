@@ -46,12 +46,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    image_a, image_b = load_image(args.image_a), load_image(args.image_b)  # bad files fail first
     bar = StepBar(total=(4 if args.verify else 3) + 1, enabled=not args.quiet)
     try:
         bar.stage("loading model")
         device = get_device(args.device)
         model = load_checkpoint(args.checkpoint, device=device)
-        image_a, image_b = load_image(args.image_a), load_image(args.image_b)
         bar.stage("comparing", 1)
         found = assess_pair(
             model, image_a, image_b, verify=args.verify, tta=args.tta, on_progress=bar
