@@ -73,7 +73,8 @@ def test_symmetric_head_is_order_free_and_identity_is_maximal():
     assert torch.allclose(ab, ba, atol=1e-5)
     self_a = head(za, za)
     # s(z, z) is the same maximum for every z, and no other pair beats it
-    assert torch.allclose(self_a, head.bias.expand(40), atol=1e-5)
+    assert torch.allclose(self_a, head.identity_logit().expand(40), atol=1e-5)
+    assert (torch.sigmoid(self_a) >= 0.995).all()  # identity is certain by construction
     assert (self_a[:, None] >= head.score_matrix(za, zb, logits=True) - 1e-5).all()
     near = head(za, za + 1e-3 * torch.randn_like(za))
     far = head(za, za + 1.0 * torch.randn_like(za))

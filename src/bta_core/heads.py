@@ -17,6 +17,7 @@ Two similarity heads (``ModelConfig.head``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +29,8 @@ PAPER_HEAD_SIZES = (512, 256, 64, 16)
 SYMMETRIC_HEAD_SIZES = (256, 16)
 """Symmetric head: width of the learned metric space, hidden units of the monotone MLP."""
 HEAD_TYPES = ("paper", "symmetric")
+IDENTITY_FLOOR = 0.995
+"""Lowest score the symmetric head can give an image and itself (its learned maximum is above)."""
 
 
 class Projector(nn.Module):
@@ -163,7 +166,8 @@ class SymmetricHead(nn.Module):
     2 e_a . e_b``, so it carries the product features too) and ``1 - cos(z_a, z_b)``: all are
     >= 0, symmetric, and 0 when ``a == b``. ``D`` is a small MLP with non-negative weights and
     ReLUs, minus ``D(0)``: non-decreasing in every feature, so ``D >= 0 = D(f(z, z))``. Hence
-    ``s(a, b) = s(b, a) <= s(z, z) = sigmoid(c)``. All features come from Gram matrices, so
+    ``s(a, b) = s(b, a) <= s(z, z) = sigmoid(c)``; ``c >= logit(IDENTITY_FLOOR)`` (an exact
+    copy is certain by design, not by what training happened to reach). All features come from Gram matrices, so
     all-pairs scoring costs two matrix products plus a tiny per-pair MLP.
     """
 
@@ -179,8 +183,12 @@ class SymmetricHead(nn.Module):
         self.w2 = nn.Parameter(torch.full((hidden,), -3.0))
         self.lin = nn.Parameter(torch.zeros(k))
         self.scale = nn.Parameter(torch.zeros(k))
-        self.bias = nn.Parameter(torch.tensor(5.0))
+        self.bias = nn.Parameter(torch.tensor(0.0))
         self.embed_dim, self.metric_dim, self.hidden = int(embed_dim), metric_dim, hidden
+
+    def identity_logit(self) -> torch.Tensor:
+        """``c``: the logit of every pair of identical embeddings, >= logit(IDENTITY_FLOOR)."""
+        return math.log(IDENTITY_FLOOR / (1 - IDENTITY_FLOOR)) + F.softplus(self.bias)
 
     def _distance(self, f: torch.Tensor) -> torch.Tensor:
         """Monotone ``D(f) - D(0)`` of non-negative features ``(..., k)``."""
@@ -205,7 +213,7 @@ class SymmetricHead(nn.Module):
             ],
             dim=1,
         )
-        return self.bias - self._distance(f)
+        return self.identity_logit() - self._distance(f)
 
     def pair_features(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         """All-pairs features ``(N, M, 3)`` from Gram matrices (clamped at 0)."""
@@ -231,7 +239,7 @@ class SymmetricHead(nn.Module):
         rows = max(1, chunk_pairs // max(m, 1))
         for i in range(0, n, rows):
             f = self.pair_features(z_a[i : i + rows], z_b)
-            out[i : i + rows] = self.bias - self._distance(f)
+            out[i : i + rows] = self.identity_logit() - self._distance(f)
         return out if logits else torch.sigmoid(out)
 
 
