@@ -279,3 +279,18 @@ def test_chance_coincidences_do_not_support_a_match(shared_data):
     )
     a, b = (resize(load_image(folder / n), (448, 448), anti_aliasing=True) for n in names)
     assert not match_images(a, b).found
+
+
+def test_png_titles_of_an_unrelated_pair(bccd_images, tmp_path):
+    """No located region: the figure must not claim one (titles, summary), and shifts never read -0."""
+    from bta_core.match.render import panel_titles, summary
+
+    a, b = load_image(bccd_images[3]), load_image(bccd_images[200])
+    r = match_images(a, b)
+    assert not r.found
+    titles = panel_titles(r)
+    assert not any("region found in A" in t or "overlap with B" in t for t in titles)
+    assert render_match_png(a, b, r, tmp_path / "u.png").read_bytes()[:4] == b"\x89PNG"
+    same = match_images(a, a)
+    assert panel_titles(same)[1] == "B: region found in A"
+    assert "-0" not in summary(same)

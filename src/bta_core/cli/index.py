@@ -11,7 +11,9 @@ from ._help import DefaultsHelpFormatter
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
+    parser = argparse.ArgumentParser(
+        prog="bta-core index", description=__doc__.splitlines()[0], add_help=add_help
+    )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     fmt = {"formatter_class": DefaultsHelpFormatter}
     common = argparse.ArgumentParser(add_help=False)
@@ -27,33 +29,45 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="decoding processes (default: cores - 1)"
     )
     common.add_argument("--quiet", action="store_true", help="no progress bar")
-    b = sub.add_parser(
-        "build", parents=[common], help="embed reference images into a new index", **fmt
-    )
+    what = "embed reference images into a new index"
+    b = sub.add_parser("build", parents=[common], help=what, description=what, **fmt)
     b.add_argument("paths", nargs="+", metavar="REF", help="reference folders or files")
     b.add_argument("--out", required=True, metavar="INDEX", help="index folder to create")
-    a = sub.add_parser("add", parents=[common], help="add new or changed images to an index", **fmt)
+    what = "add new or changed images to an index (files already in it are skipped)"
+    a = sub.add_parser("add", parents=[common], help=what, description=what, **fmt)
     a.add_argument("index", metavar="INDEX", help="index folder to update")
     a.add_argument("paths", nargs="+", metavar="NEW", help="folders or files")
-    i = sub.add_parser("info", help="what an index holds", **fmt)
+    i = sub.add_parser("info", help="what an index holds", description="what an index holds", **fmt)
     i.add_argument("index", metavar="INDEX", help="index folder")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
+class _Bar:
+    """A tqdm bar opened at the first progress call, when the total is known (no empty bar)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, step: int, total: int, info: dict) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="img", desc="embed", dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.n = step
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _bar(quiet: bool):
     if quiet:
         return None, None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(unit="img", desc="embed", dynamic_ncols=True)
-
-    def on_progress(step: int, total: int, info: dict) -> None:
-        bar.total = total
-        bar.n = step
-        bar.refresh()
-
-    return bar, on_progress
+    bar = _Bar()
+    return bar, bar
 
 
 def main(args: argparse.Namespace) -> int:

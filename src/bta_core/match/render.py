@@ -26,6 +26,11 @@ def warp_b_to_a(image_b: np.ndarray, result: MatchResult, shape_a: tuple[int, ..
     return np.clip(out, 0.0, 1.0)
 
 
+def _px(value: float) -> str:
+    """A pixel offset rounded to an integer, never printed as ``-0``."""
+    return f"{round(float(value)) + 0:d}"
+
+
 def summary(result: MatchResult) -> str:
     """One line describing a result, e.g. for titles and terminal output."""
     score = "" if result.score is None else f", model score {result.score:.3f}"
@@ -35,10 +40,21 @@ def summary(result: MatchResult) -> str:
     what = t.dihedral if t.dihedral != "identity" else "no rotation/flip"
     extra = f" (+{t.residual_angle:.1f} deg)" if abs(t.residual_angle) >= 1 else ""
     return (
-        f"match: {what}{extra}, scale {t.scale:.2f}, shift ({t.translation[0]:.0f}, "
-        f"{t.translation[1]:.0f}) px, {result.inliers} inliers [{result.method}], "
+        f"match: {what}{extra}, scale {t.scale:.2f}, shift ({_px(t.translation[0])}, "
+        f"{_px(t.translation[1])}) px, {result.inliers} inliers [{result.method}], "
         f"confidence {result.confidence:.2f}{score}"
     )
+
+
+def panel_titles(result: MatchResult) -> tuple[str, str, str]:
+    """Titles of the first three panels; they claim a shared region only when one was found."""
+    if result.transform is None:
+        return (
+            "A (no region shared with B found)",
+            "B (no region of it found in A)",
+            "B warped onto A",
+        )
+    return ("A: overlap with B", "B: region found in A", "B warped onto A (A magenta, B green)")
 
 
 def render_match_png(
@@ -64,11 +80,13 @@ def render_match_png(
     axes = fig.subplots(1, 4)
     for ax in axes:
         ax.set_axis_off()
+    found = result.transform is not None
+    titles = panel_titles(result)
     axes[0].imshow(a)
-    axes[0].set_title("A: overlap with B")
+    axes[0].set_title(titles[0])
     axes[1].imshow(b)
-    axes[1].set_title("B: region found in A")
-    if result.transform is not None:
+    axes[1].set_title(titles[1])
+    if found:
         for ax, poly in ((axes[0], result.outline_a()), (axes[1], result.outline_b())):
             closed = np.vstack([poly, poly[:1]])
             ax.plot(closed[:, 0], closed[:, 1], color="#00e5ff", lw=2)
@@ -87,13 +105,13 @@ def render_match_png(
         axes[2].plot(closed[:, 0], closed[:, 1], color="#00e5ff", lw=1.5)
         axes[2].set_xlim(-0.5, a.shape[1] - 0.5)
         axes[2].set_ylim(a.shape[0] - 0.5, -0.5)
-        axes[2].set_title("B warped onto A (A magenta, B green)")
+        axes[2].set_title(titles[2])
     else:
         axes[2].imshow(np.zeros_like(a))
         axes[2].text(
             0.5, 0.5, "no region found", color="w", ha="center", transform=axes[2].transAxes
         )
-        axes[2].set_title("B warped onto A")
+        axes[2].set_title(titles[2])
     axes[3].imshow(to_grey(a), cmap="gray")
     heat = upsample_heatmap(result.heatmap_a, a.shape, smooth=True)
     im = axes[3].imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
