@@ -28,11 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="held-out data sets to run (default: all)")
     p.add_argument("--steps", type=int, default=FeatureTrainConfig.steps)
     p.add_argument("--head", default="symmetric", choices=["symmetric", "paper"])
+    p.add_argument("--ssl", default="barlow_twins", choices=["barlow_twins", "nt_xent"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = replace(FeatureTrainConfig(), steps=args.steps, head=args.head, seed=args.seed)
+    cfg = replace(
+        FeatureTrainConfig(), steps=args.steps, head=args.head, seed=args.seed, ssl=args.ssl
+    )
+    if args.ssl == "nt_xent":  # NT-Xent is about 5 at the start, L_BT / D about 1
+        cfg = replace(cfg, lambda_bt=0.5)
     if args.head == "paper":
         cfg = replace(cfg, head_sizes=[512, 256, 64, 16], batch_size=96)
     res = run_holdout(Path(args.cache), cfg, args.only, log=lambda s: print(s, flush=True))

@@ -22,7 +22,8 @@ from bta_core.augment import paper_pil_transforms
 from bta_core.data import decode_records, group_ids, list_records
 from bta_core.device import describe_device, get_device
 from bta_core.losses import barlow_twins_loss, combined_loss
-from bta_core.train import TrainConfig, _Run, _stage_params, build_model, train_one_epoch
+from bta_core.train import _Run, _stage_params, build_model, train_one_epoch
+from bta_core.train_config import TrainConfig
 
 
 def _sync(device: torch.device) -> None:

@@ -25,7 +25,7 @@ def test_models_lists_the_calibrated_default(capsys):
     models = json.loads(capsys.readouterr().out)
     default = next(m for m in models if m["name"] == "default")
     assert default["origin"] == "bundled" and default["backbone"] == "efficientnet-lite0"
-    assert default["calibration"]["split"] == "val" and 0 < default["threshold"] < 0.5
+    assert default["calibration"]["split"] == "val" and 0 < default["threshold"] < 1
     assert default["size_mb"] <= 15
 
 

@@ -44,9 +44,7 @@ def _scores(model, images: list[np.ndarray]) -> torch.Tensor:
         return model.score_matrix(z, z)
 
 
-def test_default_model_identity_certain_and_unrelated_smears_below_threshold(
-    default_model, smears
-):
+def test_default_model_identity_certain_and_unrelated_smears_below_threshold(default_model, smears):
     copy = _jpeg_copy(smears[0])
     s = _scores(default_model, [*smears, smears[0].copy(), copy])
     thr = default_model.config.threshold

@@ -8,15 +8,10 @@ from safetensors.torch import load_file
 
 from bta_core.checkpoint import load_checkpoint
 from bta_core.cli import main as cli_main
-from bta_core.train import (
-    TrainConfig,
-    TrainingCancelled,
-    cosine_lr,
-    load_barlowtwins_projector,
-    state_path,
-    stats_path,
-    train,
-)
+from bta_core.train import TrainingCancelled, load_barlowtwins_projector, train
+from bta_core.train_config import TrainConfig, cosine_lr
+from bta_core.train_log import stats_path
+from bta_core.train_state import state_path
 
 
 def _cfg(shared_data, tmp_path, **kw):
@@ -244,3 +239,60 @@ def test_two_process_ddp_on_cpu(shared_data, tmp_path):
     rows = _losses(TrainConfig(out=str(out)))
     assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["images"] == 32  # whole set per epoch
     assert load_checkpoint(out).config.recipe["mode"] == "combined"
+
+
+def _feature_set(name, seed, n=40, d=32, k=3):
+    import numpy as np
+
+    from bta_core.feature_train import FeatureSet
+
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, d, generator=g)
+    splits = np.array(["train"] * 24 + ["val"] * 8 + ["test"] * 8)
+    tv = np.arange(32)
+    return FeatureSet(
+        name=name,
+        clean=base,
+        views=base[tv, None] + 0.5 * torch.randn(32, k, d, generator=g),
+        manip=base[32:, None] + 0.5 * torch.randn(8, 4, d, generator=g),
+        groups=np.arange(n),
+        splits=splits,
+        population=np.array([name] * n),
+        trainval_index=tv,
+        test_index=np.arange(32, n),
+        test_views=["hflip", "noise", "paper_a", "paper_b"],
+        files=[f"{name}/{i}" for i in range(n)],
+    )
+
+
+def test_feature_training_separates_copies_and_calibrates():
+    """CPU recipe on cached features (synthetic: the property is exact-copy certainty)."""
+    from dataclasses import replace
+
+    from bta_core.feature_train import (
+        FeatureTrainConfig,
+        calibrate_on_val,
+        embed,
+        train_on_features,
+    )
+
+    sets = [_feature_set("a", 0), _feature_set("b", 1)]
+    cfg = replace(
+        FeatureTrainConfig(),
+        projector_sizes=[32, 32, 16],
+        head_sizes=[8, 4],
+        steps=120,
+        batch_size=32,
+        warmup=10,
+    )
+    proj, head, log = train_on_features(sets, cfg)
+    assert log[-1]["bce"] < log[0]["bce"]
+    z = embed(proj, sets[0].clean[24:32])
+    zv = embed(proj, sets[0].views[24:32, 0])
+    with torch.no_grad():
+        s = torch.sigmoid(head.score_matrix(z, zv, logits=True))
+        self_pairs = torch.sigmoid(head(z, z))
+    assert (self_pairs >= 0.995).all()  # exact copies are certain
+    assert s.diagonal().mean() > s[~torch.eye(8, dtype=torch.bool)].mean() + 0.1
+    cal = calibrate_on_val(proj, head, sets)
+    assert cal["fpr"] <= 0.01 and 0 < cal["threshold"] < 1

@@ -10,7 +10,9 @@ from safetensors.torch import load_file
 
 from bta_core import train as train_mod
 from bta_core.checkpoint import atomic_write, remove_stale_temps
-from bta_core.train import TrainConfig, state_path, train
+from bta_core.train import train
+from bta_core.train_config import TrainConfig
+from bta_core.train_state import state_path
 
 
 def _cfg(shared_data, out, **kw):

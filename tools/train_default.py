@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     cal["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     recipe = recipe_dict(cfg, sets)
     recipe.update(
-        views="tools/cache_views.py: clean + 4 random reuse views per image, frozen backbone",
+        mode="cpu-features",
+        views="reuse (cached: clean + 4 random views per image)",
         split="train",
         note=f"CPU-trained ({time.time() - t0:.0f}s, 2 shared cores) on cached features",
         last_log=log[-1],

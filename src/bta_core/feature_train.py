@@ -6,7 +6,7 @@ then never runs the backbone: each step draws a batch of images from all trainin
 two of their ``K + 1`` cached views (sometimes the clean image twice, an exact copy), and
 optimises
 
-    L = BCE_balanced(head) + lambda_bt * L_BT(z_a, z_b) / D
+    L = BCE_balanced(head) + lambda_bt * L_BT(z_a, z_b) / D     (or NT-Xent with ssl="nt_xent")
 
 where the BCE runs over all B x B in-batch pairs with the positives (the diagonal) and the
 negatives weighted half and half, and half of the negative weight on the ``hard_k`` highest
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,9 +29,8 @@ import torch.nn.functional as F
 
 from .evaluation.metrics import roc_auc, threshold_at_fpr
 from .heads import Projector, build_head, is_symmetric
-from .losses import barlow_twins_loss
-
-ProgressFn = Callable[[int, int, dict], None]
+from .losses import barlow_twins_loss, nt_xent_loss
+from .runtime import ProgressFn
 
 
 @dataclass
@@ -103,6 +102,8 @@ class FeatureTrainConfig:
     copy_p: float = 0.15
     head_lr_scale: float = 10.0
     input_dropout: float = 0.3
+    ssl: str = "barlow_twins"
+    """Self-supervised term: ``"barlow_twins"`` (L_BT / D) or ``"nt_xent"`` (SimCLR baseline)."""
     """Dropout on the cached backbone features while training (fights memorising views)."""
     """Share of pairs that are the clean image twice (an exact copy)."""
     seed: int = 0
@@ -211,14 +212,19 @@ def train_on_features(
         bce, parts = balanced_pair_bce(
             logits, valid, valid & (di[:, None] == di[None, :]), cfg.hard_k
         )
-        bt = barlow_twins_loss(za, zb, lambda_bt=cfg.lambda_offdiag) / za.shape[1]
+        if cfg.ssl == "nt_xent":
+            bt = nt_xent_loss(za, zb)
+        else:
+            bt = barlow_twins_loss(za, zb, lambda_bt=cfg.lambda_offdiag) / za.shape[1]
         loss = bce + cfg.lambda_bt * bt
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {float(loss)} at step {step}")
-        parts.update(loss=float(loss.detach()), bce=float(bce.detach()), bt=float(bt.detach()))
+        ssl_name = "nt_xent" if cfg.ssl == "nt_xent" else "bt"
+        parts.update(loss=float(loss.detach()), bce=float(bce.detach()))
+        parts[ssl_name] = float(bt.detach())
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:

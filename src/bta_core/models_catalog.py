@@ -19,9 +19,10 @@ def list_models(extra_dirs: list[str | os.PathLike] | None = None) -> list[dict]
     candidates: list[tuple[str, Path]] = []
     if DEFAULT_MODEL_PATH.exists():
         candidates.append(("bundled", DEFAULT_MODEL_PATH))
-    for folder in [models_dir(), *map(Path, extra_dirs or [])]:
+    folders = [("cached", models_dir())] + [("--dir", Path(d)) for d in extra_dirs or []]
+    for origin, folder in folders:
         if folder.is_dir():
-            candidates += [("cached", p) for p in sorted(folder.glob("*.safetensors"))]
+            candidates += [(origin, p) for p in sorted(folder.glob("*.safetensors"))]
     out = []
     for origin, path in candidates:
         try:

@@ -1,4 +1,4 @@
-"""``bta-core train``: the paper's BTA and BTA-combined training (sections 3-4, Algorithms 1-2).
+"""The paper's BTA and BTA-combined training (sections 3-4, Algorithms 1-2); CLI: ``cli/train.py``.
 
 Recipes (``--mode``):
 
@@ -22,14 +22,11 @@ seeded from (seed, stage, epoch), so a resumed run repeats an uninterrupted one 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,15 +34,23 @@ from torch import nn
 
 from .augment import VIEW_RECIPES, apply_view
 from .backbones import feature_dim, safe_torch_load
-from .checkpoint import atomic_write, load_checkpoint, remove_stale_temps, save_checkpoint
 from .data import decode_records, group_ids, list_records
-from .device import DEVICE_CHOICES, describe_device, get_device
-from .heads import HEAD_TYPES, PAPER_HEAD_SIZES, PAPER_PROJECTOR_SIZES, SYMMETRIC_HEAD_SIZES
-from .losses import LAMBDA_BT, LAMBDA_COMBINED, barlow_twins_loss, combined_loss, nt_xent_loss
+from .device import autocast, describe_device, get_device
+from .heads import PAPER_HEAD_SIZES, PAPER_PROJECTOR_SIZES, SYMMETRIC_HEAD_SIZES
+from .losses import barlow_twins_loss, combined_loss, nt_xent_loss
 from .model import BTAModel, ModelConfig
 from .runtime import Cancelled, ProgressFn
-
-DEFAULT_EPOCHS = {"bta": 200, "combined": 200, "head": 100, "simclr": 200}
+from .train_config import DEFAULT_EPOCHS, TrainConfig, cosine_lr, recipe_dict
+from .train_log import TrainLogger
+from .train_state import (
+    epoch_snapshot,
+    load_training_state,
+    remove_stale_outputs,
+    restore_optimizer,
+    restore_snapshot,
+    save_training_state,
+    state_path,
+)
 
 
 class TrainingCancelled(Cancelled):
@@ -54,71 +59,6 @@ class TrainingCancelled(Cancelled):
     def __init__(self, message: str, at_epoch_start: bool = False) -> None:
         super().__init__(message)
         self.at_epoch_start = at_epoch_start
-
-
-@dataclass
-class TrainConfig:
-    """Training options; every field is a ``bta-core train`` flag of the same name."""
-
-    data: list[str] = field(default_factory=list)
-    out: str = "bta.safetensors"
-    mode: str = "combined"
-    views: str = "paper"
-    backbone: str = "resnet50-barlowtwins"
-    backbone_weights: str | None = None
-    projector_dim: int | None = None
-    split: str | None = "train"
-    epochs: int | None = None
-    head_epochs: int = 100
-    batch_size: int = 128
-    image_size: int = 224
-    lr_start: float = 3e-3
-    lr_end: float = 5e-4
-    weight_decay: float = 1e-2
-    lambda_bt: float = LAMBDA_BT
-    lambda_: float = LAMBDA_COMBINED
-    p_same: float = 0.4
-    pos_weight: float | None = None
-    """Weight of the positives of the all-pairs BCE; None balances them (B - 1)."""
-    head: str = "symmetric"
-    limit: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    finetune_backbone: bool = False
-    backbone_lr_scale: float = 0.1
-    init_projector: str | None = None
-    compile: bool = False
-    save_every: int = 10
-    resume: bool = False
-    view_bank: int = 0
-    quiet: bool = False
-
-    def stages(self) -> list[tuple[str, int]]:
-        """The (stage, epochs) sequence of the recipe."""
-        epochs = self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.mode]
-        if self.mode == "bta":
-            return [("projector", epochs), ("head", self.head_epochs)]
-        if self.mode == "simclr":
-            return [("simclr", epochs), ("head", self.head_epochs)]
-        if self.mode == "combined":
-            return [("combined", epochs)]
-        if self.mode == "head":
-            return [("head", epochs)]
-        raise ValueError(f"unknown mode {self.mode!r} (bta, combined or head)")
-
-
-def cosine_lr(epoch: int, epochs: int, lr_start: float, lr_end: float) -> float:
-    """Paper schedule: gamma_k = gamma_start * q_k + gamma_end * (1 - q_k), q_k = (1 + cos(pi k/K)) / 2."""
-    q = 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
-    return lr_start * q + lr_end * (1 - q)
-
-
-def state_path(out: str | os.PathLike) -> Path:
-    return Path(str(out) + ".state")
-
-
-def stats_path(out: str | os.PathLike) -> Path:
-    return Path(str(out) + ".stats.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,102 +130,6 @@ def build_model(cfg: TrainConfig) -> BTAModel:
     return model
 
 
-def recipe_dict(cfg: TrainConfig) -> dict:
-    """The training recipe as stored in checkpoints (no paths that only exist on one machine)."""
-    d = asdict(cfg)
-    for key in ("out", "resume", "quiet", "device"):
-        d.pop(key)
-    return d
-
-
-# ---------------------------------------------------------------------------------------------
-# state save / restore
-
-
-def _flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for name, value in st.items():
-            key = f"{prefix}.{idx}.{name}"
-            if torch.is_tensor(value):
-                tensors[key] = value.detach().cpu().contiguous()
-            else:
-                scalars[key] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict, meta: dict) -> None:
-    state: dict = {}
-    for key, value in tensors.items():
-        if key.startswith(prefix + "."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    for key, value in meta["scalars"].items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def save_training_state(
-    model: BTAModel,
-    opt: torch.optim.Optimizer,
-    cfg: TrainConfig,
-    stage: int,
-    epoch: int,
-    partial: bool,
-) -> None:
-    """Checkpoint (usable model) plus the optimizer/progress state needed by ``--resume``."""
-    from safetensors.torch import save_file
-
-    save_checkpoint(model, cfg.out, extra_meta={"training": {"stage": stage, "epoch": epoch}})
-    tensors, opt_meta = _flatten_optimizer(opt, "optim")
-    for prefix, module in (
-        ("projector", model.projector),
-        ("head", model.head),
-        ("backbone", model.backbone),
-    ):
-        if prefix == "backbone" and not model.config.backbone_in_checkpoint:
-            continue
-        for k, v in module.state_dict().items():
-            tensors[f"model.{prefix}.{k}"] = v.detach().cpu().contiguous().clone()
-    meta = {
-        "stage": stage,
-        "epoch": epoch,
-        "partial": partial,
-        "config": asdict(cfg),
-        "optimizer": opt_meta,
-    }
-    atomic_write(
-        state_path(cfg.out),
-        lambda tmp: save_file(tensors, tmp, metadata={"state": json.dumps(meta)}),
-    )
-
-
-def load_training_state(model: BTAModel, path: Path) -> tuple[dict, dict]:
-    """Restore model tensors from a state file; returns (meta, all tensors)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as fh:
-        meta = json.loads(fh.metadata()["state"])
-    tensors = load_file(str(path))
-    for prefix, module in (
-        ("projector", model.projector),
-        ("head", model.head),
-        ("backbone", model.backbone),
-    ):
-        sub = {
-            k[len(f"model.{prefix}.") :]: v
-            for k, v in tensors.items()
-            if k.startswith(f"model.{prefix}.")
-        }
-        if sub:
-            module.load_state_dict(sub)
-    return meta, tensors
-
-
-# ---------------------------------------------------------------------------------------------
 # training
 
 
@@ -305,7 +149,7 @@ class _Run:
 
     @property
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        return autocast(self.device)
 
     def generator(self, *keys: int) -> torch.Generator:
         g = torch.Generator(device=self.device)
@@ -531,8 +375,7 @@ def train(
             f"{state_path(cfg.out)}: nothing to resume (no training state saved for {cfg.out}); "
             "run without --resume to start"
         )
-    for target in (Path(cfg.out), state_path(cfg.out)):
-        remove_stale_temps(target)  # left by a run killed while writing
+    remove_stale_outputs(cfg.out)  # temp files left by a run killed while writing
     world, rank, device = _setup_distributed(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
@@ -560,7 +403,7 @@ def train(
     if images.numel() < 2 * 1024**3 or device.type == "cpu":
         images = images.to(device)
     run = _Run(cfg, model, images, group_ids(records).to(device), device, world, rank)
-    log = _Logger(cfg, rank == 0 and not cfg.quiet, write=rank == 0)
+    log = TrainLogger(cfg, rank == 0 and not cfg.quiet, write=rank == 0)
     log.info(
         f"training {cfg.mode} on {len(records)} images ({len(skipped)} skipped) with {cfg.backbone} "
         f"on {describe_device(device)}; stages {stages}"
@@ -584,7 +427,7 @@ def train(
         first = 0
         if si == start_stage and resume_meta is not None:
             first = start_epoch
-            _restore_optimizer(opt, "optim", resume_tensors, resume_meta["optimizer"])
+            restore_optimizer(opt, "optim", resume_tensors, resume_meta["optimizer"])
             log.info(f"resumed {stage} at epoch {first}/{epochs}")
         done_steps += first * max(1, len(records) // (cfg.batch_size * world))
         epoch = first
@@ -618,7 +461,7 @@ def train(
                             {"stage": _stage, "epoch": _epoch, **info},
                         )
 
-                snapshot = _epoch_snapshot(model, opt) if rank == 0 else None
+                snapshot = epoch_snapshot(model, opt) if rank == 0 else None
                 stats = train_one_epoch(run, stage, opt, params, si, epoch, on_step, should_stop)
                 if bar is not None:
                     bar.close()
@@ -631,7 +474,7 @@ def train(
                 # --resume restarts the interrupted epoch: save the state it started from, so
                 # the resumed run repeats the uninterrupted one bit for bit
                 if snapshot is not None and not getattr(exc, "at_epoch_start", False):
-                    _restore_snapshot(model, opt, snapshot)
+                    restore_snapshot(model, opt, snapshot)
                 save_training_state(model, opt, cfg, si, epoch, partial=False)
                 log.info(
                     f"stopped: checkpoint of epoch {epoch}/{epochs} ({stage}) saved to {cfg.out}; "
@@ -644,214 +487,3 @@ def train(
             save_training_state(model, opt, cfg, si + 1, 0, partial=False)
     log.info(f"saved {cfg.out}")
     return Path(cfg.out)
-
-
-class _Logger:
-    """Progress bars and JSON-lines stats of rank 0."""
-
-    def __init__(self, cfg: TrainConfig, verbose: bool, write: bool = True) -> None:
-        self.cfg, self.verbose, self.write = cfg, verbose, write
-
-    def info(self, text: str) -> None:
-        if self.verbose:
-            print(text, flush=True)
-
-    def bar(self, desc: str):
-        if not self.verbose:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=None, desc=desc, leave=False, dynamic_ncols=True)
-
-    def stats(self, row: dict) -> None:
-        if not self.write:
-            return
-        path = stats_path(self.cfg.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"time": time.time(), **row}) + "\n")
-        if self.verbose:
-            parts = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
-            print(f"[{row['stage']} {row['epoch']}/{row['epochs']}] {parts}", flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# command line
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(
-        description=__doc__,
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("data", nargs="+", help="image folders and/or splits.csv files")
-    p.add_argument("--out", default=d.out, help="checkpoint to write (safetensors)")
-    p.add_argument(
-        "--mode",
-        default=d.mode,
-        choices=list(DEFAULT_EPOCHS),
-        help="training recipe (docs/training.md)",
-    )
-    p.add_argument(
-        "--views", default=d.views, choices=list(VIEW_RECIPES), help="augmentation recipe"
-    )
-    p.add_argument(
-        "--backbone",
-        default=d.backbone,
-        help="resnet50-barlowtwins, efficientnet-lite0, resnet18, resnet50",
-    )
-    p.add_argument(
-        "--backbone-weights",
-        default=d.backbone_weights,
-        help="local weights file or URL for the backbone",
-    )
-    p.add_argument(
-        "--projector-dim",
-        type=int,
-        default=d.projector_dim,
-        help="projector width (default 4096 for 2048-d backbones, else 2048)",
-    )
-    p.add_argument("--split", default=d.split, help="split of splits.csv rows to use ('' for all)")
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=d.epochs,
-        help="epochs (default: bta 200 projector, combined 200, head 100)",
-    )
-    p.add_argument(
-        "--head-epochs", type=int, default=d.head_epochs, help="head epochs of --mode bta"
-    )
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="model input size (px)")
-    p.add_argument(
-        "--lr-start", type=float, default=d.lr_start, help="gamma_start of the cosine schedule"
-    )
-    p.add_argument(
-        "--lr-end", type=float, default=d.lr_end, help="gamma_end of the cosine schedule"
-    )
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    p.add_argument("--lambda-bt", type=float, default=d.lambda_bt, help="redundancy weight of L_BT")
-    p.add_argument(
-        "--lambda",
-        dest="lambda_",
-        type=float,
-        default=d.lambda_,
-        help="weight of L_BT in the combined loss",
-    )
-    p.add_argument(
-        "--p-same", type=float, default=d.p_same, help="share of same-image pairs for head training"
-    )
-    p.add_argument(
-        "--pos-weight",
-        type=float,
-        default=d.pos_weight,
-        help="weight of positives in the all-pairs BCE (default: balanced, B - 1)",
-    )
-    p.add_argument(
-        "--head",
-        default=d.head,
-        choices=list(HEAD_TYPES),
-        help="similarity head: symmetric (identity-aware) or paper (concatenation MLP)",
-    )
-    p.add_argument("--limit", type=int, default=d.limit, help="use only the first N images")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (runs are repeatable)")
-    p.add_argument(
-        "--device",
-        default=d.device,
-        choices=DEVICE_CHOICES,
-        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
-    )
-    p.add_argument(
-        "--finetune-backbone", action="store_true", help="also train the backbone (lower lr)"
-    )
-    p.add_argument(
-        "--backbone-lr-scale",
-        type=float,
-        default=d.backbone_lr_scale,
-        help="backbone learning rate / head learning rate with --finetune-backbone",
-    )
-    p.add_argument(
-        "--init-projector",
-        default=d.init_projector,
-        help="take the projector from the official Barlow Twins checkpoint.pth or from a napari-bta .safetensors checkpoint",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N epochs")
-    p.add_argument("--resume", action="store_true", help="continue from OUT.state")
-    p.add_argument(
-        "--view-bank",
-        type=int,
-        default=d.view_bank,
-        help="precompute backbone features of K view pairs per image (frozen backbone only; much faster on a CPU)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    names = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-    cfg.split = cfg.split or None
-    if cfg.view_bank and cfg.finetune_backbone:
-        raise ValueError("--view-bank needs a frozen backbone (drop --finetune-backbone)")
-    return cfg
-
-
-def _epoch_snapshot(model: BTAModel, opt: torch.optim.Optimizer) -> dict:
-    """Copies of the trained weights and optimizer state at the start of an epoch."""
-    import copy
-
-    parts = {"projector": model.projector, "head": model.head}
-    if any(p.requires_grad for p in model.backbone.parameters()):
-        parts["backbone"] = model.backbone
-    return {
-        "modules": {
-            name: {k: v.detach().clone() for k, v in module.state_dict().items()}
-            for name, module in parts.items()
-        },
-        "opt": copy.deepcopy(opt.state_dict()),
-    }
-
-
-def _restore_snapshot(model: BTAModel, opt: torch.optim.Optimizer, snapshot: dict) -> None:
-    for name, state in snapshot["modules"].items():
-        getattr(model, name).load_state_dict(state)
-    opt.load_state_dict(snapshot["opt"])
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Inside: SIGTERM (e.g. ``kill``, a batch scheduler's stop) acts like Ctrl-C, so training
-    saves its state before it ends. Only in the main thread; elsewhere a no-op."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def main(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    try:
-        with sigterm_as_interrupt():
-            path = train(cfg)
-    except TrainingCancelled as exc:
-        print(str(exc))
-        return 130
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    model = load_checkpoint(path)
-    print(f"wrote {path} ({model.config.backbone}, projector {model.config.projector_sizes})")
-    return 0

@@ -86,7 +86,8 @@ def train_job(
     prepare_torch_import()
     from bta_core.checkpoint import load_checkpoint
     from bta_core.device import get_device
-    from bta_core.train import TrainConfig, train
+    from bta_core.train import train
+    from bta_core.train_config import TrainConfig
 
     yield Progress(0, 1, {"stage": "reading images"})
     if planes:

@@ -63,6 +63,14 @@ def _decide(model, image_a, image_b, found) -> Decision:
     return decide(evidence, policy_for(model) if model is not None else Policy())
 
 
+def _name_files(message: str, args: argparse.Namespace) -> str:
+    """``message`` with a leading ``image_a:``/``image_b:`` replaced by that file's path."""
+    for tag, path in (("image_a:", args.image_a), ("image_b:", args.image_b)):
+        if message.startswith(tag):
+            return f"{path}:{message[len(tag) :]}"
+    return message
+
+
 def main(args: argparse.Namespace) -> int:
     from ..imageio import load_image
     from ..output_files import check_out_dir
@@ -72,7 +80,10 @@ def main(args: argparse.Namespace) -> int:
     a = load_image(args.image_a)
     b = load_image(args.image_b)
     model = _load_model(args)
-    result = match_images(a, b, model=model, max_side=args.max_side)
+    try:
+        result = match_images(a, b, model=model, max_side=args.max_side)
+    except ValueError as exc:  # the matcher names its arguments; the user knows the files
+        raise ValueError(_name_files(str(exc), args)) from None
     decision = _decide(model, a, b, result)
     data = {"image_a": str(args.image_a), "image_b": str(args.image_b), **result.to_dict()}
     data["decision"] = decision.to_dict()

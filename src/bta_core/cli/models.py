@@ -18,6 +18,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    for folder in args.dir:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder}: --dir must be an existing folder")
     models = list_models(args.dir)
     if args.json:
         print(json.dumps(models, indent=2))

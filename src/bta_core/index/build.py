@@ -51,10 +51,16 @@ def list_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
 def _check_model(idx: ReferenceIndex, model) -> str:
     mid = _model_identity(model)
     if mid != idx.model_id:
+        built_with = str(idx.manifest.get("model_name", "?"))
+        now = str(getattr(model, "checkpoint_path", None) or "in-memory model")
+        hint = (
+            "that model file has changed since (a new bundled model?): build a new index"
+            if built_with == now
+            else "use the same --checkpoint, or build a new index for this model"
+        )
         raise ModelMismatchError(
             f"{idx.root}: the index was built with model {idx.model_id[:12]} "
-            f"({idx.manifest.get('model_name', '?')}), not with this one ({mid[:12]}); "
-            "use the same --checkpoint, or build a new index for this model"
+            f"({built_with}), not with this one ({mid[:12]}); {hint}"
         )
     return mid
 

@@ -1,0 +1,141 @@
+"""What ``--resume`` needs besides the checkpoint: the training state file (``OUT.state``).
+
+The state is a safetensors file (no pickle) holding the trained modules' tensors, the
+optimizer's tensors and, as JSON metadata, the stage, epoch, recipe and optimizer scalars.
+An in-memory snapshot of the weights and optimizer at the start of an epoch lets an
+interrupted epoch be saved as the state it started from.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .checkpoint import atomic_write, remove_stale_temps, save_checkpoint
+
+if TYPE_CHECKING:
+    from .model import BTAModel
+    from .train_config import TrainConfig
+
+
+def state_path(out: str | os.PathLike) -> Path:
+    """The training state saved next to checkpoint ``out``."""
+    return Path(str(out) + ".state")
+
+
+def remove_stale_outputs(out: str | os.PathLike) -> None:
+    """Remove temp files of the checkpoint and its state left by a run killed while writing."""
+    for target in (Path(out), state_path(out)):
+        remove_stale_temps(target)
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
+    """The optimizer's state as (tensors named ``prefix.param.name``, JSON-ready rest)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            key = f"{prefix}.{idx}.{name}"
+            if torch.is_tensor(value):
+                tensors[key] = value.detach().cpu().contiguous()
+            else:
+                scalars[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict, meta: dict) -> None:
+    """Load what :func:`flatten_optimizer` returned back into ``opt``."""
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["scalars"].items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_training_state(
+    model: BTAModel,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    stage: int,
+    epoch: int,
+    partial: bool,
+) -> None:
+    """Checkpoint (usable model) plus the optimizer/progress state needed by ``--resume``."""
+    from safetensors.torch import save_file
+
+    save_checkpoint(model, cfg.out, extra_meta={"training": {"stage": stage, "epoch": epoch}})
+    tensors, opt_meta = flatten_optimizer(opt, "optim")
+    for prefix, module in (
+        ("projector", model.projector),
+        ("head", model.head),
+        ("backbone", model.backbone),
+    ):
+        if prefix == "backbone" and not model.config.backbone_in_checkpoint:
+            continue
+        for k, v in module.state_dict().items():
+            tensors[f"model.{prefix}.{k}"] = v.detach().cpu().contiguous().clone()
+    meta = {
+        "stage": stage,
+        "epoch": epoch,
+        "partial": partial,
+        "config": asdict(cfg),
+        "optimizer": opt_meta,
+    }
+    atomic_write(
+        state_path(cfg.out),
+        lambda tmp: save_file(tensors, tmp, metadata={"state": json.dumps(meta)}),
+    )
+
+
+def load_training_state(model: BTAModel, path: Path) -> tuple[dict, dict]:
+    """Restore model tensors from a state file; returns (meta, all tensors)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["state"])
+    tensors = load_file(str(path))
+    for prefix, module in (
+        ("projector", model.projector),
+        ("head", model.head),
+        ("backbone", model.backbone),
+    ):
+        sub = {
+            k[len(f"model.{prefix}.") :]: v
+            for k, v in tensors.items()
+            if k.startswith(f"model.{prefix}.")
+        }
+        if sub:
+            module.load_state_dict(sub)
+    return meta, tensors
+
+
+def epoch_snapshot(model: BTAModel, opt: torch.optim.Optimizer) -> dict:
+    """Copies of the trained weights and optimizer state at the start of an epoch."""
+    parts = {"projector": model.projector, "head": model.head}
+    if any(p.requires_grad for p in model.backbone.parameters()):
+        parts["backbone"] = model.backbone
+    return {
+        "modules": {
+            name: {k: v.detach().clone() for k, v in module.state_dict().items()}
+            for name, module in parts.items()
+        },
+        "opt": copy.deepcopy(opt.state_dict()),
+    }
+
+
+def restore_snapshot(model: BTAModel, opt: torch.optim.Optimizer, snapshot: dict) -> None:
+    """Put the weights and optimizer state of :func:`epoch_snapshot` back."""
+    for name, state in snapshot["modules"].items():
+        getattr(model, name).load_state_dict(state)
+    opt.load_state_dict(snapshot["opt"])
