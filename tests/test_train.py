@@ -199,16 +199,20 @@ def test_cli_train_then_score(shared_data, tmp_path, capsys):
 
 def test_two_process_ddp_on_cpu(shared_data, tmp_path):
     """torchrun with 2 CPU processes (gloo): the global BT cross-correlation is all-reduced."""
+    import socket
     import subprocess
     import sys
 
+    with socket.socket() as sock:  # a free port, so parallel runs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     out = tmp_path / "ddp.safetensors"
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=29517",
+        f"--master_port={port}",
         "-m",
         "bta_core.cli",
         "train",
