@@ -211,7 +211,8 @@ def test_fast_crop_hash_is_imagehash(bccd_images, dsb_images):
     images = []
     for path in [bccd_images[0], dsb_images[0], dsb_images[360]]:
         im = Image.open(path).convert("RGB").resize((224, 224))
-        images += [im, im.point(lambda v: min(255, 3 * v)), im.point(lambda v: 255 - v)]  # bright and dark segments
+        # brightened and inverted copies: several bright and dark segments
+        images += [im, im.point(lambda v: min(255, 3 * v)), im.point(lambda v: 255 - v)]
     n_segments = 0
     for im in images:
         ref = imagehash.crop_resistant_hash(im, segmentation_image_size=224, min_segment_size=278)

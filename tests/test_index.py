@@ -228,3 +228,12 @@ def test_cancelled_build_keeps_finished_segments_and_add_resumes(
     assert load(out).n_live == 3  # the finished segment survived
     res = add_to_index(out, [refs], cosine_model, workers=0)
     assert (res["added"], res["unchanged"]) == (5, 3)
+
+
+def test_index_cli_help_names_the_full_command(capsys):
+    from bta_core import cli
+
+    for action in ("build", "add", "info"):
+        with pytest.raises(SystemExit):
+            cli.main(["index", action, "--help"])
+        assert capsys.readouterr().out.startswith(f"usage: bta-core index {action} ")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from skimage.transform import rescale
 
 from bta_core import cli
@@ -294,3 +295,11 @@ def test_png_titles_of_an_unrelated_pair(bccd_images, tmp_path):
     same = match_images(a, a)
     assert panel_titles(same)[1] == "B: region found in A"
     assert "-0" not in summary(same)
+
+
+def test_cli_error_names_the_too_small_file(bccd_images, tmp_path, capsys):
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tiny)
+    assert cli.main(["match", str(bccd_images[0]), str(tiny), "--no-model"]) == 1
+    err = capsys.readouterr().err
+    assert str(tiny) in err and "image_b" not in err

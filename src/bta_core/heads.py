@@ -167,8 +167,8 @@ class SymmetricHead(nn.Module):
     >= 0, symmetric, and 0 when ``a == b``. ``D`` is a small MLP with non-negative weights and
     ReLUs, minus ``D(0)``: non-decreasing in every feature, so ``D >= 0 = D(f(z, z))``. Hence
     ``s(a, b) = s(b, a) <= s(z, z) = sigmoid(c)``; ``c >= logit(IDENTITY_FLOOR)`` (an exact
-    copy is certain by design, not by what training happened to reach). All features come from Gram matrices, so
-    all-pairs scoring costs two matrix products plus a tiny per-pair MLP.
+    copy is certain by design, not by what training happened to reach). All features come
+    from Gram matrices, so all-pairs scoring costs two matrix products plus a tiny per-pair MLP.
     """
 
     n_features = 3

@@ -110,7 +110,8 @@ def main(args: argparse.Namespace) -> int:
     for path, problem in res["skipped"]:
         say(f"  skipped {path}: {problem}")
     say(
-        f"{res['index']}: {res['added']} added, {res['replaced']} changed and re-embedded, "
+        f"{res['index']}: {res['added'] - res['replaced']} new, "
+        f"{res['replaced']} changed and re-embedded, "
         f"{res['unchanged']} unchanged, {len(res['skipped'])} skipped ({res['seconds']:.1f} s)"
     )
     return 0

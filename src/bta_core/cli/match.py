@@ -33,7 +33,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="working size for keypoints")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", default=None, metavar="DIR", help="write a PNG (and JSON) here")
-    parser.add_argument("--quiet", action="store_true", help="no notes on stderr")
+    parser.add_argument("--quiet", action="store_true", help="no notes or progress bar on stderr")
     return parser
 
 
@@ -79,11 +79,18 @@ def main(args: argparse.Namespace) -> int:
         check_out_dir(args.out)
     a = load_image(args.image_a)
     b = load_image(args.image_b)
-    model = _load_model(args)
+    from ._progress import StepBar
+
+    bar = StepBar(total=2, enabled=not args.quiet)  # drawn on a terminal only, then cleared
     try:
-        result = match_images(a, b, model=model, max_side=args.max_side)
+        bar.stage("loading model")
+        model = _load_model(args)
+        bar.stage("matching", 1)
+        result = match_images(a, b, model=model, max_side=args.max_side, on_progress=bar)
     except ValueError as exc:  # the matcher names its arguments; the user knows the files
         raise ValueError(_name_files(str(exc), args)) from None
+    finally:
+        bar.close()
     decision = _decide(model, a, b, result)
     data = {"image_a": str(args.image_a), "image_b": str(args.image_b), **result.to_dict()}
     data["decision"] = decision.to_dict()

@@ -25,9 +25,10 @@ from .pairs import resize_batch
 BASELINES = ("phash", "crhash", "backbone-cosine")
 
 
+@torch.no_grad()
 def _fold_batchnorms(module: torch.nn.Module) -> None:
     """Fold every eval-mode BatchNorm that directly follows a Conv2d into that convolution."""
-    prev_name, prev = None, None
+    prev = None
     for name, child in list(module.named_children()):
         if (
             isinstance(prev, torch.nn.Conv2d)
@@ -48,8 +49,7 @@ def _fold_batchnorms(module: torch.nn.Module) -> None:
             setattr(module, name, torch.nn.Sequential(*after))  # timm BatchNormAct2d: act only
         else:
             _fold_batchnorms(child)
-        prev_name, prev = name, child
-    del prev_name
+        prev = child
 
 
 def inference_features(model: BTAModel):

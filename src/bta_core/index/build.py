@@ -130,7 +130,9 @@ def add_to_index(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> dict:
-    """Add new and changed image files below ``paths``; returns a summary of what was done."""
+    """Add new and changed image files below ``paths``; returns a summary of what was done:
+    ``added`` rows written (new files and changed ones), ``replaced`` (the changed files among
+    them, whose old rows were retired), ``unchanged``, ``skipped`` ``[(path, problem)]``."""
     t0 = time.perf_counter()
     idx = store.load(index)
     _check_model(idx, model)

@@ -33,7 +33,7 @@ def _px(value: float) -> str:
 
 def summary(result: MatchResult) -> str:
     """One line describing a result, e.g. for titles and terminal output."""
-    score = "" if result.score is None else f", model score {result.score:.3f}"
+    score = "" if result.score is None else f", best-orientation model score {result.score:.3f}"
     if result.transform is None:
         return f"no matching region found (confidence {result.confidence:.2f}{score})"
     t = result.transform
