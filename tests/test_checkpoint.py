@@ -205,6 +205,13 @@ def test_bad_tensor_values_are_refused(tmp_path, saved, change, problem):
         ({"surprise": 1}, "unknown keys"),
         ({"head": "exec"}, "head 'exec' is not one of"),
         ({"head": "symmetric", "head_sizes": [64, 16, 4]}, "symmetric head"),
+        ({"calibration": {"probability": "platt"}}, "calibration.probability must be"),
+        ({"calibration": {"probability": {"platt": [float("nan"), 0.0]}}}, "platt must be"),
+        ({"calibration": {"probability": {"platt": ["1", 0]}}}, "platt must be"),
+        ({"calibration": {"probability": {"platt": [1.0]}}}, "platt must be"),
+        ({"calibration": {"probability": {"platt": [-0.5, 1.0]}}}, "slope"),
+        ({"calibration": {"probability": {"platt": [1.0, 0.0], "pairs": -3}}}, "pairs"),
+        ({"calibration": {"probability": {"platt": [1.0, 0.0], "fitted_on": 7}}}, "fitted_on"),
     ],
 )
 def test_bad_config_values_give_one_clear_error(tmp_path, saved, no_fetch, config, problem):
@@ -277,3 +284,21 @@ def test_models_listing_marks_bad_cached_checkpoints_unreadable(tmp_path, saved,
         [line] = [ln for ln in lines if ln.startswith(bad)]
         assert "unreadable:" in line and f"{bad}.safetensors" in line
     assert any(ln.startswith("good ") and "unreadable" not in ln for ln in lines)
+
+
+def test_probability_mapping_round_trip(tmp_path, tiny_model):
+    from dataclasses import replace
+
+    from bta_core.calibration import anchored_platt, score_probability
+
+    old = save_checkpoint(tiny_model, tmp_path / "old.safetensors")
+    assert score_probability(load_checkpoint(old).config.calibration, 0.93) == 0.93  # raw score
+    record = {"platt": anchored_platt(0.7, 0.9), "fitted_on": "test pairs", "pairs": 12}
+    cfg = replace(tiny_model.config, threshold=0.9, calibration={"probability": record})
+    model = BTAModel(cfg).eval()
+    model.load_state_dict(tiny_model.state_dict())
+    path = save_checkpoint(model, tmp_path / "cal.safetensors", half=True)
+    loaded = load_checkpoint(path).config.calibration
+    assert loaded["probability"] == record
+    assert score_probability(loaded, 0.9) == pytest.approx(0.5)
+    assert score_probability(loaded, 0.93) > 0.5 > score_probability(loaded, 0.85)

@@ -49,3 +49,86 @@ def test_score_verify_finds_the_planted_crop(capsys):
     other = json.loads(capsys.readouterr().out)
     assert other["decision"]["verified"] is False and other["transform"] is None
     assert other["verdict"] != "same"  # two smears from one lab: look-alikes, not reuse
+
+
+def test_scan_of_a_folder_without_images_is_an_error(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    # the folder is checked before the (here missing) checkpoint is loaded
+    argv = ["scan", str(empty), "--checkpoint", str(tmp_path / "none.safetensors")]
+    assert cli_main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"bta-core scan: error: no images found in {empty}"
+    assert not (tmp_path / "out" / "pairs.csv").exists()
+
+
+def test_warnings_print_one_line_once_and_nothing_when_quiet(capsys):
+    import warnings
+
+    from bta_core.cli import install_warning_printer
+    from bta_core.decode import ImageReadWarning
+
+    with warnings.catch_warnings():
+        install_warning_printer()
+        for _ in range(3):
+            warnings.warn(ImageReadWarning("a.tif", "5 of 100 pixels are NaN"), stacklevel=1)
+        warnings.warn(ImageReadWarning("b.tif", "other"), stacklevel=1)
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["warning: a.tif: 5 of 100 pixels are NaN", "warning: b.tif: other"]
+    with warnings.catch_warnings():
+        install_warning_printer(quiet=True)
+        warnings.warn(ImageReadWarning("c.tif", "NaN"), stacklevel=1)
+    assert capsys.readouterr().err == ""
+
+
+def test_closed_stdout_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bta_core.cli", "models", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # like `| head -0`: the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_json_numbers_are_rounded_and_never_negative_zero():
+    from bta_core.output_files import json_dumps, json_text
+
+    doc = {"p": 0.123456789, "z": -0.0, "tiny": -1e-9, "n": [1, True, None, "x"]}
+    for text in (json_dumps(doc), json_text(doc)):
+        back = json.loads(text)
+        assert back == {"p": 0.123457, "z": 0.0, "tiny": 0.0, "n": [1, True, None, "x"]}
+        assert "-0.0" not in text
+
+
+def test_score_of_a_tiny_image_names_it_and_still_decides(tmp_path, capsys):
+    from PIL import Image
+
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (8, 8), (120, 30, 60)).save(tiny)
+    other = str(SAMPLES / "smear_1.jpg")
+    assert cli_main(["score", str(tiny), other, "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split(":")[0] in ("same", "suspect", "different")
+    assert "decided by" not in lines[0]  # the verdict is said once
+    note = next(line for line in lines if line.startswith("note:"))
+    assert "verification skipped" in note and f"{tiny}: image too small" in note
+    assert cli_main(["score", str(tiny), other, "--json", "--quiet"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "different" and doc["decision"]["verified"] is None
+    assert str(tiny) in doc["note"] and 0 <= doc["score"] <= 1
+
+
+def test_match_prints_the_model_score_that_score_reports(capsys):
+    a, b = (str(SAMPLES / n) for n in ("smear_1.jpg", "smear_2.jpg"))
+    assert cli_main(["score", a, b, "--no-verify", "--json", "--quiet"]) == 0
+    scored = json.loads(capsys.readouterr().out)["score"]
+    assert cli_main(["match", a, b, "--json", "--quiet"]) == 0
+    matched = json.loads(capsys.readouterr().out)
+    assert matched["score"] == scored and matched["decision"]["model_score"] == scored

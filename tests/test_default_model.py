@@ -54,3 +54,23 @@ def test_default_model_identity_certain_and_unrelated_smears_below_threshold(def
     assert float(unrelated.max()) < thr  # four different smears: none is "same"
     # a JPEG re-save ranks above every unrelated pair
     assert float(s[0, 5]) > float(unrelated.max())
+
+
+def test_default_model_probability_is_calibrated(default_model, smears):
+    """Unrelated smears get a probability below one half and stay "different"; an image
+    against itself is certain; the stored mapping puts the threshold at exactly 0.5."""
+    from bta_core.assess import assess_pair
+    from bta_core.calibration import score_probability
+
+    cal = default_model.config.calibration
+    assert "platt" in cal.get("probability", {}), "bundled model has no probability mapping"
+    thr = default_model.config.threshold
+    assert score_probability(cal, thr) == pytest.approx(0.5)
+    for a, b in ((0, 1), (2, 3), (0, 2)):
+        d = assess_pair(default_model, smears[a], smears[b], verify=False).decision
+        ev = d.evidence
+        assert d.verdict == "different" and d.probability < 0.5
+        assert ev.model_probability == d.probability and ev.model_score < thr  # raw kept
+        assert ev.model_probability < ev.model_score  # raw 0.93-0.98 overstates P(same)
+    self_pair = assess_pair(default_model, smears[0], smears[0], verify=False).decision
+    assert (self_pair.verdict, self_pair.probability) == ("same", 1.0)

@@ -221,3 +221,23 @@ def test_fast_crop_hash_is_imagehash(bccd_images, dsb_images):
         assert got == want
         n_segments += len(got)
     assert n_segments > len(images)  # some images have several segments
+
+
+def test_calibrate_keeps_threshold_and_stores_anchored_probability(
+    shared_data, trained_checkpoint, tmp_path, capsys
+):
+    from bta_core.calibration import score_probability
+    from bta_core.checkpoint import read_config
+
+    before = read_config(trained_checkpoint)
+    data = [shared_data / "bccd" / "splits.csv", shared_data / "dsb2018" / "splits.csv"]
+    out = tmp_path / "cal.safetensors"
+    info = calibrate(trained_checkpoint, data, out=out, limit=12, repeats=2, keep_threshold=True)
+    err = capsys.readouterr().err
+    assert "calibrate: scoring the pairs" in err and "fewer than 100" in err  # 48 pairs
+    cfg = read_config(out)
+    assert cfg.threshold == before.threshold == info["threshold"]
+    rec = cfg.calibration["probability"]
+    assert rec["pairs"] == 48 and rec["platt"][0] > 0 and "bccd, dsb2018" in rec["fitted_on"]
+    assert score_probability(cfg.calibration, cfg.threshold) == pytest.approx(0.5)
+    assert 0 <= rec["ece_at_prior"] <= 1 and 0 <= rec["ece_score"] <= 1

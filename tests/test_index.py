@@ -237,3 +237,25 @@ def test_index_cli_help_names_the_full_command(capsys):
         with pytest.raises(SystemExit):
             cli.main(["index", action, "--help"])
         assert capsys.readouterr().out.startswith(f"usage: bta-core index {action} ")
+
+
+def test_scan_checks_the_index_before_embedding(
+    refs, cosine_model, tiny_model, tmp_path, monkeypatch
+):
+    """A missing index or another model's index fails before any query image is embedded."""
+    from bta_core.scan import pipeline
+
+    out = tmp_path / "idx"
+    build_index(sorted(refs.iterdir())[:2], out, cosine_model, workers=0)
+
+    def no_embedding(*a, **k):
+        raise AssertionError("embedded before the index was checked")
+
+    monkeypatch.setattr(pipeline, "embed_folders", no_embedding)
+    kw = dict(cache_dir=None, verify_per_image=0)
+    with pytest.raises(ModelMismatchError, match="built with model"):
+        pipeline.scan(refs, model=tiny_model, index=out, **kw)
+    with pytest.raises(IndexFormatError, match="not a reference index"):
+        pipeline.scan(refs, model=cosine_model, index=tmp_path / "nowhere", **kw)
+    with pytest.raises(ValueError, match="tta"):
+        pipeline.scan(refs, model=cosine_model, index=out, tta="d4", **kw)

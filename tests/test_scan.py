@@ -318,7 +318,7 @@ def test_shard_and_merge_equal_single_scan(corpus, tiny_model, tmp_path):
         tmp_path / "single" / "skipped.csv"
     )
 
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match="missing .* pass --allow-partial"):
         merge(shard_dirs[:2], model=tiny_model)
     with pytest.raises(ValueError, match="model"):
         merge(shard_dirs, model=_perturbed(tiny_model))
@@ -506,3 +506,25 @@ def test_hash_candidates_follow_the_pairing_rules():
     assert near_copy_pairs(phash, roles, 10, within=False) == set()
     phash[2, 0] = phash[0, 0]
     assert near_copy_pairs(phash, roles, 10, within=False) == {(0, 2)}
+
+
+def test_verification_budget_counts_per_query_image_only():
+    """With many references (an index), the checks stay ``per_image`` per query image."""
+    from bta_core.scan.records import Pair
+    from bta_core.scan.verify import select_for_verification
+
+    roles = ["query", "query"] + ["reference"] * 6
+    keys = [(0, 1)] + [(q, r) for q in (0, 1) for r in range(2, 8)]
+    rng = np.random.default_rng(0)
+    pairs = [
+        Pair(f"i{i}", f"i{j}", decide(Evidence(model_score=float(s))), None)
+        for (i, j), s in zip(keys, rng.uniform(0.1, 0.9, len(keys)), strict=True)
+    ]
+    chosen = select_for_verification(keys, pairs, len(roles), 2, roles)
+    per_query = {q: sum(q in keys[m] for m in chosen) for q in (0, 1)}
+    assert len(chosen) <= 4 and all(n <= 2 for n in per_query.values())
+    for q in (0, 1):  # each query keeps its own 2 best candidates
+        best = sorted((m for m, k in enumerate(keys) if q in k), key=lambda m: -pairs[m].score)
+        assert set(best[:2]) <= set(chosen)
+    every = select_for_verification(keys, pairs, len(roles), 2)  # all counted: references add
+    assert len(every) > len(chosen)

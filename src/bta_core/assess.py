@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import score_probability
 from .fingerprint import fingerprint, pair_phash
 from .runtime import ProgressFn, StopFn, check_cancel
 from .verdict import Decision, Evidence, Policy, decide
@@ -22,11 +23,21 @@ class Assessment:
 
     decision: Decision
     match: Any = None
+    note: str | None = None
+    """Why a kind of evidence was not gathered (e.g. keypoint verification skipped), else None."""
 
 
 def policy_for(model: Any) -> Policy:
     """The decision policy a checkpoint implies (its calibrated threshold)."""
     return Policy(threshold=float(model.config.threshold))
+
+
+def set_model_score(evidence: Evidence, model: Any, score: float | None) -> Evidence:
+    """Record the model's raw score and its calibrated probability (the checkpoint's mapping)."""
+    evidence.model_score = None if score is None else float(score)
+    if score is not None and model is not None:
+        evidence.model_probability = score_probability(model.config.calibration, float(score))
+    return evidence
 
 
 def fingerprint_evidence(image_a: np.ndarray, image_b: np.ndarray) -> Evidence:
@@ -61,10 +72,13 @@ def assess_pair(
     policy: Policy | None = None,
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    names: tuple[str, str] = ("image A", "image B"),
 ) -> Assessment:
     """Gather every kind of evidence for A and B (float RGB arrays) and decide.
 
-    Matching (the slow part) runs when ``verify`` is set and the pixels are not identical.
+    Matching (the slow part) runs when ``verify`` is set and the pixels are not identical. When
+    matching is impossible (an image too small), the verdict comes from the other evidence and
+    ``note`` says why verification was skipped, naming the image by ``names``.
     """
     from .scoring import score_arrays  # noqa: PLC0415  (lazy: torch)
 
@@ -77,16 +91,28 @@ def assess_pair(
     evidence = fingerprint_evidence(image_a, image_b)
     progress(1, "fingerprints")
     check_cancel(should_stop, "comparison")
-    evidence.model_score = score_arrays(model, image_a, image_b, tta=tta)
+    set_model_score(evidence, model, score_arrays(model, image_a, image_b, tta=tta))
     progress(2, "model score")
-    found = None
+    found = note = None
     if verify and not evidence.identical_pixels:
         check_cancel(should_stop, "comparison")
         from .match import match_images  # noqa: PLC0415
 
-        found = match_images(image_a, image_b, should_stop=should_stop)
-        add_match(evidence, found)
+        try:
+            found = match_images(image_a, image_b, should_stop=should_stop)
+        except ValueError as exc:  # e.g. "image_a: image too small to match (8x8 pixels)"
+            note = f"keypoint verification skipped: {_name_image(str(exc), names)}"
+        else:
+            add_match(evidence, found)
         progress(3, "keypoint verification")
     decision = decide(evidence, policy or policy_for(model))
     progress(total, "decision")
-    return Assessment(decision, found)
+    return Assessment(decision, found, note)
+
+
+def _name_image(message: str, names: tuple[str, str]) -> str:
+    """``message`` with the matcher's leading ``image_a:``/``image_b:`` replaced by a name."""
+    for tag, name in zip(("image_a:", "image_b:"), names, strict=True):
+        if message.startswith(tag):
+            return f"{name}:{message[len(tag) :]}"
+    return message

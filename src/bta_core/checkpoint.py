@@ -29,6 +29,7 @@ from .backbones import (
     check_registered_source,
     feature_dim,
 )
+from .calibration import mapping_problem
 from .heads import HEAD_TYPES
 from .model import BTAModel, ModelConfig
 
@@ -248,7 +249,7 @@ def config_problem(data: object) -> str | None:
     for name in ("calibration", "recipe", "metrics"):
         if not isinstance(d[name], dict):
             return f"{name} must be a JSON object, got {type(d[name]).__name__}"
-    return None
+    return mapping_problem(d["calibration"])
 
 
 def tensors_problem(tensors: dict[str, torch.Tensor]) -> str | None:

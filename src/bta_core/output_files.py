@@ -19,6 +19,8 @@ import csv
 import hashlib
 import io
 import json
+import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -56,9 +58,34 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
+JSON_DIGITS = 6
+"""Decimals of every number in the JSON the tool writes (probabilities, scores, seconds)."""
+
+
+def json_ready(obj: object, digits: int = JSON_DIGITS) -> object:
+    """``obj`` with every float rounded to ``digits`` decimals and ``-0.0`` written as ``0.0``
+    (dicts, lists and tuples walked; the one rule for the tool's JSON outputs)."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v, digits) for v in obj]
+    if isinstance(obj, numbers.Integral):  # bool and int (numpy's too) stay as they are
+        return obj
+    if isinstance(obj, numbers.Real):
+        value = float(obj)
+        return round(value, digits) + 0.0 if math.isfinite(value) else value
+    return obj
+
+
+def json_dumps(obj: object, **kwargs) -> str:
+    """``json.dumps`` of :func:`json_ready` (for ``--json`` output on stdout)."""
+    return json.dumps(json_ready(obj), **kwargs)
+
+
 def json_text(obj: object) -> str:
-    """Readable JSON (non-ASCII kept as is); write it with ``write_text`` to a ``.json`` file."""
-    return json.dumps(obj, indent=1, ensure_ascii=False)
+    """Readable JSON (non-ASCII kept as is, numbers as :func:`json_ready`); write it with
+    ``write_text`` to a ``.json`` file."""
+    return json.dumps(json_ready(obj), indent=1, ensure_ascii=False)
 
 
 def short_name(*parts: str, limit: int = 120) -> str:

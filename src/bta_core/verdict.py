@@ -6,7 +6,8 @@ Evidence comes in four kinds, strongest first (the cascade):
 2. a perceptual-hash match under one of the 8 rotations/flips (re-encoded, resized, recoloured
    copies);
 3. a keypoint-verified, localised overlap (crops, rotations, retouching around the overlap);
-4. the learned model score, P(same source) from the similarity head.
+4. the learned model score from the similarity head (raw, compared with the threshold), with its
+   calibrated probability (the checkpoint's Platt mapping, 0.5 at the threshold).
 
 The first three are each enough for ``same``; the model score alone, above the calibrated
 threshold, gives ``suspect`` (worth a look, not proof). Everything the user sees (``score``,
@@ -38,7 +39,13 @@ and noise copies stay within 14 bits, strong gamma changes within 32. Crops move
 (80+ bits): they are left to the model score and keypoint verification.
 """
 
-_TIER = {IDENTICAL_PIXELS: 5, PERCEPTUAL_HASH: 4, VERIFIED_OVERLAP: 3, MODEL_SCORE: 1, NO_EVIDENCE: 0}
+_TIER = {
+    IDENTICAL_PIXELS: 5,
+    PERCEPTUAL_HASH: 4,
+    VERIFIED_OVERLAP: 3,
+    MODEL_SCORE: 1,
+    NO_EVIDENCE: 0,
+}
 
 
 @dataclass
@@ -46,7 +53,10 @@ class Evidence:
     """What is known about a pair; ``None`` means "not checked"."""
 
     model_score: float | None = None
-    """Learned P(same source) from the similarity head (calibrated by the checkpoint)."""
+    """The similarity head's raw score (ranks pairs; compared with the checkpoint's threshold)."""
+    model_probability: float | None = None
+    """The raw score mapped to a calibrated P(same source) (``calibration.score_probability``);
+    ``None``: not mapped, the raw score stands in."""
     identical_pixels: bool | None = None
     phash_distance: int | None = None
     """Smallest Hamming distance between A's and B's perceptual hashes over B's 8 orientations."""
@@ -98,7 +108,10 @@ class Decision:
         elif self.decided_by == VERIFIED_OVERLAP:
             why = "verified overlap" + (f": {ev.transform}" if ev.transform else "")
         elif self.decided_by == MODEL_SCORE:
-            why = f"model score {ev.model_score:.3f} above threshold, no geometric confirmation"
+            why = (
+                f"model score {ev.model_score:.3f} above threshold (P {self.probability:.2f}), "
+                "no geometric confirmation"
+            )
         else:
             why = "no evidence of reuse" + (
                 f" (model score {ev.model_score:.3f})" if ev.model_score is not None else ""
@@ -118,7 +131,8 @@ def decide(evidence: Evidence, policy: Policy | None = None) -> Decision:
     """The verdict for one pair: the strongest evidence present decides."""
     policy = policy or Policy()
     score = evidence.model_score
-    p_model = float(score) if score is not None and math.isfinite(score) else 0.0
+    p_model = evidence.model_probability if evidence.model_probability is not None else score
+    p_model = float(p_model) if p_model is not None and math.isfinite(p_model) else 0.0
     if evidence.identical_pixels:
         return Decision(SAME, IDENTICAL_PIXELS, 1.0, evidence)
     if evidence.phash_distance is not None and evidence.phash_distance <= policy.phash_max_distance:
@@ -126,7 +140,7 @@ def decide(evidence: Evidence, policy: Policy | None = None) -> Decision:
     if evidence.verified:
         conf = float(evidence.match_confidence or 0.0)
         return Decision(SAME, VERIFIED_OVERLAP, max(p_model, 0.95 + 0.049 * conf), evidence)
-    if score is not None and p_model >= policy.threshold:
+    if score is not None and math.isfinite(score) and score >= policy.threshold:
         return Decision(SUSPECT, MODEL_SCORE, p_model, evidence)
     return Decision(DIFFERENT, NO_EVIDENCE, p_model, evidence)
 

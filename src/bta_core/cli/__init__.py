@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
@@ -59,6 +61,35 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def install_warning_printer(quiet: bool = False) -> None:
+    """Show Python warnings (e.g. ``ImageReadWarning``) as one line ``warning: MESSAGE`` on
+    stderr, once per distinct message, without source file and line; none at all if ``quiet``."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message).strip()
+        if quiet or text in seen:
+            return
+        seen.add(text)
+        try:
+            print(f"warning: {text}", file=file or sys.stderr)
+        except (OSError, ValueError):  # stderr closed: nothing useful to do
+            pass
+
+    warnings.showwarning = show  # the filters (what is shown at all) stay Python's
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away (``bta-core score A B | head -1``): stop quietly. Python
+    flushes stdout again at exit, so point it at devnull first."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if a in SUBCOMMANDS), None)
@@ -67,8 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_main", None):
         parser.print_help()
         return 2
+    old_show = warnings.showwarning
+    install_warning_printer(bool(getattr(args, "quiet", False)))
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = old_show
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result = args._main(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

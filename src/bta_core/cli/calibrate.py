@@ -1,4 +1,5 @@
-"""``bta-core calibrate``: fit a checkpoint's decision threshold on validation pairs and store it."""
+"""``bta-core calibrate``: fit a checkpoint's decision threshold and probability mapping
+(Platt scaling, 0.5 at the threshold) on validation pairs and store them in the checkpoint."""
 
 from __future__ import annotations
 
@@ -20,7 +21,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--target-fpr", type=float, default=None, help="meet this FPR instead of maximising F1"
     )
-    p.add_argument("--out", default=None, help="write here instead of overwriting CHECKPOINT")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="write here; none given = rewrite CHECKPOINT in place (refused for the bundled model)",
+    )
+    p.add_argument(
+        "--keep-threshold",
+        action="store_true",
+        help="keep the stored threshold, fit only the probability mapping",
+    )
     p.add_argument("--limit", type=int, default=None, help="at most N images per source")
     p.add_argument("--repeats", type=int, default=3, help="pairs per image")
     p.add_argument(
@@ -29,7 +39,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         choices=DEVICE_CHOICES,
         help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
 
@@ -44,5 +54,6 @@ def main(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         device=args.device,
         quiet=args.quiet,
+        keep_threshold=args.keep_threshold,
     )
     return 0

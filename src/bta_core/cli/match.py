@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ..device import DEVICE_CHOICES
 from ..match import match_images, render_match_png, summary
 from ..match.params import MAX_SIDE
+from ..output_files import json_dumps
 from ..verdict import Decision, Policy, decide
 
 
@@ -29,6 +29,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default="auto",
         choices=DEVICE_CHOICES,
         help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
+    )
+    parser.add_argument(
+        "--tta",
+        default=None,
+        choices=["d4"],
+        help="model score: best over the 8 rotations/flips of either image (as score and scan)",
     )
     parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="working size for keypoints")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -51,14 +57,12 @@ def _load_model(args: argparse.Namespace):
 
 
 def _decide(model, image_a, image_b, found) -> Decision:
-    """The pair's verdict from the same evidence and rule as ``bta-core score`` and ``scan``."""
-    from ..assess import add_match, fingerprint_evidence, policy_for
+    """The pair's verdict from the same evidence and rule as ``bta-core score`` and ``scan``;
+    the model score is the matcher's (``scoring.score_arrays`` with the same ``--tta``)."""
+    from ..assess import add_match, fingerprint_evidence, policy_for, set_model_score
 
     evidence = fingerprint_evidence(image_a, image_b)
-    if model is not None:
-        from ..scoring import score_arrays
-
-        evidence.model_score = score_arrays(model, image_a, image_b)
+    set_model_score(evidence, model, found.score)
     add_match(evidence, found)
     return decide(evidence, policy_for(model) if model is not None else Policy())
 
@@ -86,7 +90,9 @@ def main(args: argparse.Namespace) -> int:
         bar.stage("loading model")
         model = _load_model(args)
         bar.stage("matching", 1)
-        result = match_images(a, b, model=model, max_side=args.max_side, on_progress=bar)
+        result = match_images(
+            a, b, model=model, max_side=args.max_side, tta=args.tta, on_progress=bar
+        )
     except ValueError as exc:  # the matcher names its arguments; the user knows the files
         raise ValueError(_name_files(str(exc), args)) from None
     finally:
@@ -107,9 +113,9 @@ def main(args: argparse.Namespace) -> int:
         png = render_match_png(a, b, result, out / f"{stem}.png")
         data["png"] = str(png)
         data["json"] = str(out / f"{stem}.json")
-        atomic_write_text(out / f"{stem}.json", json.dumps(data, indent=1))
+        atomic_write_text(out / f"{stem}.json", json_dumps(data, indent=1))
     if args.json:
-        print(json.dumps(data))
+        print(json_dumps(data))
     else:
         print(summary(result))
         print(decision.explain())

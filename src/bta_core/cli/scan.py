@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
 
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
-from ..output_files import check_out_dir
+from ..output_files import check_out_dir, json_dumps
 from ..scan import ScanResult, merge, scan
 from ..scan.cache import default_cache_dir
 from ..scan.candidates import DEFAULT_FAISS_ABOVE, DEFAULT_FAISS_K, DEFAULT_MAX_PAIRS, DEFAULT_TOP_K
@@ -130,8 +129,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_VERIFY_PER_IMAGE,
         metavar="K",
-        help="check the K best candidates of every image by keypoint matching; a verified "
-        "overlap is 'same' (0: off; about 0.1-0.3 s per pair on a CPU)",
+        help="check the K best candidates of every FOLDER image by keypoint matching (reference "
+        "and index images add no checks of their own); a verified overlap is 'same' (0: off; "
+        "about 0.1-0.3 s per pair on a CPU)",
     )
     parser.add_argument(
         "--phash-max-distance",
@@ -150,10 +150,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_folders(folders: list[str]) -> None:
+    """A FOLDER that is missing or holds no image file is an error (exit 1), found before the
+    model is loaded; unreadable files inside a folder are skipped and reported as usual."""
+    from ..imageio import find_images
+
+    for folder in folders:
+        if not find_images(folder):
+            raise FileNotFoundError(f"no images found in {folder}")
+
+
 def main(args: argparse.Namespace) -> int:
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     bars = StageBars(skip=("embed", "score"), enabled=not args.quiet)
     check_out_dir(args.out)  # a wrong --out fails before the model is loaded
+    if not args.merge:
+        _check_folders([*args.folders, *args.reference])
     device = get_device(args.device)
     model = load_checkpoint(args.checkpoint, device=device)
     say(
@@ -205,11 +217,15 @@ def main(args: argparse.Namespace) -> int:
             f"{s['n_cached']} cached), {len(result.skipped)} skipped -> {args.out}"
         )
         if args.json:
-            print(json.dumps({"shard": args.shard, "out": args.out, "stats": s}, default=str))
+            print(json_dumps({"shard": args.shard, "out": args.out, "stats": s}, default=str))
         return 0
+    origin = (
+        f"from {s.get('n_shards', len(args.merge))} shards"
+        if args.merge
+        else f"{s.get('n_embedded', 0)} embedded, {s.get('n_cached', 0)} from cache"
+    )
     say(
-        f"{s['n_images']} images ({s.get('n_embedded', 0)} embedded, "
-        f"{s.get('n_cached', 0)} from cache), {len(result.skipped)} skipped, "
+        f"{s['n_images']} images ({origin}), {len(result.skipped)} skipped, "
         f"{s['n_pairs_scored']} pairs scored ({s['method']}), {s['n_checked']} checked by "
         f"keypoints; threshold {s['threshold']:.3f}"
     )
@@ -225,7 +241,7 @@ def main(args: argparse.Namespace) -> int:
         say(f"  ... {len(review) - CONSOLE_PAIRS} more in {args.out}/pairs.csv")
     say(f"wrote {args.out}/pairs.csv, pairs.json, report.html, skipped.csv")
     if args.json:
-        print(json.dumps(summary_dict(result, args.out), default=str))
+        print(json_dumps(summary_dict(result, args.out), default=str))
     return 0
 
 

@@ -4,12 +4,12 @@ decided it and one probability (``assess.assess_pair``, the rule every tool uses
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..assess import assess_pair
 from ..checkpoint import load_checkpoint
 from ..device import DEVICE_CHOICES, describe_device, get_device
 from ..imageio import load_image
+from ..output_files import json_dumps
 from ._help import add_quiet
 from ._progress import StepBar
 
@@ -54,7 +54,13 @@ def main(args: argparse.Namespace) -> int:
         model = load_checkpoint(args.checkpoint, device=device)
         bar.stage("comparing", 1)
         found = assess_pair(
-            model, image_a, image_b, verify=args.verify, tta=args.tta, on_progress=bar
+            model,
+            image_a,
+            image_b,
+            verify=args.verify,
+            tta=args.tta,
+            on_progress=bar,
+            names=(str(args.image_a), str(args.image_b)),
         )
     finally:
         bar.close()
@@ -72,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
         "checkpoint": model.checkpoint_path,
         "device": describe_device(device),
         "tta": args.tta,
+        "note": found.note,
     }
     result["transform"] = None
     if found.match is not None:
@@ -81,9 +88,11 @@ def main(args: argparse.Namespace) -> int:
         if found.match.transform is not None:
             result["transform"] = found.match.transform.to_dict()
     if args.json:
-        print(json.dumps(result))
+        print(json_dumps(result))
     else:
-        print(f"{decision.verdict} (decided by {decision.decided_by}): {decision.explain()}")
+        print(decision.explain())
+        if found.note:
+            print(f"note: {found.note}")
         print(
             f"probability {decision.probability:.4f}; model score {result['score']:.4f} "
             f"(threshold {result['threshold']:.3f})"

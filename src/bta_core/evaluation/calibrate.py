@@ -1,16 +1,23 @@
-"""Fit a checkpoint's decision threshold on validation pairs (``bta-core calibrate``).
+"""Fit a checkpoint's decision threshold and probability mapping on validation pairs
+(``bta-core calibrate``).
 
 Validation pairs are reuse-style: the original image (resized) against a partner made with the
 ``reuse`` view pipeline, the same image with probability 0.4 and otherwise an image of another
 field-of-view group, of the same data set and modality when there is one (hard negatives).
 The threshold maximises F1 on those pairs, or, with ``--target-fpr``, is the lowest one whose
-false positive rate stays within the target. The threshold and a ``calibration`` record
-(method, split, number of pairs, F1/FPR/precision/recall at the threshold) are stored in the
-checkpoint's config; the file is rewritten atomically with the precision of its tensors.
+false positive rate stays within the target (``keep_threshold``: the stored one is kept).
+On the same pairs a Platt mapping (logistic regression on the logit of the score) gives the
+calibrated probability; its intercept is set so that the threshold maps to 0.5 (see
+``bta_core.calibration``), i.e. the probability assumes the share of reused pairs at which the
+threshold is the even-odds point; that share, and the expected calibration error (ECE) of raw
+score and probability on the pairs, are stored with it. The threshold and the ``calibration``
+record are stored in the checkpoint's config; the file is rewritten atomically with the
+precision of its tensors. The bundled default model is never overwritten without ``out``.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -18,14 +25,17 @@ import numpy as np
 import torch
 
 from ..augment import REUSE_VIEWS, apply_view
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..calibration import PROBABILITY_KEY, anchored_platt, platt_probability, score_logit
+from ..checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
 from ..device import get_device
 from .datasets import EvalData, load_eval_data
 from .methods import BackboneFeatures, ModelMethod
-from .metrics import best_f1_threshold, threshold_at_fpr, threshold_metrics
+from .metrics import best_f1_threshold, reliability, threshold_at_fpr, threshold_metrics
 from .pairs import resize_batch, sample_partners
 
 CALIBRATION_SEED = 20_251_126
+MIN_PAIRS = 100
+"""Fewer validation pairs than this give a warning: threshold and mapping are unreliable."""
 
 
 def calibration_pairs(
@@ -72,6 +82,50 @@ def fit_threshold(labels, scores, target_fpr: float | None = None) -> dict:
     }
 
 
+def fit_probability(labels, scores, threshold: float, fitted_on: str = "") -> dict:
+    """The Platt mapping of ``scores`` on ``labels`` anchored at ``threshold`` (maps to 0.5).
+
+    Logistic regression on ``logit(score)`` gives the slope ``a`` and the intercept ``b_pairs``
+    for the pairs' share of positives; the stored intercept ``b = -a * logit(threshold)`` is the
+    same fit under the prior share ``prior`` of reused pairs at which the threshold has even odds.
+    ECE (10 bins) is reported for the raw score and the probabilities, on the pairs as sampled
+    and reweighted to ``prior``. Raises ``ValueError`` when a class is missing or the score does
+    not rise with the share of positives.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.all() or not y.any():
+        raise ValueError("the pairs hold only one class; no probability mapping can be fitted")
+    x = np.asarray(score_logit(s)).reshape(-1, 1)
+    lr = LogisticRegression(C=1.0).fit(x, y)
+    a, b_pairs = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    if not a > 0:
+        raise ValueError(f"the score does not rise with P(same) on these pairs (slope {a:.3g})")
+    platt = anchored_platt(a, threshold)
+    base = float(y.mean())
+    prior = float(platt_probability(base, [1.0, platt[1] - b_pairs]))  # the shifted base rate
+    w = np.where(y, prior / base, (1 - prior) / (1 - base))
+    p_pairs = platt_probability(s, [a, b_pairs])
+    p = platt_probability(s, platt)
+    return {
+        "method": "platt",
+        "platt": platt,
+        "fitted_on": fitted_on,
+        "pairs": int(len(y)),
+        "positives": int(y.sum()),
+        "anchor": {"threshold": float(threshold), "probability": 0.5},
+        "intercept_at_pairs_prior": b_pairs,
+        "prior": prior,
+        "ece_score": reliability(y, s)[0],
+        "ece_fit_at_pairs_prior": reliability(y, p_pairs)[0],
+        "ece_score_at_prior": reliability(y, s, weights=w)[0],
+        "ece_at_prior": reliability(y, p, weights=w)[0],
+        "reliability_at_prior": reliability(y, p, weights=w)[1],
+    }
+
+
 def checkpoint_is_half(path: str | Path) -> bool:
     """True when a checkpoint file stores its float tensors in half precision."""
     from safetensors import safe_open
@@ -82,6 +136,17 @@ def checkpoint_is_half(path: str | Path) -> bool:
             if dtype.startswith(("F", "BF")):
                 return dtype in ("F16", "BF16")
     return False
+
+
+def bundled_target(checkpoint: str | Path) -> Path | None:
+    """The file ``checkpoint`` resolves to when it is a model shipped inside the package."""
+    path = resolve_checkpoint(checkpoint).resolve()
+    return path if path.parent == DEFAULT_MODEL_DIR.resolve() else None
+
+
+def _stage(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(f"calibrate: {message}", file=sys.stderr, flush=True)
 
 
 @torch.no_grad()
@@ -95,36 +160,89 @@ def calibrate(
     repeats: int = 3,
     device: str = "cpu",
     quiet: bool = False,
+    keep_threshold: bool = False,
 ) -> dict:
-    """Fit and store the threshold of ``checkpoint`` on ``split`` pairs; returns the record.
+    """Fit and store the threshold and probability mapping of ``checkpoint``; returns the record.
 
-    Writes to ``out`` (default: the checkpoint itself, atomically).
+    Writes to ``out`` (default: the checkpoint itself, atomically; a model shipped inside the
+    package is refused without ``out``). ``keep_threshold``: keep the stored threshold and its
+    record, fit only the probability mapping (anchored at that threshold).
     """
+    if out is None and bundled_target(checkpoint) is not None:
+        raise ValueError(
+            f"{resolve_checkpoint(checkpoint)} is a model shipped with napari-bta and is not "
+            "overwritten; pass --out FILE (for example --out calibrated.safetensors)"
+        )
     dev = get_device(device)
+    _stage(quiet, f"loading {resolve_checkpoint(checkpoint)}")
     model = load_checkpoint(checkpoint, dev)
     size = model.config.image_size
+    _stage(quiet, f"decoding the {split or 'all'} images of {len(data)} source(s)")
     eval_data = load_eval_data(data, split or None, decode_size=2 * size, limit=limit)
     xa, xb, label = calibration_pairs(eval_data, size, repeats=repeats)
+    n_pos = int(np.sum(label))
+    _stage(quiet, f"{len(label)} pairs ({n_pos} same source) of {len(eval_data.images)} images")
+    if len(label) < MIN_PAIRS:
+        print(
+            f"warning: only {len(label)} calibration pairs (fewer than {MIN_PAIRS}); the "
+            "threshold and probabilities will be unreliable",
+            file=sys.stderr,
+        )
+    _stage(quiet, "scoring the pairs with the model")
     method = ModelMethod(Path(checkpoint).stem, model, str(checkpoint))
     idx = np.arange(len(label))
     scores = method.score(
         method.represent(BackboneFeatures(xa)), method.represent(BackboneFeatures(xb)), idx, idx
     )
-    info = fit_threshold(label, scores, target_fpr)
-    info.update(
-        split=split,
-        data=[str(d) for d in data],
-        views="reuse",
-        date=time.strftime("%Y-%m-%d"),
+    _stage(quiet, "fitting the threshold and the probability mapping")
+    where = dict(split=split, data=[str(d) for d in data], views="reuse")
+    if keep_threshold:
+        info = {k: v for k, v in model.config.calibration.items() if k != PROBABILITY_KEY}
+        info.setdefault("threshold", float(model.config.threshold))
+        info.update(kept_threshold=True)
+    else:
+        info = fit_threshold(label, scores, target_fpr)
+        info.update(**where, date=time.strftime("%Y-%m-%d"))
+    thr = float(info["threshold"])
+    fitted_on = f"{len(label)} {split or 'all'} pairs (reuse views) of " + ", ".join(
+        Path(d).parent.name if Path(d).name == "splits.csv" else Path(d).name for d in data
     )
-    model.config.threshold = info["threshold"]
+    try:
+        prob = fit_probability(label, scores, thr, fitted_on)
+        prob.update(date=time.strftime("%Y-%m-%d"), **where)
+        info[PROBABILITY_KEY] = prob
+    except ValueError as exc:
+        print(f"warning: no probability mapping stored ({exc})", file=sys.stderr)
+        prob = None
+    model.config.threshold = thr
     model.config.calibration = info
-    target = Path(out) if out else Path(checkpoint)
-    save_checkpoint(model, target, half=checkpoint_is_half(checkpoint))
+    target = Path(out) if out else resolve_checkpoint(checkpoint)
+    _stage(quiet, f"writing {target}")
+    save_checkpoint(model, target, half=checkpoint_is_half(resolve_checkpoint(checkpoint)))
     if not quiet:
+        m = threshold_metrics(label, scores, thr)
+        how = "kept" if keep_threshold else info["method"]
         print(
-            f"{target}: threshold {info['threshold']:.4f} ({info['method']} on {info['n_pairs']} "
-            f"{split} pairs: F1 {info['f1']:.3f}, FPR {info['fpr']:.3f}, "
-            f"precision {info['precision']:.3f}, recall {info['recall']:.3f})"
+            f"{target}: threshold {thr:.4f} ({how}; on {len(label)} {split} pairs: "
+            f"F1 {m['f1']:.3f}, FPR {m['fpr']:.3f}, precision {m['precision']:.3f}, "
+            f"recall {m['recall']:.3f})"
         )
+        if prob is not None:
+            a, b = prob["platt"]
+            print(
+                f"probability: sigmoid({a:.4f} * logit(score) {'-' if b < 0 else '+'} "
+                f"{abs(b):.4f}); threshold -> 0.5, "
+                f"assumes {prob['prior']:.1%} of pairs reused; ECE (10 bins) at that share: "
+                f"raw score {prob['ece_score_at_prior']:.3f} -> probability "
+                f"{prob['ece_at_prior']:.3f}; on the pairs as sampled ({n_pos / len(label):.0%} "
+                f"same): raw score {prob['ece_score']:.3f}, unanchored fit "
+                f"{prob['ece_fit_at_pairs_prior']:.3f}"
+            )
+            print("reliability at that share (bin: pairs, mean probability, share same):")
+            for row in prob["reliability_at_prior"]:
+                lo, hi = row["bin"]
+                print(
+                    f"  {lo:.1f}-{hi:.1f}: {row['n']:4d}, {row['mean_score']:.3f}, "
+                    f"{row['share_same']:.3f}"
+                )
     return info

@@ -98,22 +98,27 @@ def recall_at_k(labels, scores, k: int) -> float:
     return float(y[top].sum() / y.sum())
 
 
-def reliability(labels, scores, bins: int = 10) -> tuple[float, list[dict]]:
+def reliability(labels, scores, bins: int = 10, weights=None) -> tuple[float, list[dict]]:
     """Expected calibration error of probabilities ``scores`` and the reliability table.
 
     Equal-width bins on [0, 1]; each row has the bin, its pair count, mean score and the share
     of positives. ECE = sum over bins of (share of pairs) x |mean score - share of positives|.
+    ``weights`` (one per pair) reweight the pairs, e.g. to another share of positives.
     """
     y, s = _as_arrays(labels, scores)
+    w = np.ones_like(s) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if w.shape != s.shape:
+        raise ValueError(f"weights {w.shape} and scores {s.shape} differ in length")
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(s, edges[1:-1]), 0, bins - 1)
-    table, ece = [], 0.0
+    table, ece, total = [], 0.0, float(w.sum())
     for b in range(bins):
         m = which == b
-        if not m.any():
+        if not m.any() or w[m].sum() <= 0:
             continue
-        conf, share = float(s[m].mean()), float(y[m].mean())
-        ece += float(m.mean()) * abs(conf - share)
+        wm = w[m]
+        conf, share = float(np.average(s[m], weights=wm)), float(np.average(y[m], weights=wm))
+        ece += float(wm.sum() / total) * abs(conf - share)
         table.append(
             {
                 "bin": [float(edges[b]), float(edges[b + 1])],

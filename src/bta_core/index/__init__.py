@@ -6,7 +6,7 @@ nearest indexed images of its queries; the scan's ``loader`` decodes images in w
 """
 
 from .build import add_to_index, build_index, index_info, list_images
-from .query import attach_index, nearest
+from .query import attach_index, nearest, open_for_scan
 from .store import IndexFormatError, ModelMismatchError, ReferenceIndex, load
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "list_images",
     "load",
     "nearest",
+    "open_for_scan",
 ]

@@ -24,7 +24,24 @@ def nearest(
     return sims, ids, idx.rows
 
 
-def attach_index(emb, index: str | os.PathLike, model, k: int = 32):
+def open_for_scan(
+    index: str | os.PathLike | store.ReferenceIndex, model, tta: str | None = None
+) -> store.ReferenceIndex:
+    """Load ``index`` and check it suits a scan with ``model`` and ``tta`` (before any work):
+    a missing or damaged index, another model's index and ``tta="d4"`` are refused."""
+    from .build import _check_model
+
+    idx = index if isinstance(index, store.ReferenceIndex) else store.load(index)
+    _check_model(idx, model)
+    if tta == "d4":
+        raise ValueError(
+            "--index works on identity embeddings; it does not combine with --tta d4 "
+            "(the index stores one embedding per image)"
+        )
+    return idx
+
+
+def attach_index(emb, index: str | os.PathLike | store.ReferenceIndex, model, k: int = 32):
     """The scan's embedded queries plus the index images nearest to any of them (as references).
 
     ``emb`` is a ``scan.embed.Embedded`` of query images only; the result has the union of each
@@ -33,15 +50,8 @@ def attach_index(emb, index: str | os.PathLike, model, k: int = 32):
     """
     from ..scan.embed import Embedded
     from ..scan.records import ScanImage
-    from .build import _check_model
 
-    idx = store.load(index)
-    _check_model(idx, model)
-    if emb.z.ndim != 2:
-        raise ValueError(
-            "--index works on identity embeddings; it does not combine with --tta d4 "
-            "(the index stores one embedding per image)"
-        )
+    idx = open_for_scan(index, model, "d4" if emb.z.ndim != 2 else None)
     if len(emb.items) == 0 or idx.n_live == 0:
         return emb
     _, ids, rows = nearest(idx, emb.z.numpy(), k)

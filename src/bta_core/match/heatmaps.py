@@ -1,4 +1,5 @@
-"""Per-tile similarity heatmaps: aligned pixel agreement, or the model's window scores."""
+"""Per-tile heatmaps: aligned pixel agreement, or the model's similarity of windows (calibrated
+probability, so unrelated images stay dark)."""
 
 from __future__ import annotations
 
@@ -129,12 +130,15 @@ def tile_heatmaps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Model heatmaps: each window of A scored against every window of B in its 8 orientations.
 
-    A cell of ``heatmap_a`` holds the best head score of the windows of A that cover it against
-    any window of B (and vice versa), so it shows which parts of A have a counterpart in B even
-    where keypoints fail. Windows are ``window`` x the shorter side, overlapping by half.
+    A cell of ``heatmap_a`` holds the best score of the windows of A that cover it against any
+    window of B (and vice versa), so it shows which parts of A have a counterpart in B even where
+    keypoints fail. Scores are on the calibrated probability scale of the checkpoint
+    (``calibration.score_probability``: 0.5 at its threshold; raw head scores for a checkpoint
+    without a mapping). Windows are ``window`` x the shorter side, overlapping by half.
     """
     import torch
 
+    from ..calibration import score_probability
     from ..model import embed_images
 
     a = as_float_rgb(image_a, "image_a")
@@ -148,7 +152,7 @@ def tile_heatmaps(
     zb = zb.reshape(nb * 8, -1)
     with torch.no_grad():
         s = model.score_matrix(za.to(model.device), zb.to(model.device)).float().cpu().numpy()
-    s = s.reshape(len(wins_a), nb, 8)
+    s = score_probability(model.config.calibration, s.reshape(len(wins_a), nb, 8))
     best_a = s.max(axis=(1, 2))
     best_b = s.max(axis=(0, 2))
     return (

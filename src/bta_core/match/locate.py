@@ -203,6 +203,7 @@ def match_images(
     use_correlation: bool = True,
     model_tiles: bool | None = None,
     seed: int = 0,
+    tta: str | None = None,
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> MatchResult:
@@ -219,6 +220,8 @@ def match_images(
             150 crops embedded). None: only when no region was found, where they are the
             heatmap shown; True: always; False: never.
         seed: RANSAC seed (results are deterministic for a given seed).
+        tta: the model score's rule, as ``scoring.score_arrays`` (``"d4"``: best of the 8
+            rotations/flips); the default gives the number ``bta-core score`` prints.
         on_progress: ``on_progress(step, total, info)`` after each stage.
         should_stop: polled between stages; returning True raises ``InterruptedError``.
     """
@@ -292,7 +295,7 @@ def match_images(
         from ..scoring import score_arrays
 
         check_cancel(should_stop, "matching")
-        score = score_arrays(model, a, b, tta="d4")
+        score = score_arrays(model, a, b, tta=tta)
         if model_tiles or (model_tiles is None and best is None):
             model_a, model_b = tile_heatmaps(model, a, b, grid=grid, should_stop=should_stop)
         if best is None and model_a is not None:

@@ -33,7 +33,7 @@ def _px(value: float) -> str:
 
 def summary(result: MatchResult) -> str:
     """One line describing a result, e.g. for titles and terminal output."""
-    score = "" if result.score is None else f", best-orientation model score {result.score:.3f}"
+    score = "" if result.score is None else f", model score {result.score:.3f}"
     if result.transform is None:
         return f"no matching region found (confidence {result.confidence:.2f}{score})"
     t = result.transform
@@ -55,6 +55,15 @@ def panel_titles(result: MatchResult) -> tuple[str, str, str]:
             "B warped onto A",
         )
     return ("A: overlap with B", "B: region found in A", "B warped onto A (A magenta, B green)")
+
+
+def heatmap_title(result: MatchResult) -> str:
+    """Title of the heatmap panel: what its values are."""
+    if result.heatmap_source == "model":
+        return "A: model similarity of tiles (P same source)"
+    if result.heatmap_source == "alignment":
+        return "A: pixel agreement with B (aligned)"
+    return "A: no heatmap (nothing aligned)"
 
 
 def render_match_png(
@@ -115,7 +124,7 @@ def render_match_png(
     axes[3].imshow(to_grey(a), cmap="gray")
     heat = upsample_heatmap(result.heatmap_a, a.shape, smooth=True)
     im = axes[3].imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-    axes[3].set_title(f"A: tile similarity ({result.heatmap_source})")
+    axes[3].set_title(heatmap_title(result))
     fig.colorbar(im, ax=axes[3], fraction=0.046, pad=0.02)
     fig.suptitle(title or summary(result), fontsize=11)
     fig.tight_layout()

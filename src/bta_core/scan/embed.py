@@ -105,7 +105,7 @@ def embed_folders(
         problems: dict[str, str] = {}
         n_embedded = 0
         bar = None
-        if progress_bar:
+        if progress_bar and todo:  # no empty bar when everything comes from the cache
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(todo), unit="file", desc="embed", dynamic_ncols=True)

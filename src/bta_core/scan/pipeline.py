@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..assess import set_model_score
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
 from ..model import BTAModel
@@ -62,7 +63,7 @@ class ScanOptions:
     block_pairs: int = DEFAULT_BLOCK_PAIRS
     max_pairs: int = DEFAULT_MAX_PAIRS
     verify_per_image: int = DEFAULT_VERIFY_PER_IMAGE
-    """Keypoint-verify the best ``verify_per_image`` candidates of every image (0: none)."""
+    """Keypoint-verify the best ``verify_per_image`` candidates of every query image (0: none)."""
     out_dir: str | os.PathLike | None = None
     report_pairs: int = 0
     """report.html shows every same/suspect pair plus this many of the best 'different' ones."""
@@ -130,7 +131,7 @@ def score_and_report(
     pairs = []
     for key, evidence in zip(keys, fingerprint_evidence(keys, emb.items, emb.phash), strict=True):
         score, code = scores[key]
-        evidence.model_score = score
+        set_model_score(evidence, model, score)
         i, j = key
         pairs.append(
             Pair(
@@ -240,6 +241,11 @@ def scan(
         raise ValueError("a shard scan needs out_dir to write its embeddings to")
     if model is None:
         model = load_checkpoint(checkpoint, device=get_device(device))
+    ref_index = None
+    if index is not None and shard_t is None:
+        from ..index import open_for_scan
+
+        ref_index = open_for_scan(index, model, opts.tta)  # missing / other model: fail now
     if cache_dir == "auto":
         cache_dir = default_cache_dir()
     emb = embed_folders(
@@ -268,10 +274,10 @@ def scan(
         write_shard(emb, opts.out_dir, settings)
         stats = dict(emb.stats, shard=list(shard_t), tta=opts.tta)
         return ScanResult([], emb.skipped, emb.items, stats, str(opts.out_dir))
-    if index is not None:
+    if ref_index is not None:
         from ..index import attach_index
 
-        emb = attach_index(emb, index, model, k=opts.faiss_k)
+        emb = attach_index(emb, ref_index, model, k=opts.faiss_k)
     return score_and_report(model, emb, opts, on_progress, should_stop)
 
 

@@ -133,7 +133,7 @@ def read_shards(
         missing = sorted(set(range(n)) - set(got))
         dup = sorted({g for g in got if got.count(g) > 1})
         raise ValueError(
-            f"shards missing {missing} or repeated {dup} (of {n}); pass allow_partial to merge anyway"
+            f"shards missing {missing} or repeated {dup} (of {n}); pass --allow-partial (allow_partial=True) to merge anyway"
         )
     z = torch.cat(zs)
     order = sorted(range(len(items)), key=lambda k: (items[k].role != "query", items[k].name))

@@ -29,18 +29,27 @@ def load_scan_image(item: ScanImage) -> np.ndarray:
 
 
 def select_for_verification(
-    keys: Sequence[PairKey], pairs: Sequence[Pair], n_images: int, per_image: int
+    keys: Sequence[PairKey],
+    pairs: Sequence[Pair],
+    n_images: int,
+    per_image: int,
+    roles: Sequence[str] | None = None,
 ) -> list[int]:
-    """Positions of the pairs to check: the ``per_image`` best by model score of every image,
-    among the pairs not already ``same`` by identical pixels or perceptual hash."""
+    """Positions of the pairs to check: the ``per_image`` best by model score of every query
+    image, among the pairs not already ``same`` by identical pixels or perceptual hash.
+
+    The budget counts per query image only (``roles[k] == "query"``; None: all are queries), so
+    reference or index images never add checks of their own."""
     if per_image <= 0:
         return []
+    is_query = [True] * n_images if roles is None else [r == "query" for r in roles]
     options: list[list[tuple[float, int]]] = [[] for _ in range(n_images)]
     for m, ((i, j), p) in enumerate(zip(keys, pairs, strict=True)):
         if p.same:
             continue
-        options[i].append((p.score, m))
-        options[j].append((p.score, m))
+        for k in (i, j):
+            if is_query[k]:
+                options[k].append((p.score, m))
     chosen: set[int] = set()
     for opts in options:
         opts.sort(key=lambda t: (-t[0], t[1]))
@@ -57,13 +66,13 @@ def verify_pairs(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> int:
-    """Check each image's best candidates by keypoint matching and re-decide them in place.
+    """Check each query image's best candidates by keypoint matching and re-decide them in place.
 
     A verified overlap makes a pair ``same`` whatever its score. Returns how many were checked.
     """
     from ..match import match_images
 
-    todo = select_for_verification(keys, pairs, len(items), per_image)
+    todo = select_for_verification(keys, pairs, len(items), per_image, [it.role for it in items])
     cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def image(k: int) -> np.ndarray:
