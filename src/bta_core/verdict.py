@@ -114,7 +114,9 @@ class Decision:
             )
         else:
             why = "no evidence of reuse" + (
-                f" (model score {ev.model_score:.3f})" if ev.model_score is not None else ""
+                f" (model score {ev.model_score:.3f}, P {self.probability:.2f})"
+                if ev.model_score is not None
+                else ""
             )
         return f"{self.verdict}: {why}"
 

@@ -235,8 +235,7 @@ def verdict_text(names: Sequence[str], decision: Any, threshold: float, match: A
     ev = decision.evidence
     lines = [
         f"{a} vs {b}",
-        f"Verdict: {decision.verdict.upper()} (decided by {decision.decided_by})",
-        decision.explain(),
+        f"Verdict: {decision.explain()}",
         f"Model score {fmt(ev.model_score)} (threshold {fmt(threshold)}), "
         f"P(same source) {fmt(decision.probability)}",
     ]

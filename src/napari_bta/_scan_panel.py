@@ -287,8 +287,7 @@ class ScanPanel(Panel):
             show_error(f"Cannot open this pair: {exc}")
             return None
         verdict, decided_by = pair_verdict(pair)
-        text = f"{a.name} vs {b.name}\nScan verdict: {verdict.upper()} (decided by {decided_by})"
-        text += f"\n{pair.decision.explain()}"
+        text = f"{a.name} vs {b.name}\nScan verdict: {pair.decision.explain()}"
         text += f"\nModel score {fmt(pair.score)}"
         self._verdict.value = text
         prov = {

@@ -98,7 +98,7 @@ def test_scan_panel_shows_the_core_pairs_in_its_order_and_opens_them(
     )
     assert a.translate[1] == 0 and b.translate[1] > a.data.shape[1]  # B opens beside A
     assert f"BTA heatmap: {a.name}" in viewer.layers and f"BTA match: {b.name}" in viewer.layers
-    assert "SAME" in panel._verdict.value
+    assert f"Scan verdict: {core_pairs[0].decision.explain()}" in panel._verdict.value
     n_layers = len(viewer.layers)
     panel.open_row(1)
     wait_idle(panel)

@@ -60,7 +60,7 @@ def panel_titles(result: MatchResult) -> tuple[str, str, str]:
 def heatmap_title(result: MatchResult) -> str:
     """Title of the heatmap panel: what its values are."""
     if result.heatmap_source == "model":
-        return "A: model similarity of tiles (P same source)"
+        return "A: model similarity (P same)"
     if result.heatmap_source == "alignment":
         return "A: pixel agreement with B (aligned)"
     return "A: no heatmap (nothing aligned)"
