@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..device import DEVICE_CHOICES
 from ..evaluation.calibrate import calibrate
+from ._help import add_device
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -33,12 +33,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=None, help="at most N images per source")
     p.add_argument("--repeats", type=int, default=3, help="pairs per image")
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=DEVICE_CHOICES,
-        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
-    )
+    add_device(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 

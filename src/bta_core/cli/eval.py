@@ -38,9 +38,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..device import DEVICE_CHOICES
 from ..evaluation.methods import BASELINES
 from ..evaluation.protocols import PAPER_SEEDS, PROTOCOLS, evaluate
+from ._help import add_device
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -72,12 +72,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="split to fit thresholds of uncalibrated methods on ('' for none)",
     )
     p.add_argument("--negatives-per-image", type=int, default=32, help="reuse protocol")
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=DEVICE_CHOICES,
-        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
-    )
+    add_device(p)
     p.add_argument(
         "--cache",
         default="/work/cache/bta_views",

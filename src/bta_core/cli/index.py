@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from ..device import DEVICE_CHOICES, describe_device, get_device
-from ._help import DefaultsHelpFormatter
+from ..device import describe_device, get_device
+from ._help import DefaultsHelpFormatter, add_device
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -18,12 +18,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     fmt = {"formatter_class": DefaultsHelpFormatter}
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--checkpoint", default=None, help="model; none given = the bundled model")
-    common.add_argument(
-        "--device",
-        default="auto",
-        choices=DEVICE_CHOICES,
-        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
-    )
+    add_device(common)
     common.add_argument("--batch-size", type=int, default=32, help="images per model batch")
     common.add_argument(
         "--workers", type=int, default=None, help="decoding processes (default: cores - 1)"

@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..device import DEVICE_CHOICES
 from ..match import match_images, render_match_png, summary
 from ..match.params import MAX_SIDE
 from ..output_files import json_dumps
 from ..verdict import Decision, Policy, decide
+from ._help import add_device
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -24,12 +24,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "if installed, else keypoints only)",
     )
     parser.add_argument("--no-model", action="store_true", help="skip the model (keypoints only)")
-    parser.add_argument(
-        "--device",
-        default="auto",
-        choices=DEVICE_CHOICES,
-        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
-    )
+    add_device(parser)
     parser.add_argument(
         "--tta",
         default=None,

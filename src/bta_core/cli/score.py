@@ -7,10 +7,10 @@ import argparse
 
 from ..assess import assess_pair
 from ..checkpoint import load_checkpoint
-from ..device import DEVICE_CHOICES, describe_device, get_device
+from ..device import describe_device, get_device
 from ..imageio import load_image
 from ..output_files import json_dumps
-from ._help import add_quiet
+from ._help import add_device, add_quiet
 from ._progress import StepBar
 
 
@@ -21,12 +21,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint", default=None, help="model checkpoint (default: bundled model)"
     )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        choices=DEVICE_CHOICES,
-        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
-    )
+    add_device(parser)
     parser.add_argument(
         "--tta",
         default=None,

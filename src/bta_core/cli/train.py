@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 from ..augment import VIEW_RECIPES
 from ..checkpoint import load_checkpoint
-from ..device import DEVICE_CHOICES
 from ..heads import HEAD_TYPES
 from ..train import TrainingCancelled, train
 from ..train_config import DEFAULT_EPOCHS, TrainConfig
+from ._help import add_device
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -98,12 +98,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=d.limit, help="use only the first N images")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (runs are repeatable)")
-    p.add_argument(
-        "--device",
-        default=d.device,
-        choices=DEVICE_CHOICES,
-        help="where the model runs; auto: CUDA, then Apple MPS, then CPU",
-    )
+    add_device(p, default=d.device)
     p.add_argument(
         "--finetune-backbone", action="store_true", help="also train the backbone (lower lr)"
     )
