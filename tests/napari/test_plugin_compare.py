@@ -76,7 +76,9 @@ def test_compare_gives_the_core_verdict_on_a_rotated_crop(
     assert decision.verdict == "same" and decision.decided_by == "verified overlap"
     text = panel._verdict.value
     assert f"Verdict: {decision.explain()}" in text and "rot90" in text
-    assert text.count("Verdict:") == 1 and "decided by" not in text  # said once, in the core's words
+    assert (
+        text.count("Verdict:") == 1 and "decided by" not in text
+    )  # said once, in the core's words
     cells = [panel._table.native.item(0, 1).text(), panel._table.native.item(1, 0).text()]
     assert all(c.count(".") == 1 and "e" not in c and len(c.split(".")[1]) == 3 for c in cells)
 
