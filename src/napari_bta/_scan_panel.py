@@ -31,7 +31,7 @@ MAX_ROWS = 500
 VERIFY_PER_IMAGE = 3
 """``bta_core.scan.pipeline.DEFAULT_VERIFY_PER_IMAGE`` (a test checks they agree): importing the
 pipeline here would load torch when the panel opens."""
-COLUMNS = ["verdict", "decided by", "score", "A", "B"]
+COLUMNS = ["verdict", "decided by", "P(same)", "A", "B"]
 
 
 def pair_verdict(pair: Any) -> tuple[str, str]:
@@ -210,7 +210,12 @@ class ScanPanel(Panel):
         shown = self.pairs[:MAX_ROWS]
         self._table.value = {
             "data": [
-                [*pair_verdict(p), fmt(p.score), Path(p.path_a).name, Path(p.path_b).name]
+                [
+                    *pair_verdict(p),
+                    fmt(p.decision.probability),
+                    Path(p.path_a).name,
+                    Path(p.path_b).name,
+                ]
                 for p in shown
             ],
             "index": [str(k + 1) for k in range(len(shown))],

@@ -75,7 +75,7 @@ def test_scan_panel_shows_the_core_pairs_in_its_order_and_opens_them(
     assert table.rowCount() == len(core_pairs)
     for row, pair in enumerate(core_pairs[:5]):
         assert [table.item(row, c).text() for c in range(2)] == list(pair_verdict(pair))
-        assert table.item(row, 2).text() == f"{pair.score:.3f}"  # fixed point
+        assert table.item(row, 2).text() == f"{pair.decision.probability:.3f}"  # fixed point
         assert table.item(row, 3).toolTip() == pair.path_a  # the full path
     assert pair_verdict(core_pairs[0])[0] == "same"
 
