@@ -303,3 +303,33 @@ def test_cli_error_names_the_too_small_file(bccd_images, tmp_path, capsys):
     assert cli.main(["match", str(bccd_images[0]), str(tiny), "--no-model"]) == 1
     err = capsys.readouterr().err
     assert str(tiny) in err and "image_b" not in err
+
+
+def test_shared_correlation_maps_equal_direct_ncc_in_every_orientation():
+    """The FFT maps reuse sums and spectra across orientations; each entry must still be the
+    plain NCC of the overlap it stands for (a synthetic pair: every shift checked directly)."""
+    from bta_core.dihedral import apply_d4
+    from bta_core.match.correlation import _NCCMaps
+    from bta_core.match.prepare import pixel_ncc
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(12, 10)).astype(np.float32)
+    b = rng.normal(size=(7, 5)).astype(np.float32)
+    maps = _NCCMaps(a, b, min_overlap=10)
+    for k in range(8):
+        ob = apply_d4(b, k)
+        ncc, (ox, oy) = maps.map(k)
+        hb, wb = ob.shape
+        assert ncc.shape == (12 + hb - 1, 10 + wb - 1)
+        checked = 0
+        for i in range(ncc.shape[0]):
+            for j in range(ncc.shape[1]):
+                dy, dx = i - oy, j - ox  # b's pixel (x, y) lies on a's (x + dx, y + dy)
+                y0, y1, x0, x1 = max(0, dy), min(12, dy + hb), max(0, dx), min(10, dx + wb)
+                if (y1 - y0) * (x1 - x0) < 16:
+                    assert ncc[i, j] == -1.0
+                elif ncc[i, j] > -1.0:
+                    direct = pixel_ncc(a[y0:y1, x0:x1], ob[y0 - dy : y1 - dy, x0 - dx : x1 - dx])
+                    assert abs(ncc[i, j] - direct) < 1e-4, (k, i, j)
+                    checked += 1
+        assert checked > 0.4 * ncc.size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 from ..checkpoint import load_checkpoint
@@ -15,6 +16,7 @@ from ..scan.cache import default_cache_dir
 from ..scan.candidates import DEFAULT_FAISS_ABOVE, DEFAULT_FAISS_K, DEFAULT_MAX_PAIRS, DEFAULT_TOP_K
 from ..scan.outputs import OUTPUT_FILES
 from ..scan.pipeline import DEFAULT_VERIFY_PER_IMAGE
+from ..scan.ranks import Rank, rank_device, scan_ranks, torchrun_rank
 from ..scan.report import common_root, display_name, summary_text
 from ..verdict import DEFAULT_PHASH_MAX_DISTANCE
 from ._help import add_device, add_quiet
@@ -160,13 +162,32 @@ def _check_folders(folders: list[str]) -> None:
             raise FileNotFoundError(f"no images found in {folder}")
 
 
+def _torchrun_rank(args: argparse.Namespace) -> Rank | None:
+    """This process's rank when run under torchrun (only rank 0 talks); clear errors for the
+    options a torchrun scan does not take."""
+    rank = torchrun_rank()
+    if rank is None:
+        return None
+    for flag, value in (("--shard", args.shard), ("--merge", args.merge), ("--index", args.index)):
+        if value:
+            raise ValueError(
+                f"{flag} cannot be used under torchrun: each of the {rank.world} ranks already "
+                "embeds shard RANK/WORLD_SIZE and rank 0 merges them; drop "
+                f"{flag} or run without torchrun"
+            )
+    if not rank.is_main:
+        args.quiet, args.json = True, False
+    return rank
+
+
 def main(args: argparse.Namespace) -> int:
+    rank = _torchrun_rank(args)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     bars = StageBars(skip=("embed", "score"), enabled=not args.quiet)
     check_out_dir(args.out)  # a wrong --out fails before the model is loaded
     if not args.merge:
         _check_folders([*args.folders, *args.reference])
-    device = get_device(args.device)
+    device = get_device(args.device) if rank is None else rank_device(rank, args.device)
     model = load_checkpoint(args.checkpoint, device=device)
     say(
         f"bta-core scan: model {model.checkpoint_path or 'in-memory model'} on {describe_device(device)}"
@@ -195,7 +216,8 @@ def main(args: argparse.Namespace) -> int:
         if not args.folders:
             raise ValueError("give at least one FOLDER to scan (or --merge SHARD_DIR...)")
         cache = None if args.no_cache else (args.cache or "auto")
-        result = scan(
+        run = scan if rank is None else partial(scan_ranks, rank=rank)
+        result = run(
             args.folders,
             args.reference,
             model,
@@ -205,11 +227,13 @@ def main(args: argparse.Namespace) -> int:
             shard=args.shard,
             batch_size=args.batch_size,
             workers=args.workers,
-            index=args.index,
             on_progress=bars,
+            **({"index": args.index} if rank is None else {}),
             **common,
         )
     bars.close()
+    if result is None:  # a torchrun rank other than 0: its shard is written, rank 0 merged
+        return 0
     s = result.stats
     if args.shard:
         say(
@@ -220,8 +244,8 @@ def main(args: argparse.Namespace) -> int:
             print(json_dumps({"shard": args.shard, "out": args.out, "stats": s}, default=str))
         return 0
     origin = (
-        f"from {s.get('n_shards', len(args.merge))} shards"
-        if args.merge
+        f"from {s['n_shards']} shards"
+        if "n_shards" in s
         else f"{s.get('n_embedded', 0)} embedded, {s.get('n_cached', 0)} from cache"
     )
     say(

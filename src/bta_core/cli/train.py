@@ -157,6 +157,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _end_distributed() -> None:
+    """Close a torchrun process group, so no rank aborts at exit with the group still open."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(args: argparse.Namespace) -> int:
     """Train, then report the checkpoint written (exit 130 when cancelled)."""
     cfg = config_from_args(args)
@@ -166,6 +174,8 @@ def main(args: argparse.Namespace) -> int:
     except TrainingCancelled as exc:
         print(str(exc))
         return 130
+    finally:
+        _end_distributed()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     model = load_checkpoint(path)

@@ -13,50 +13,114 @@ from .params import CORR_SIDE, MIN_OVERLAP
 from .prepare import bandpass, resize_by
 from .transform import d4_to_source
 
+_SAME_SUMS = {0: (0, ()), 1: (1, ()), 2: (0, (0, 1)), 3: (1, (0, 1))}
+_SAME_SUMS.update({4: (0, (1,)), 5: (1, (0,)), 6: (0, (0,)), 7: (1, (1,))})
+"""Orientation -> (0 or 1, axes): its overlap sums are those of orientation 0 or 1 with the
+map reversed along ``axes`` (a sum over a rectangle of a mirrored image is the sum over the
+mirrored rectangle), so only two orientations need them computed."""
+
+
+def _rot180_spectrum(spec: np.ndarray, shape: tuple[int, int], s: tuple[int, int]) -> np.ndarray:
+    """``rfft2(x[::-1, ::-1], s)`` from ``spec = rfft2(x, s)`` for a real ``x`` of ``shape``:
+    reversing a zero-padded signal conjugates its spectrum and shifts it by ``len - 1``."""
+    k0 = np.fft.fftfreq(s[0]) * s[0]
+    k1 = np.arange(spec.shape[1])
+    phase = np.exp(-2j * np.pi * k0[:, None] * (shape[0] - 1) / s[0]) * np.exp(
+        -2j * np.pi * k1[None, :] * (shape[1] - 1) / s[1]
+    )
+    return phase.astype(spec.dtype) * np.conj(spec)
+
+
+class _NCCMaps:
+    """Masked NCC of every orientation of ``b`` shifted over ``a``, sharing all it can.
+
+    :meth:`map` gives the NCC for every integer shift, computed only on the overlap (``-1``
+    where the overlap is below ``min_overlap`` pixels or flat) and the offset: entry ``(i, j)``
+    places the oriented b's pixel ``(x, y)`` on a's pixel ``(x + j - off_x, y + i - off_y)``.
+    Terms of ``a`` are computed once per orientation shape, B's overlap sums once per shape
+    (the others are mirrored maps), and B's spectrum once per pair of orientations 180
+    degrees apart; each orientation then costs one inverse FFT (the cross term).
+    """
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, min_overlap: float) -> None:
+        self.a, self.b, self.min_overlap = a, b, min_overlap
+        self._a_terms: dict = {}
+        self._b_terms: dict = {}
+        self._spectra: dict = {}
+
+    def _sizes(self, hb: int, wb: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        from scipy import fft
+
+        ha, wa = self.a.shape
+        full = (ha + hb - 1, wa + wb - 1)
+        return full, (fft.next_fast_len(full[0], real=True), fft.next_fast_len(full[1], real=True))
+
+    def _terms_of_a(self, shape: tuple[int, int]):
+        """A's spectrum, the overlap sizes, A's overlap sums and deviations, valid shifts."""
+        if shape not in self._a_terms:
+            from scipy import fft
+
+            a = self.a
+            full, s = self._sizes(*shape)
+
+            def inv(x):
+                return fft.irfft2(x, s)[: full[0], : full[1]]
+
+            fa, fa2, f1a = (fft.rfft2(x, s) for x in (a, a * a, np.ones_like(a)))
+            f1b = fft.rfft2(np.ones(shape, a.dtype), s)
+            n = np.round(inv(f1a * f1b))
+            sa, saa = inv(fa * f1b), inv(fa2 * f1b)
+            ok = n >= max(self.min_overlap, 16)
+            n = np.maximum(n, 1)
+            va = saa - sa * sa / n
+            # low-variance overlaps (flat background) cannot vouch for a match
+            ok &= va > 0.02 * float(a.var()) * n
+            self._a_terms[shape] = (fa, f1a, n, sa, np.sqrt(np.maximum(va, 1e-12)), ok, s)
+        return self._a_terms[shape]
+
+    def _terms_of_b(self, index: int):
+        """B's overlap mean, deviation and validity for orientation ``index``."""
+        base, axes = _SAME_SUMS[index]
+        if base not in self._b_terms:
+            from scipy import fft
+
+            ob = apply_d4(self.b, base)
+            full, s = self._sizes(*ob.shape)
+            _, f1a, n, *_ = self._terms_of_a(ob.shape)
+            bf = ob[::-1, ::-1]
+            sb = fft.irfft2(f1a * fft.rfft2(bf, s), s)[: full[0], : full[1]]
+            sbb = fft.irfft2(f1a * fft.rfft2(bf * bf, s), s)[: full[0], : full[1]]
+            mb = sb / n
+            vb = sbb - sb * mb
+            ok = vb > 0.02 * float(ob.var()) * n
+            self._b_terms[base] = (mb, np.sqrt(np.maximum(vb, 1e-12)), ok)
+        return tuple(np.flip(x, axes) if axes else x for x in self._b_terms[base])
+
+    def map(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+        from scipy import fft
+
+        ob = apply_d4(self.b, index)
+        hb, wb = ob.shape
+        full, _ = self._sizes(hb, wb)
+        fa, _, _, sa, sd_a, ok_a, s = self._terms_of_a(ob.shape)
+        mb, sd_b, ok_b = self._terms_of_b(index)
+        if index % 4 >= 2:  # orientation index - 2 turned by 180 degrees
+            fb = _rot180_spectrum(self._spectra.pop(index - 2), ob.shape, s)
+        else:
+            fb = fft.rfft2(ob[::-1, ::-1], s)
+            self._spectra[index] = fb
+        ncc = fft.irfft2(fa * fb, s)[: full[0], : full[1]]
+        ncc -= sa * mb
+        ncc /= sd_a * sd_b
+        ncc[~(ok_a & ok_b)] = -1.0
+        return ncc, (wb - 1, hb - 1)
+
 
 def _masked_ncc_map(
-    a: np.ndarray, b: np.ndarray, min_overlap: float, memo: dict | None = None
+    a: np.ndarray, b: np.ndarray, min_overlap: float
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """NCC of ``b`` shifted over ``a`` for every integer shift, computed only on the overlap.
-
-    Returns the map (``-1`` where the overlap is below ``min_overlap`` pixels) and the offset:
-    entry ``(i, j)`` places b's pixel ``(x, y)`` on a's pixel ``(x + j - off_x, y + i - off_y)``.
-    ``memo`` (one dict per ``a``) keeps the terms that depend only on ``a`` and on ``b``'s shape,
-    so the 8 orientations of one B cost 2 forward and 3 inverse FFTs each instead of 6 and 6.
-    """
-    from scipy import fft
-
-    ha, wa = a.shape
-    hb, wb = b.shape
-    s = (fft.next_fast_len(ha + hb - 1, real=True), fft.next_fast_len(wa + wb - 1, real=True))
-    bf = b[::-1, ::-1]
-
-    def f(x):
-        return fft.rfft2(x, s)
-
-    def inv(x):
-        return fft.irfft2(x, s)[: ha + hb - 1, : wa + wb - 1]
-
-    memo = {} if memo is None else memo
-    key = (hb, wb)
-    if key not in memo:
-        fa, fa2, f1a = f(a), f(a * a), f(np.ones_like(a))
-        f1b = f(np.ones_like(bf))
-        memo[key] = (fa, f1a, np.round(inv(f1a * f1b)), inv(fa * f1b), inv(fa2 * f1b))
-    fa, f1a, n, sa, saa = memo[key]
-    fb, fb2 = f(bf), f(bf * bf)
-    sb, sbb, sab = inv(f1a * fb), inv(f1a * fb2), inv(fa * fb)
-    ok = n >= max(min_overlap, 16)
-    n = np.maximum(n, 1)
-    va = saa - sa * sa / n
-    vb = sbb - sb * sb / n
-    # low-variance overlaps (flat background) cannot vouch for a match
-    floor_a = 0.02 * float(a.var()) * n
-    floor_b = 0.02 * float(b.var()) * n
-    ok &= (va > floor_a) & (vb > floor_b)
-    den = np.sqrt(np.maximum(va, 1e-12) * np.maximum(vb, 1e-12))
-    ncc = np.where(ok, (sab - sa * sb / n) / den, -1.0)
-    return ncc, (wb - 1, hb - 1)
+    """NCC map of ``b`` (as is) over ``a``: :meth:`_NCCMaps.map` for one orientation."""
+    return _NCCMaps(a, b, min_overlap).map(0)
 
 
 def _subpixel(surface: np.ndarray, i: int, j: int) -> tuple[float, float]:
@@ -105,11 +169,10 @@ def correlation_candidates(ga: np.ndarray, gb: np.ndarray, should_stop) -> list[
     sa, sb = bandpass(sa), bandpass(sb)
     min_overlap = MIN_OVERLAP * min(sa.size, sb.size)
     out = []
-    memo: dict = {}
+    maps = _NCCMaps(sa, sb, min_overlap)
     for index in range(8):
         check_cancel(should_stop, "matching")
-        ob = apply_d4(sb, index)
-        ncc, (off_x, off_y) = _masked_ncc_map(sa, ob, min_overlap, memo)
+        ncc, (off_x, off_y) = maps.map(index)
         i, j = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
         peak = float(ncc[i, j])
         if peak <= 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -111,6 +112,11 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 def d4_to_source(shape: tuple[int, int], index: int) -> np.ndarray:
     """3x3 matrix mapping pixel ``(x, y)`` of ``apply_d4(g, index)`` back to ``g``."""
+    return np.array(_d4_to_source((int(shape[0]), int(shape[1])), int(index)))
+
+
+@lru_cache(maxsize=256)
+def _d4_to_source(shape: tuple[int, int], index: int) -> tuple:
     h, w = shape
     ys, xs = np.mgrid[0:h, 0:w]
     ox, oy = apply_d4(xs, index), apply_d4(ys, index)
@@ -120,7 +126,7 @@ def d4_to_source(shape: tuple[int, int], index: int) -> np.ndarray:
     dst = np.array([[x, y, 1.0] for x, y in pts])
     sol = np.linalg.lstsq(dst, src, rcond=None)[0].T  # rows: x_src, y_src, 1
     sol[2] = [0, 0, 1]
-    return np.round(sol, 6)
+    return tuple(map(tuple, np.round(sol, 6)))
 
 
 def warp_image(
