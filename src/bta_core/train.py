@@ -364,7 +364,7 @@ def train(
     and, when true, saves a checkpoint and raises ``TrainingCancelled``.
     """
     if cfg.mode not in DEFAULT_EPOCHS:
-        raise ValueError(f"unknown mode {cfg.mode!r}; choose bta, combined or head")
+        raise ValueError(f"unknown mode {cfg.mode!r}; choose bta, combined, head or simclr")
     if cfg.views not in VIEW_RECIPES:
         raise ValueError(f"unknown views {cfg.views!r}; choose {', '.join(VIEW_RECIPES)}")
     if not cfg.data:

@@ -59,7 +59,7 @@ class TrainConfig:
             return [("combined", epochs)]
         if self.mode == "head":
             return [("head", epochs)]
-        raise ValueError(f"unknown mode {self.mode!r} (bta, combined or head)")
+        raise ValueError(f"unknown mode {self.mode!r} (bta, combined, head or simclr)")
 
 
 def cosine_lr(epoch: int, epochs: int, lr_start: float, lr_end: float) -> float:

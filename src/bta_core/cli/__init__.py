@@ -17,7 +17,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "scan the bundled sample images (planted reuse) and write a report",
     ),
     "score": ("bta_core.cli.score", "probability that two images come from the same source image"),
-    "train": ("bta_core.cli.train", "train a BTA model (bta, combined or head-only recipes)"),
+    "train": (
+        "bta_core.cli.train",
+        "train a BTA model (bta, combined, head-only or simclr recipes)",
+    ),
     "eval": ("bta_core.cli.eval", "evaluate models and baselines (paper, reuse, scan protocols)"),
     "calibrate": (
         "bta_core.cli.calibrate",

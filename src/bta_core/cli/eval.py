@@ -51,7 +51,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("data", nargs="+", help="image folders and/or splits.csv files")
     p.add_argument(
-        "--protocol", default="paper", help=f"comma-separated, from {', '.join(PROTOCOLS)}"
+        "--protocol",
+        default="paper",
+        help=f"comma-separated, from {', '.join(PROTOCOLS)}; or holdout (leave one data set out, alone)",
     )
     p.add_argument(
         "--checkpoint", action="append", default=[], help="checkpoint to evaluate (repeatable)"

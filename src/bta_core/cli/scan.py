@@ -74,7 +74,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="bta-scan", help="output folder")
     add_device(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="images per model batch")
-    parser.add_argument("--workers", type=int, default=2, help="threads decoding images")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="decoding workers (processes for 64 or more files, else threads)",
+    )
     parser.add_argument(
         "--cache", default=None, help=f"embedding cache folder; none given = {default_cache_dir()}"
     )
