@@ -250,6 +250,8 @@ def match_images(
     if best is None and use_correlation:
         tried_corr = True
         for c in correlation_candidates(ga_full, gb_full, should_stop):
+            if c.margin < min(MIN_MARGIN, EXACT_MARGIN):
+                continue  # never distinct (see _accept): spare its checks at working size
             c.matrix = to_a @ c.matrix @ np.linalg.inv(to_b)  # full-size -> working coords
             c = check_alignment(ha, hb, c)
             if c.ncc >= 0.6 * MIN_NCC_CORRELATION:
