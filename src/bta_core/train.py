@@ -23,7 +23,6 @@ seeded from (seed, stage, epoch), so a resumed run repeats an uninterrupted one 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from .augment import VIEW_RECIPES, apply_view
 from .backbones import feature_dim, safe_torch_load
 from .data import decode_records, group_ids, list_records
 from .device import autocast, describe_device, get_device
+from .distributed import rank_device, torchrun_rank
 from .heads import PAPER_HEAD_SIZES, PAPER_PROJECTOR_SIZES, SYMMETRIC_HEAD_SIZES
 from .losses import barlow_twins_loss, combined_loss, nt_xent_loss
 from .model import BTAModel, ModelConfig
@@ -335,20 +335,16 @@ def _stage_params(model: BTAModel, stage: str, cfg: TrainConfig) -> list[dict]:
 
 
 def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    rank = torchrun_rank()
+    if rank is None:
         return 1, 0, get_device(cfg.device)
     import torch.distributed as dist
 
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-        backend = "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
+    device = rank_device(rank, cfg.device)
+    if device.type != "cuda":
+        device = torch.device("cpu")  # gloo runs on the CPU
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_world_size(), dist.get_rank(), device
 
 

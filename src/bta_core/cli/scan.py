@@ -10,13 +10,14 @@ from pathlib import Path
 
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
+from ..distributed import Rank, rank_device, torchrun_rank
 from ..output_files import check_out_dir, json_dumps
 from ..scan import ScanResult, merge, scan
 from ..scan.cache import default_cache_dir
 from ..scan.candidates import DEFAULT_FAISS_ABOVE, DEFAULT_FAISS_K, DEFAULT_MAX_PAIRS, DEFAULT_TOP_K
 from ..scan.outputs import OUTPUT_FILES
 from ..scan.pipeline import DEFAULT_VERIFY_PER_IMAGE
-from ..scan.ranks import Rank, rank_device, scan_ranks, torchrun_rank
+from ..scan.ranks import scan_ranks
 from ..scan.report import common_root, display_name, summary_text
 from ..verdict import DEFAULT_PHASH_MAX_DISTANCE
 from ._help import add_device, add_quiet
