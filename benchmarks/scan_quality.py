@@ -4,7 +4,8 @@ The test images of ../shared/data plus planted manipulated copies of a quarter o
 planting as ``bta-core eval --protocol scan``: every manipulation in turn, fixed seed) are written
 to a folder as PNG files; ``bta_core.scan.scan`` ranks all pairs with the bundled model (identical
 pixels, perceptual hash, verified overlap, then model score: ``verdict.rank_key``), once for each
-``--verify-per-image`` K (the K best candidates of every image checked by keypoint matching).
+``--verify-per-image`` K (the K best candidates of every image checked by keypoint matching),
+with and without the candidates by local-feature votes (``scan.keypoint_votes``).
 Pairs of two different photos of one field are left out, as in the eval. Prints average
 precision and recall@k of the planted pairs, the precision and recall of ``same``, and writes JSON.
 
@@ -108,6 +109,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=448, help="side of the written images")
     ap.add_argument("--split", default="test")
     ap.add_argument("--verify-per-image", type=int, nargs="+", default=[0, 3])
+    ap.add_argument(
+        "--keypoint-candidates",
+        choices=("on", "off", "both"),
+        default="both",
+        help="verify the partners with the most local-feature votes too (scan's default)",
+    )
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -117,20 +124,30 @@ def main() -> None:
         folder = Path(tmp)
         meta, n_plant = build_corpus(folder, args.size, args.split)
         n = len(meta)
-        for v in args.verify_per_image:
+        choices = {"on": [True], "off": [False], "both": [False, True]}[args.keypoint_candidates]
+        runs = [(v, a) for v in args.verify_per_image for a in (choices if v > 0 else [False])]
+        for v, votes in runs:
             t0 = time.perf_counter()
             result = scan(
-                folder, model=model, cache_dir=folder / ".cache", verify_per_image=v, top_k=n * n
+                folder,
+                model=model,
+                cache_dir=folder / ".cache",
+                verify_per_image=v,
+                keypoint_candidates=votes,
+                top_k=n * n,
             )
-            rows[v] = {
+            key = f"{v}+keypoint-votes" if votes else str(v)
+            rows[key] = {
                 **quality(result, meta, n_plant),
+                "n_checked": result.stats["n_checked"],
                 "seconds": round(time.perf_counter() - t0, 1),
             }
+            r = rows[key]
             print(
-                f"verify {v:>4}: AP {rows[v]['average_precision']:.3f}  recall@k {rows[v]['recall@k']:.3f}  "
-                f"recall@2k {rows[v]['recall@2k']:.3f}  same: precision "
-                f"{rows[v]['same_precision']:.3f} recall {rows[v]['same_recall']:.3f} "
-                f"{rows[v]['same_by']}  ({rows[v]['seconds']} s)",
+                f"verify {key:>17}: AP {r['average_precision']:.3f}  recall@k {r['recall@k']:.3f}  "
+                f"recall@2k {r['recall@2k']:.3f}  same: precision "
+                f"{r['same_precision']:.3f} recall {r['same_recall']:.3f} "
+                f"{r['same_by']}  ({r['n_checked']} checked, {r['seconds']} s)",
                 flush=True,
             )
     doc = {

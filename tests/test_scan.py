@@ -528,3 +528,34 @@ def test_verification_budget_counts_per_query_image_only():
         assert set(best[:2]) <= set(chosen)
     every = select_for_verification(keys, pairs, len(roles), 2)  # all counted: references add
     assert len(every) > len(chosen)
+
+
+def test_keypoint_votes_bring_copies_the_model_misses_to_verification(corpus, tiny_model):
+    """With a model that ranks nothing (random projector and head), the local-feature votes
+    alone make every planted copy a verified or hashed ``same``; without them the one check per
+    image goes to the model's random picks and the crop is missed."""
+    planted = {frozenset(p) for p in corpus["planted"]}
+    kw = dict(model=tiny_model, cache_dir=None, top_k=10**6, verify_per_image=1)
+    found = scan(corpus["q"], **kw)
+    same = {frozenset((p.path_a, p.path_b)) for p in found.pairs if p.same}
+    assert planted <= same
+    assert same <= planted  # no look-alike smear is verified
+    assert found.stats["n_keypoint_candidates"] >= len(planted)
+    without = scan(corpus["q"], keypoint_candidates=False, **kw)
+    same_without = {frozenset((p.path_a, p.path_b)) for p in without.pairs if p.same}
+    crop = next(p for p in planted if any("crop" in x for x in p))
+    assert crop not in same_without
+
+
+def test_ratio_votes_skip_the_image_itself_and_ambiguous_matches():
+    from bta_core.scan.keypoint_votes import ratio_votes
+
+    q_owner = np.array([0, 0, 1])
+    # neighbours of each query descriptor: (image, squared distance)
+    owners = np.array([[0, 2, 3, 3], [1, 2, 0, 3], [1, 0, 0, 2]])
+    dist = np.array([[0.0, 0.1, 0.5, 0.6], [0.2, 0.21, 0.3, 0.4], [0.0, 0.05, 0.06, 0.9]])
+    rows = ratio_votes(q_owner, dist, owners)
+    # descriptor 0: itself skipped, 0.1 < 0.64 * 0.5 -> votes for image 2
+    # descriptor 1: 0.2 vs 0.21 from another image: ambiguous, no vote
+    # descriptor 2: itself skipped, image 0 at 0.05 vs image 2 at 0.9 -> votes for image 0
+    assert rows.tolist() == [[0, 2], [1, 0]]

@@ -6,8 +6,14 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-STAGE_UNITS = {"verify": "pair", "report": "pair", "fingerprints": "pair", "embed": "file"}
-STAGE_LABELS = {"verify": "keypoint check", "report": "report"}
+STAGE_UNITS = {
+    "verify": "pair",
+    "report": "pair",
+    "fingerprints": "pair",
+    "embed": "file",
+    "keypoints": "image",
+}
+STAGE_LABELS = {"verify": "keypoint check", "report": "report", "keypoints": "local features"}
 
 
 class StageBars:

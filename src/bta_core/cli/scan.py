@@ -142,6 +142,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "about 0.1-0.3 s per pair on a CPU)",
     )
     parser.add_argument(
+        "--no-keypoint-candidates",
+        dest="keypoint_candidates",
+        action="store_false",
+        help="verify only the model's K best candidates; by default each FOLDER image's K "
+        "partners with the most local-feature (SIFT) votes are verified too, which finds crops "
+        "and heavy edits (about 0.07 s per image on a CPU)",
+    )
+    parser.add_argument(
         "--phash-max-distance",
         type=int,
         default=DEFAULT_PHASH_MAX_DISTANCE,
@@ -209,6 +217,7 @@ def main(args: argparse.Namespace) -> int:
         report_pairs=args.report_pairs,
         match_top=args.match_top,
         verify_per_image=args.verify_per_image,
+        keypoint_candidates=args.keypoint_candidates,
         phash_max_distance=args.phash_max_distance,
         progress_bar=not args.quiet,
     )

@@ -56,6 +56,19 @@ def detect(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return xy, np.ascontiguousarray(desc, dtype=np.float32)
 
 
+def strongest_root_sift(g: np.ndarray, n: int) -> np.ndarray:
+    """RootSIFT descriptors ``(<= n, 128)`` (unit L2 norm) of the ``n`` strongest keypoints of a
+    grey image, for retrieval: nearest by L2 is highest inner product."""
+    key = -n  # its own detector: a small cap, one contrast threshold
+    if key not in _SIFT:
+        _SIFT[key] = _cv2().SIFT_create(nfeatures=n, contrastThreshold=_THRESHOLDS[1] * 2)
+    _, desc = _SIFT[key].detectAndCompute(to_uint8(g), None)
+    if desc is None:
+        return np.zeros((0, 128), dtype=np.float32)
+    desc = desc / (desc.sum(axis=1, keepdims=True) + 1e-7)
+    return np.sqrt(desc, dtype=np.float32)
+
+
 def match_descriptors(d_a: np.ndarray, d_b: np.ndarray, ratio: float = RATIO) -> np.ndarray:
     """Mutual nearest neighbours passing the ratio test: ``(M, 2)`` index pairs (A, B)."""
     if len(d_a) < 2 or len(d_b) < 2:

@@ -36,10 +36,11 @@ from .candidates import (
 from .discover import parse_shard
 from .embed import Embedded, embed_folders
 from .evidence import PairKey, fingerprint_evidence, identical_pixel_pairs, near_copy_pairs
+from .keypoint_votes import keypoint_candidates
 from .outputs import write_outputs
 from .records import Pair, ScanResult
 from .shards import read_shards, write_shard
-from .verify import verify_pairs
+from .verify import load_scan_image, verify_pairs
 
 DEFAULT_VERIFY_PER_IMAGE = 3
 """Candidates per image checked by keypoint matching (about 0.1-0.3 s per pair on a CPU)."""
@@ -64,6 +65,9 @@ class ScanOptions:
     max_pairs: int = DEFAULT_MAX_PAIRS
     verify_per_image: int = DEFAULT_VERIFY_PER_IMAGE
     """Keypoint-verify the best ``verify_per_image`` candidates of every query image (0: none)."""
+    keypoint_candidates: bool = True
+    """Also verify each query image's ``verify_per_image`` partners with the most local-feature
+    (SIFT) votes (``scan.keypoint_votes``): finds crops and heavy edits the model ranks low."""
     out_dir: str | os.PathLike | None = None
     report_pairs: int = 0
     """report.html shows every same/suspect pair plus this many of the best 'different' ones."""
@@ -125,7 +129,13 @@ def score_and_report(
         should_stop=should_stop,
     )
     scores = {(int(i), int(j)): (float(s), int(c)) for s, i, j, c in rows.tolist()}
-    scores.update(_model_scores(model, emb, sorted((identical | near) - scores.keys()), o.tta))
+    local: dict[PairKey, int] = {}
+    if o.keypoint_candidates and o.verify_per_image > 0:
+        local = keypoint_candidates(
+            emb.items, o.within, o.verify_per_image, load_scan_image, on_progress, should_stop
+        )
+    extra = (identical | near | local.keys()) - scores.keys()
+    scores.update(_model_scores(model, emb, sorted(extra), o.tta))
     t_score = time.perf_counter()
     keys = sorted(scores)
     pairs = []
@@ -142,7 +152,7 @@ def score_and_report(
             )
         )
     n_checked = verify_pairs(
-        pairs, keys, emb.items, o.verify_per_image, policy, on_progress, should_stop
+        pairs, keys, emb.items, o.verify_per_image, policy, on_progress, should_stop, local
     )
     t_verify = time.perf_counter()
     pairs.sort(key=lambda p: (*(-v for v in rank_key(p.decision)), p.path_a, p.path_b))
@@ -156,6 +166,8 @@ def score_and_report(
         tta=o.tta,
         within=o.within,
         verify_per_image=o.verify_per_image,
+        keypoint_candidates=o.keypoint_candidates,
+        n_keypoint_candidates=len(local),
         n_pairs_out=len(pairs),
         n_same=sum(p.verdict == SAME for p in pairs),
         n_suspect=sum(p.verdict == SUSPECT for p in pairs),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -34,9 +34,12 @@ def select_for_verification(
     n_images: int,
     per_image: int,
     roles: Sequence[str] | None = None,
+    extra: Mapping[PairKey, object] | None = None,
 ) -> list[int]:
     """Positions of the pairs to check: the ``per_image`` best by model score of every query
-    image, among the pairs not already ``same`` by identical pixels or perceptual hash.
+    image, among the pairs not already ``same`` by identical pixels or perceptual hash, plus
+    the pairs in ``extra`` (each query image's candidates by local-feature votes,
+    ``scan.keypoint_votes``) that are not ``same`` already.
 
     The budget counts per query image only (``roles[k] == "query"``; None: all are queries), so
     reference or index images never add checks of their own."""
@@ -51,6 +54,12 @@ def select_for_verification(
             if is_query[k]:
                 options[k].append((p.score, m))
     chosen: set[int] = set()
+    if extra:
+        chosen.update(
+            m
+            for m, (key, p) in enumerate(zip(keys, pairs, strict=True))
+            if key in extra and not p.same
+        )
     for opts in options:
         opts.sort(key=lambda t: (-t[0], t[1]))
         chosen.update(m for _, m in opts[:per_image])
@@ -65,14 +74,17 @@ def verify_pairs(
     policy: Policy,
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    extra: Mapping[PairKey, object] | None = None,
 ) -> int:
     """Check each query image's best candidates by keypoint matching and re-decide them in place.
 
-    A verified overlap makes a pair ``same`` whatever its score. Returns how many were checked.
+    ``extra``: more pairs to check (``select_for_verification``). A verified overlap makes a pair
+    ``same`` whatever its score. Returns how many were checked.
     """
     from ..match import match_images
 
-    todo = select_for_verification(keys, pairs, len(items), per_image, [it.role for it in items])
+    roles = [it.role for it in items]
+    todo = select_for_verification(keys, pairs, len(items), per_image, roles, extra)
     cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def image(k: int) -> np.ndarray:

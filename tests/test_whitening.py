@@ -1,0 +1,57 @@
+"""Collection whitening (bta_core.whitening): label-free adaptation of the held-out eval."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bta_core.imageio import load_image
+from bta_core.model import embed_images
+from bta_core.whitening import MIN_IMAGES, fit_whitening, whitened_cosine
+
+
+def test_shared_appearance_is_removed_and_copies_stay_close():
+    """Rows that share one strong direction (one stain, one camera) have raw cosines near 1;
+    after whitening, unrelated rows are near 0 while a slightly perturbed copy stays close."""
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(64, generator=g) * 5
+    rows = common + torch.randn(40, 64, generator=g)
+    copy = rows[0] + 0.05 * torch.randn(64, generator=g)
+    w = fit_whitening(rows)
+    assert w is not None
+    raw = whitened_cosine(None, rows[1:], rows[:-1])
+    white = whitened_cosine(w, rows[1:], rows[:-1])
+    assert raw.min() > 0.8  # look-alikes by raw cosine
+    assert white.abs().mean() < 0.2  # not after whitening
+    assert whitened_cosine(w, copy[None], rows[:1]).item() > 0.95
+    assert torch.allclose(w.apply(rows).norm(dim=1), torch.ones(len(rows)), atol=1e-5)
+
+
+def test_too_few_images_or_wrong_shape():
+    x = torch.randn(MIN_IMAGES - 1, 8)
+    assert fit_whitening(x) is None
+    assert fit_whitening(torch.randn(MIN_IMAGES, 8)) is not None
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        fit_whitening(torch.randn(4, 5, 6))
+    with pytest.raises(ValueError, match="shrinkage"):
+        fit_whitening(torch.randn(20, 8), shrinkage=0.0)
+    assert fit_whitening(torch.ones(20, 8)) is None  # one direction: nothing to whiten
+
+
+def test_real_smears_look_alike_until_whitened(bccd_images, cosine_model):
+    """On real blood smears of one camera the frozen features make every pair look alike;
+    fitted on the smears themselves (no labels), whitening separates them and still ranks a
+    noisy copy of a smear above every unrelated pair."""
+    rng = np.random.default_rng(0)
+    smears = [load_image(p) for p in bccd_images[:24]]
+    noisy = np.clip(smears[0] + rng.normal(0, 0.03, smears[0].shape), 0, 1)
+    z = embed_images(cosine_model, [*smears, noisy])
+    w = fit_whitening(z[:24])
+    iu, ju = np.triu_indices(24, k=1)
+    raw = whitened_cosine(None, z[iu], z[ju])
+    white = whitened_cosine(w, z[iu], z[ju])
+    copy = whitened_cosine(w, z[24:], z[:1]).item()
+    assert raw.median() > 0.7, "the frozen features should make smears look alike"
+    assert white.median().abs() < 0.1
+    assert copy > white.max().item()
