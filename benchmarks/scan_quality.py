@@ -32,14 +32,15 @@ from bta_core.scan import scan
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+DATASETS = ("bccd", "dsb2018", "phase_culture")
 
 
-def build_corpus(folder: Path, size: int, split: str, seed: int = 0) -> tuple[dict, np.ndarray]:
+def build_corpus(
+    folder: Path, size: int, split: str, seed: int = 0, datasets: tuple[str, ...] = DATASETS
+) -> tuple[dict, np.ndarray]:
     """Write originals and planted copies; returns file -> (owner, group, source file name)
     and the number of planted copies."""
-    ed = load_eval_data(
-        [DATA / "bccd" / "splits.csv", DATA / "dsb2018" / "splits.csv"], split, size
-    )
+    ed = load_eval_data([DATA / name / "splits.csv" for name in datasets], split, size)
     rng = np.random.default_rng(seed)
     n = len(ed.groups)
     n_plant = max(1, round(0.25 * n))
@@ -75,6 +76,7 @@ def quality(result, meta: dict, n_plant: int) -> dict:
     """AP / recall@k of planted pairs in the scan's final order, and how good ``same`` is."""
     y, rank_score, same, wrong = [], [], [], []
     by: dict[str, list[int]] = {}
+    per_kind: dict[str, list[int]] = {}
     total = len(result.pairs)
     for r, p in enumerate(result.pairs):
         a, b = meta[Path(p.path_a).name], meta[Path(p.path_b).name]
@@ -82,6 +84,12 @@ def quality(result, meta: dict, n_plant: int) -> dict:
         if not planted and a[1] == b[1]:
             continue  # another photo of the same field: neither positive nor negative
         y.append(int(planted))
+        if planted:
+            copy = next((n for n in (p.path_a, p.path_b) if Path(n).name.startswith("copy_")), "")
+            kind = Path(copy).stem.split("_", 2)[-1] if copy else "identical file"
+            per_kind.setdefault(kind, [0, 0])
+            per_kind[kind][0] += p.verdict == "same"
+            per_kind[kind][1] += 1
         rank_score.append(total - r)  # the scan's order, as a score
         same.append(p.verdict == "same")
         if p.verdict == "same":
@@ -97,6 +105,8 @@ def quality(result, meta: dict, n_plant: int) -> dict:
         "same_recall": float(same[y == 1].sum() / n_plant),
         "same_by": {k: {"planted": v[0], "other": v[1]} for k, v in sorted(by.items())},
         "same_not_planted": wrong,
+        "same_fpr": float(same[y == 0].mean()) if (y == 0).any() else float("nan"),
+        "same_recall_by_manipulation": {k: v[0] / v[1] for k, v in sorted(per_kind.items())},
         "planted_in_ranking": int(y.sum()),
         "n_planted": n_plant,
     }

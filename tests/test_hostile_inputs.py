@@ -53,6 +53,11 @@ def test_csv_cell_escapes_formula_starts(value):
     assert csv_cell("/data/" + value) == "/data/" + value and csv_cell(0.5) == 0.5
 
 
+@pytest.mark.parametrize("value", ["-0.25", "-3", "-1.5e-05"])
+def test_csv_cell_leaves_negative_numbers_alone(value):
+    assert csv_cell(value) == value  # a number is no formula; a spreadsheet keeps it a number
+
+
 def test_scan_csvs_never_start_a_cell_with_a_formula(
     tmp_path, bccd_images, tiny_model, monkeypatch
 ):
@@ -68,7 +73,8 @@ def test_scan_csvs_never_start_a_cell_with_a_formula(
     pairs, skipped = _rows(Path("out/pairs.csv")), _rows(Path("out/skipped.csv"))
     assert len(pairs) == len(result.pairs) + 1 and len(skipped) == len(result.skipped) + 1
     cells = [c for row in pairs + skipped for c in row]
-    assert not [c for c in cells if c.startswith(FORMULA_START)]
+    assert not [c for c in cells if c.startswith(FORMULA_START) and c != csv_cell(c)]
+    assert not [c for c in cells if c.startswith(("=", "+", "@"))]
     assert "'" + str(evil / "-broken.png") in cells  # escaped, and still the whole path
     assert {"'" + p.path_a for p in result.pairs} <= set(cells)
 

@@ -109,3 +109,50 @@ def test_match_cli_prints_the_decision(copies, capsys):
     assert out["decision"]["decided_by"] == "perceptual hash"
     assert out["found"]  # and the half-size copy is located
     assert np.isclose(out["transform"]["scale"], 2.0, atol=0.05)  # B shows A at half size
+
+
+def test_collection_similarity_gates_model_only_suspects():
+    """A high model score alone is 'suspect' only if the pair also stands out in the scanned
+    collection; without collection evidence (single pair, old checkpoint) the score decides."""
+    from bta_core.verdict import Evidence, Policy, decide
+
+    gated = Policy(threshold=0.9, collection_threshold=0.25)
+    high = dict(model_score=0.95, model_probability=0.7)
+    assert decide(Evidence(**high, collection_similarity=0.6), gated).verdict == "suspect"
+    look_alike = decide(Evidence(**high, collection_similarity=0.05), gated)
+    assert look_alike.verdict == "different" and look_alike.probability < 0.5
+    assert "collection similarity 0.05" in look_alike.explain()
+    assert decide(Evidence(**high), gated).verdict == "suspect"  # not measured
+    assert decide(Evidence(**high, collection_similarity=0.05), Policy(0.9)).verdict == "suspect"
+    # the stronger evidence still decides whatever the collection says
+    copy = Evidence(**high, collection_similarity=-0.2, phash_distance=3)
+    assert decide(copy, gated).verdict == "same"
+    with pytest.raises(ValueError, match="collection threshold"):
+        Policy(threshold=0.9, collection_threshold=float("nan"))
+
+
+def test_scan_records_collection_similarity_and_spares_look_alikes(shared_data, tmp_path):
+    """The bundled model on 24 real phase-contrast microtissues of one camera (one image per
+    field-of-view group, no copies): the score alone flags look-alikes, the collection evidence
+    flags fewer; pairs.csv carries the collection similarity."""
+    from bta_core.checkpoint import load_checkpoint
+
+    with open(shared_data / "phase_culture" / "splits.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["modality"] == "phase-contrast-microtissue"]
+    first_of_group: dict[str, str] = {}
+    for r in rows:
+        first_of_group.setdefault(r["group_id"], r["file"])
+    files = sorted(first_of_group.values())[:24]
+    assert len(files) == 24
+    for f in files:
+        shutil.copy(shared_data / "phase_culture" / f, tmp_path / Path(f).name)
+    model = load_checkpoint(None)
+    kw = dict(model=model, cache_dir=None, verify_per_image=0, top_k=50)
+    alone = scan(tmp_path, collection=False, **kw)
+    gated = scan(tmp_path, out_dir=tmp_path / "out", **kw)
+    assert alone.stats["n_suspect"] > 0, "the score alone should flag some look-alikes"
+    assert gated.stats["n_suspect"] < alone.stats["n_suspect"]
+    assert gated.stats["collection_whitening"] and gated.stats["collection_threshold"] > 0
+    with open(tmp_path / "out" / "pairs.csv", encoding="utf-8", newline="") as fh:
+        sims = [float(r["collection_similarity"]) for r in csv.DictReader(fh)]
+    assert len(sims) >= 50 and all(-1.0 <= s <= 1.0 for s in sims)

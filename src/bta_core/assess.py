@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import score_probability
+from .calibration import collection_threshold, score_probability
 from .fingerprint import fingerprint, pair_phash
 from .runtime import ProgressFn, StopFn, check_cancel
 from .verdict import Decision, Evidence, Policy, decide
@@ -28,8 +28,11 @@ class Assessment:
 
 
 def policy_for(model: Any) -> Policy:
-    """The decision policy a checkpoint implies (its calibrated threshold)."""
-    return Policy(threshold=float(model.config.threshold))
+    """The decision policy a checkpoint implies (its calibrated thresholds)."""
+    return Policy(
+        threshold=float(model.config.threshold),
+        collection_threshold=collection_threshold(model.config.calibration),
+    )
 
 
 def set_model_score(evidence: Evidence, model: Any, score: float | None) -> Evidence:

@@ -21,6 +21,10 @@ import numpy as np
 
 PROBABILITY_KEY = "probability"
 """Key of the probability mapping inside a checkpoint's ``calibration`` record."""
+COLLECTION_KEY = "collection"
+"""Key of the collection-similarity threshold (``{"threshold": t, ...}``): in a scan, a pair
+whose model score alone is above the threshold is ``suspect`` only if its embeddings, whitened
+with the scanned collection's statistics (``bta_core.whitening``), also reach ``t``."""
 SCORE_EPS = 1e-6
 """Scores are clipped to [eps, 1 - eps] before the logit."""
 
@@ -62,12 +66,28 @@ def score_probability(calibration: Mapping | None, score):
     return platt_probability(score, platt)
 
 
+def collection_threshold(calibration: Mapping | None) -> float | None:
+    """The collection-similarity threshold of a calibration record, or None when it has none."""
+    record = (calibration or {}).get(COLLECTION_KEY)
+    if not isinstance(record, Mapping) or "threshold" not in record:
+        return None
+    return float(record["threshold"])
+
+
 def _finite(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def mapping_problem(calibration: Mapping) -> str | None:
-    """What is wrong with the probability record of a calibration (types, ranges), or None."""
+    """What is wrong with the probability and collection records of a calibration, or None."""
+    if COLLECTION_KEY in calibration:
+        record = calibration[COLLECTION_KEY]
+        where = f"calibration.{COLLECTION_KEY}"
+        if not isinstance(record, Mapping):
+            return f"{where} must be a JSON object, got {type(record).__name__}"
+        t = record.get("threshold")
+        if not _finite(t) or not -1.0 <= t <= 1.0:
+            return f"{where}.threshold must be a finite number from -1 to 1, got {t!r:.40}"
     if PROBABILITY_KEY not in calibration:
         return None
     record = calibration[PROBABILITY_KEY]

@@ -22,6 +22,7 @@ import json
 import math
 import numbers
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,9 +35,17 @@ LOCK = ".bta-lock"
 _ERRORS = {".csv": "surrogateescape", ".json": "backslashreplace", ".html": "xmlcharrefreplace"}
 
 
+_PLAIN_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
+
+
 def csv_cell(value: object) -> object:
-    """``value`` made safe for spreadsheets: text that would start a formula gets a leading ``'``."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
+    """``value`` made safe for spreadsheets: text that would start a formula gets a leading
+    ``'`` (a plain negative number such as ``-0.25`` is left as it is: it is no formula)."""
+    if (
+        isinstance(value, str)
+        and value.startswith(FORMULA_START)
+        and not _PLAIN_NUMBER.fullmatch(value)
+    ):
         return "'" + value
     return value
 

@@ -10,7 +10,10 @@ Evidence comes in four kinds, strongest first (the cascade):
    calibrated probability (the checkpoint's Platt mapping, 0.5 at the threshold).
 
 The first three are each enough for ``same``; the model score alone, above the calibrated
-threshold, gives ``suspect`` (worth a look, not proof). Everything the user sees (``score``,
+threshold, gives ``suspect`` (worth a look, not proof). In a scan, the collection is evidence
+too: the pair's embeddings whitened with the scanned images' own statistics must also be
+similar (``collection_similarity`` at least the checkpoint's collection threshold), so that
+look-alikes of one lab, stain or camera, which all score high, are not flagged by the score. Everything the user sees (``score``,
 ``scan``, ``match``, the HTML report, ``demo`` and every napari panel) calls :func:`decide` and
 sorts with :func:`rank_key`; nothing else re-derives "same" from a score and a threshold.
 Torch-free, so napari can import it without loading torch.
@@ -68,6 +71,9 @@ class Evidence:
     transform: str | None = None
     """Short description of the verified transform (orientation, scale, shift)."""
     inliers: int | None = None
+    collection_similarity: float | None = None
+    """Cosine of the pair's embeddings after whitening with the scanned collection's statistics
+    (``bta_core.whitening``); None outside a scan of enough images."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,10 +85,24 @@ class Policy:
 
     threshold: float = 0.5
     phash_max_distance: int = DEFAULT_PHASH_MAX_DISTANCE
+    collection_threshold: float | None = None
+    """Model-only evidence must also reach this collection similarity (when it was measured);
+    None: the score alone decides (checkpoints without a collection calibration)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.threshold, int | float) and math.isfinite(self.threshold)):
             raise ValueError(f"model threshold must be a finite number, got {self.threshold!r}")
+        t = self.collection_threshold
+        if t is not None and not (isinstance(t, int | float) and math.isfinite(t)):
+            raise ValueError(f"collection threshold must be a finite number or None, got {t!r}")
+
+    def distinct_in_collection(self, evidence: Evidence) -> bool:
+        """Whether the collection evidence lets a high model score count (True when either the
+        policy or the pair has none)."""
+        c = evidence.collection_similarity
+        if self.collection_threshold is None or c is None or not math.isfinite(c):
+            return True
+        return c >= self.collection_threshold
 
 
 @dataclass
@@ -112,12 +132,19 @@ class Decision:
                 f"model score {ev.model_score:.3f} above threshold (P {self.probability:.2f}), "
                 "no geometric confirmation"
             )
+            if ev.collection_similarity is not None:
+                why += f"; collection similarity {ev.collection_similarity:.2f}"
         else:
             why = "no evidence of reuse" + (
                 f" (model score {ev.model_score:.3f}, P {self.probability:.2f})"
                 if ev.model_score is not None
                 else ""
             )
+            if ev.collection_similarity is not None:
+                why += (
+                    f"; collection similarity {ev.collection_similarity:.2f} (look-alikes of this "
+                    "collection score high too)"
+                )
         return f"{self.verdict}: {why}"
 
     def to_dict(self) -> dict:
@@ -143,7 +170,11 @@ def decide(evidence: Evidence, policy: Policy | None = None) -> Decision:
         conf = float(evidence.match_confidence or 0.0)
         return Decision(SAME, VERIFIED_OVERLAP, max(p_model, 0.95 + 0.049 * conf), evidence)
     if score is not None and math.isfinite(score) and score >= policy.threshold:
-        return Decision(SUSPECT, MODEL_SCORE, p_model, evidence)
+        if policy.distinct_in_collection(evidence):
+            return Decision(SUSPECT, MODEL_SCORE, p_model, evidence)
+        # above the threshold, but no more alike than the collection's look-alikes: the
+        # probability stays below 0.5, as for every 'different' pair
+        return Decision(DIFFERENT, NO_EVIDENCE, min(p_model, 0.499), evidence)
     return Decision(DIFFERENT, NO_EVIDENCE, p_model, evidence)
 
 

@@ -142,6 +142,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "about 0.1-0.3 s per pair on a CPU)",
     )
     parser.add_argument(
+        "--no-collection",
+        dest="collection",
+        action="store_false",
+        help="let the model score alone make a pair 'suspect'; by default (with 16 or more "
+        "images and a checkpoint calibrated for it) the pair must also stand out after whitening "
+        "the embeddings with the scanned images' own statistics (collection_similarity in "
+        "pairs.csv), so that look-alikes of one lab or camera are not flagged",
+    )
+    parser.add_argument(
         "--no-keypoint-candidates",
         dest="keypoint_candidates",
         action="store_false",
@@ -218,6 +227,7 @@ def main(args: argparse.Namespace) -> int:
         match_top=args.match_top,
         verify_per_image=args.verify_per_image,
         keypoint_candidates=args.keypoint_candidates,
+        collection=args.collection,
         phash_max_distance=args.phash_max_distance,
         progress_bar=not args.quiet,
     )

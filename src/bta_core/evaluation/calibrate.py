@@ -25,12 +25,25 @@ import numpy as np
 import torch
 
 from ..augment import REUSE_VIEWS, apply_view
-from ..calibration import PROBABILITY_KEY, anchored_platt, platt_probability, score_logit
+from ..calibration import (
+    COLLECTION_KEY,
+    PROBABILITY_KEY,
+    anchored_platt,
+    platt_probability,
+    score_logit,
+)
 from ..checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
 from ..device import get_device
+from ..whitening import DEFAULT_SHRINKAGE, fit_whitening
 from .datasets import EvalData, load_eval_data
 from .methods import BackboneFeatures, ModelMethod
-from .metrics import best_f1_threshold, reliability, threshold_at_fpr, threshold_metrics
+from .metrics import (
+    TARGET_FPR,
+    best_f1_threshold,
+    reliability,
+    threshold_at_fpr,
+    threshold_metrics,
+)
 from .pairs import resize_batch, sample_partners
 
 CALIBRATION_SEED = 20_251_126
@@ -126,6 +139,49 @@ def fit_probability(labels, scores, threshold: float, fitted_on: str = "") -> di
     }
 
 
+def fit_collection_threshold(
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    labels: np.ndarray,
+    collections: np.ndarray,
+    target_fpr: float = TARGET_FPR,
+) -> dict | None:
+    """Collection-similarity threshold at ``target_fpr`` on calibration pairs.
+
+    Pair ``k`` is clean image ``k % n`` (``z_a``) against a view (``z_b``); ``collections[i]``
+    names the collection (data set) of image ``i``. Each collection is whitened with its own
+    clean images, as a scan of it would be (``scan.collection``). None when no collection has
+    enough images or there are no negatives.
+    """
+    n = len(collections)
+    sims = np.full(len(labels), np.nan)
+    used = []
+    for name in sorted(set(collections.tolist())):
+        members = np.flatnonzero(collections == name)
+        w = fit_whitening(z_a[torch.as_tensor(members)])
+        if w is None:
+            continue
+        rows = np.flatnonzero(np.isin(np.arange(len(labels)) % n, members))
+        r = torch.as_tensor(rows)
+        sims[rows] = (w.apply(z_a[r]) * w.apply(z_b[r])).sum(1).double().numpy()
+        used.append(str(name))
+    ok = np.isfinite(sims)
+    neg, pos = sims[ok & (labels == 0)], sims[ok & (labels == 1)]
+    if not len(neg):
+        return None
+    t = float(threshold_at_fpr(neg, target_fpr))
+    return {
+        "threshold": t,
+        "target_fpr": float(target_fpr),
+        "fpr": float((neg >= t).mean()),
+        "recall": float((pos >= t).mean()) if len(pos) else float("nan"),
+        "negatives": int(len(neg)),
+        "positives": int(len(pos)),
+        "collections": used,
+        "shrinkage": DEFAULT_SHRINKAGE,
+    }
+
+
 def checkpoint_is_half(path: str | Path) -> bool:
     """True when a checkpoint file stores its float tensors in half precision."""
     from safetensors import safe_open
@@ -191,8 +247,15 @@ def calibrate(
     _stage(quiet, "scoring the pairs with the model")
     method = ModelMethod(Path(checkpoint).stem, model, str(checkpoint))
     idx = np.arange(len(label))
-    scores = method.score(
-        method.represent(BackboneFeatures(xa)), method.represent(BackboneFeatures(xb)), idx, idx
+    feats_a, feats_b = BackboneFeatures(xa), BackboneFeatures(xb)
+    scores = method.score(method.represent(feats_a), method.represent(feats_b), idx, idx)
+    datasets = np.array([name.split("/")[0] for name in eval_data.population_names])
+    collection = fit_collection_threshold(
+        method.embeddings(feats_a),
+        method.embeddings(feats_b),
+        label,
+        datasets[eval_data.population],
+        TARGET_FPR if target_fpr is None else target_fpr,
     )
     _stage(quiet, "fitting the threshold and the probability mapping")
     where = dict(split=split, data=[str(d) for d in data], views="reuse")
@@ -214,6 +277,10 @@ def calibrate(
     except ValueError as exc:
         print(f"warning: no probability mapping stored ({exc})", file=sys.stderr)
         prob = None
+    info.pop(COLLECTION_KEY, None)
+    if collection is not None:
+        collection.update(date=time.strftime("%Y-%m-%d"), **where)
+        info[COLLECTION_KEY] = collection
     model.config.threshold = thr
     model.config.calibration = info
     target = Path(out) if out else resolve_checkpoint(checkpoint)
@@ -227,6 +294,13 @@ def calibrate(
             f"F1 {m['f1']:.3f}, FPR {m['fpr']:.3f}, precision {m['precision']:.3f}, "
             f"recall {m['recall']:.3f})"
         )
+        if collection is not None:
+            print(
+                f"collection similarity threshold {collection['threshold']:.4f} (FPR "
+                f"{collection['fpr']:.3f}, recall {collection['recall']:.3f} on the "
+                f"{collection['negatives']} negative pairs, each of "
+                f"{', '.join(collection['collections'])} whitened with its own images)"
+            )
         if prob is not None:
             a, b = prob["platt"]
             print(

@@ -161,6 +161,17 @@ class ModelMethod(Method):
         return torch.cat(us), torch.cat(vs)
 
     @torch.inference_mode()
+    def embeddings(self, feats: BackboneFeatures) -> torch.Tensor:
+        """The projected embeddings z of a batch (on the CPU)."""
+        y = feats.for_model(self.key, self.model, self.features)
+        dev = self.model.device
+        parts = [
+            self.model.projector(y[s : s + 1024].to(dev)).float().cpu()
+            for s in range(0, y.shape[0], 1024)
+        ]
+        return torch.cat(parts) if parts else torch.empty(0, self.model.embed_dim)
+
+    @torch.inference_mode()
     def score(self, rep_a, rep_b, ia, ib) -> np.ndarray:
         (ua, va), (ub, vb) = rep_a, rep_b
         head, dev = self.model.head, self.model.device

@@ -27,6 +27,7 @@ PAIR_COLUMNS = (
     "verified",
     "match_confidence",
     "transform",
+    "collection_similarity",
 )
 """Columns of pairs.csv (plus ``orientation`` with TTA): the decision and its evidence."""
 
@@ -51,7 +52,9 @@ def pairs_csv_text(pairs: Sequence[Pair], tta: str | None = None) -> str:
         row += [f"{p.score:.6f}", _cell(ev.identical_pixels), _cell(ev.phash_distance)]
         row += [_cell(ev.phash_orientation), _cell(ev.verified)]
         row += ["" if ev.match_confidence is None else f"{ev.match_confidence:.4f}"]
-        row += [_cell(ev.transform)] + ([p.orientation or ""] if tta else [])
+        row += [_cell(ev.transform)]
+        row += ["" if ev.collection_similarity is None else f"{ev.collection_similarity:.4f}"]
+        row += [p.orientation or ""] if tta else []
         rows.append(row)
     return csv_text(header, rows)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..assess import set_model_score
+from ..calibration import collection_threshold
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
 from ..model import BTAModel
@@ -33,6 +34,7 @@ from .candidates import (
     pair_scores,
     score_all,
 )
+from .collection import collection_similarities, collection_whitening
 from .discover import parse_shard
 from .embed import Embedded, embed_folders
 from .evidence import PairKey, fingerprint_evidence, identical_pixel_pairs, near_copy_pairs
@@ -65,6 +67,10 @@ class ScanOptions:
     max_pairs: int = DEFAULT_MAX_PAIRS
     verify_per_image: int = DEFAULT_VERIFY_PER_IMAGE
     """Keypoint-verify the best ``verify_per_image`` candidates of every query image (0: none)."""
+    collection: bool = True
+    """Whiten the embeddings with the scanned images' own statistics and require model-only
+    ``suspect`` pairs to stand out in the collection too (``verdict.Policy``); needs the
+    checkpoint's collection calibration and at least ``whitening.MIN_IMAGES`` images."""
     keypoint_candidates: bool = True
     """Also verify each query image's ``verify_per_image`` partners with the most local-feature
     (SIFT) votes (``scan.keypoint_votes``): finds crops and heavy edits the model ranks low."""
@@ -103,7 +109,12 @@ def score_and_report(
     """Gather the evidence cascade for the candidate pairs, decide each, write the outputs."""
     o = options
     thr = float(model.config.threshold if o.threshold is None else o.threshold)
-    policy = Policy(threshold=thr, phash_max_distance=o.phash_max_distance)
+    whitening = collection_whitening(emb.z) if o.collection else None
+    policy = Policy(
+        threshold=thr,
+        phash_max_distance=o.phash_max_distance,
+        collection_threshold=collection_threshold(model.config.calibration),
+    )
     roles = [it.role for it in emb.items]
     t0 = time.perf_counter()
     identical = identical_pixel_pairs(emb.items, o.within)
@@ -138,10 +149,14 @@ def score_and_report(
     scores.update(_model_scores(model, emb, sorted(extra), o.tta))
     t_score = time.perf_counter()
     keys = sorted(scores)
+    collection = collection_similarities(whitening, emb.z, keys)
     pairs = []
-    for key, evidence in zip(keys, fingerprint_evidence(keys, emb.items, emb.phash), strict=True):
+    evidences = fingerprint_evidence(keys, emb.items, emb.phash)
+    for k, (key, evidence) in enumerate(zip(keys, evidences, strict=True)):
         score, code = scores[key]
         set_model_score(evidence, model, score)
+        if collection is not None:
+            evidence.collection_similarity = round(float(collection[k]), 4)
         i, j = key
         pairs.append(
             Pair(
@@ -167,6 +182,8 @@ def score_and_report(
         within=o.within,
         verify_per_image=o.verify_per_image,
         keypoint_candidates=o.keypoint_candidates,
+        collection_whitening=whitening is not None,
+        collection_threshold=policy.collection_threshold,
         n_keypoint_candidates=len(local),
         n_pairs_out=len(pairs),
         n_same=sum(p.verdict == SAME for p in pairs),
