@@ -31,6 +31,8 @@ class Candidate:
     coincidences: int = 0
     chance: float = 0.0
     """Coincidences expected by chance for this placement (see :func:`chance_coincidences`)."""
+    ncc_coarse: float = 1.0
+    """Correlation of the aligned overlap on low-passed images (:func:`coarse_agreement`)."""
 
 
 _SIFT_CACHE: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -225,6 +227,34 @@ def check_alignment(ha: np.ndarray, hb: np.ndarray, cand: Candidate) -> Candidat
     return cand
 
 
+COARSE_SIGMA = 4.0
+"""Gaussian sigma (working pixels) of the low-passed images :func:`coarse_agreement` compares."""
+
+
+def lowpass(g: np.ndarray, sigma: float = COARSE_SIGMA) -> np.ndarray:
+    """The image at the scale of cells and their layout (fine texture and sensor noise gone)."""
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(np.asarray(g, np.float32), sigma)
+
+
+def coarse_agreement(la: np.ndarray, lb: np.ndarray, cand: Candidate) -> Candidate:
+    """Set ``cand.ncc_coarse``: do the aligned images also agree at a coarse scale?
+
+    A reused region agrees at every scale. Two different fields taken through one camera share
+    fixed specks (dust, sensor pattern) at the same pixels: their band-passed detail can line up
+    under the identity transform while the cells themselves do not.
+    """
+    try:
+        inv = np.linalg.inv(cand.matrix)
+    except np.linalg.LinAlgError:
+        cand.ncc_coarse = 0.0
+        return cand
+    warped, valid = warp_image(lb, inv, la.shape)
+    cand.ncc_coarse = pixel_ncc(la[valid], warped[valid]) if valid.sum() >= 64 else 0.0
+    return cand
+
+
 def keypoint_candidates(
     feats_a: tuple[np.ndarray, np.ndarray],
     feats_b: tuple[np.ndarray, np.ndarray],
@@ -233,8 +263,11 @@ def keypoint_candidates(
     hb: np.ndarray,
     seed: int,
     should_stop,
+    lows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Candidate]:
-    """Try B as is and mirrored (SIFT handles rotations); best verified candidates first."""
+    """Try B as is and mirrored (SIFT handles rotations); best verified candidates first.
+
+    ``lows``: low-passed working images (:func:`lowpass`) for :func:`coarse_agreement`."""
     kp_a, d_a = feats_a
     out: list[Candidate] = []
     for flip in (False, True):
@@ -251,6 +284,8 @@ def keypoint_candidates(
             pb = pb.copy()
             pb[:, 0] = w - 1 - pb[:, 0]
         cand = check_alignment(ha, hb, Candidate(m, "keypoints", len(pa), n_matches, pa, pb))
+        if lows is not None:
+            coarse_agreement(*lows, cand)
         out.append(cand)
         if cand.inliers >= STRONG_INLIERS and cand.ncc >= 0.5:
             break  # a clear answer: skip the mirrored attempt

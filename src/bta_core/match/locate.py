@@ -19,6 +19,7 @@ from .keypoints import (
     check_alignment,
     coincidences,
     keypoint_candidates,
+    lowpass,
     sift_features,
 )
 from .params import (
@@ -32,6 +33,7 @@ from .params import (
     MIN_COINCIDENCES,
     MIN_INLIERS,
     MIN_MARGIN,
+    MIN_NCC_COARSE,
     MIN_NCC_CORRELATION,
     MIN_NCC_KEYPOINTS,
     MIN_OVERLAP,
@@ -167,7 +169,7 @@ def _chance_probability(count: int, expected: float) -> float:
 def _accept(cand: Candidate) -> bool:
     """Is a candidate a verified match? (thresholds tuned on real BCCD/DSB pairs, docs/match.md)"""
     if cand.method == "keypoints":
-        if cand.overlap_a <= 0.005:
+        if cand.overlap_a <= 0.005 or cand.ncc_coarse < MIN_NCC_COARSE:
             return False
         strong = cand.inliers >= MIN_INLIERS and cand.ncc >= MIN_NCC_KEYPOINTS
         # few keypoints (small or sparse images) but pixels that agree closely on real detail
@@ -241,7 +243,8 @@ def match_images(
 
     ha, hb = bandpass(ga), bandpass(gb)
     feats_a, feats_b = sift_features(ga), sift_features(gb)
-    cands = keypoint_candidates(feats_a, feats_b, gb, ha, hb, seed, should_stop)
+    lows = (lowpass(ga), lowpass(gb))
+    cands = keypoint_candidates(feats_a, feats_b, gb, ha, hb, seed, should_stop, lows)
     best = next((c for c in cands if _accept(c)), None)
     n_kp_inliers = max((c.inliers for c in cands), default=0)
     progress(1, "keypoints")

@@ -16,6 +16,10 @@ STRONG_INLIERS = 25
 """A candidate this well supported (and verified) stops the search early."""
 MIN_NCC_KEYPOINTS = 0.3
 """Aligned pixels must correlate at least this much to accept a keypoint transform."""
+MIN_NCC_COARSE = 0.6
+"""...and agree at a coarse scale too (low-passed, sigma 4 working pixels): real same-field
+BCCD pairs 0.88+, planted copies 0.98+, two phase-contrast fields of one camera aligned only by
+shared sensor specks 0.29."""
 MIN_NCC_CORRELATION = 0.7
 """Stricter bar for the correlation fallback, which has no keypoint support."""
 MIN_MARGIN = 0.15
