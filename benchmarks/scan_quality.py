@@ -77,6 +77,7 @@ def quality(result, meta: dict, n_plant: int) -> dict:
     y, rank_score, same, wrong = [], [], [], []
     by: dict[str, list[int]] = {}
     per_kind: dict[str, list[int]] = {}
+    suspects = [0, 0]  # planted, other
     total = len(result.pairs)
     for r, p in enumerate(result.pairs):
         a, b = meta[Path(p.path_a).name], meta[Path(p.path_b).name]
@@ -92,6 +93,8 @@ def quality(result, meta: dict, n_plant: int) -> dict:
             per_kind[kind][1] += 1
         rank_score.append(total - r)  # the scan's order, as a score
         same.append(p.verdict == "same")
+        if p.verdict == "suspect":
+            suspects[0 if planted else 1] += 1
         if p.verdict == "same":
             by.setdefault(p.decided_by, [0, 0])[0 if planted else 1] += 1
             if not planted:
@@ -106,6 +109,7 @@ def quality(result, meta: dict, n_plant: int) -> dict:
         "same_by": {k: {"planted": v[0], "other": v[1]} for k, v in sorted(by.items())},
         "same_not_planted": wrong,
         "same_fpr": float(same[y == 0].mean()) if (y == 0).any() else float("nan"),
+        "suspect": {"planted": suspects[0], "other": suspects[1]},
         "same_recall_by_manipulation": {k: v[0] / v[1] for k, v in sorted(per_kind.items())},
         "planted_in_ranking": int(y.sum()),
         "n_planted": n_plant,
@@ -126,13 +130,20 @@ def main() -> None:
         help="verify the partners with the most local-feature votes too (scan's default)",
     )
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DATASETS),
+        help="data sets whose test images are scanned (a held-out one with a model trained "
+        "without it: a scan result on a data set the model never saw)",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     model = load_checkpoint(args.checkpoint)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        meta, n_plant = build_corpus(folder, args.size, args.split)
+        meta, n_plant = build_corpus(folder, args.size, args.split, datasets=tuple(args.datasets))
         n = len(meta)
         choices = {"on": [True], "off": [False], "both": [False, True]}[args.keypoint_candidates]
         runs = [(v, a) for v in args.verify_per_image for a in (choices if v > 0 else [False])]
@@ -166,6 +177,8 @@ def main() -> None:
         "size": args.size,
         "split": args.split,
         "checkpoint": model.checkpoint_path,
+        "datasets": list(args.datasets),
+        "model_trained_on": model.config.recipe.get("data"),
         "date": time.strftime("%Y-%m-%d"),
         "results": rows,
     }

@@ -50,6 +50,9 @@ def holdout_summary(path: Path) -> dict:
             "unrelated_fpr@thr": m["unrelated"]["fpr@thr"],
             "ece": m.get("ece"),
         }
+        gated = r.get("model_in_collection")
+        if gated:  # the scan's rule: score and collection similarity (verdict.Policy)
+            out["heldout"][name]["unrelated_fpr@thr_in_scan"] = gated["unrelated"]["fpr@thr"]
     return out
 
 
@@ -61,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=FeatureTrainConfig.steps)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=None,
+        help="train on these cached data sets only (default: all), e.g. to hold one out",
+    )
     p.add_argument(
         "--metrics-only",
         action="store_true",
@@ -76,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         save_checkpoint(model, args.out, half=True)
         print(f"stored the leave-one-out figures in {args.out}")
         return 0
-    sets = [load_feature_set(q) for q in sorted(Path(args.cache).glob("*.safetensors"))]
+    paths = sorted(Path(args.cache).glob("*.safetensors"))
+    if args.datasets:
+        paths = [q for q in paths if q.stem in args.datasets]
+        missing = sorted(set(args.datasets) - {q.stem for q in paths})
+        if missing:
+            p.error(f"no feature cache for {', '.join(missing)} in {args.cache}")
+    sets = [load_feature_set(q) for q in paths]
     cfg = replace(FeatureTrainConfig(), steps=args.steps, seed=args.seed)
     t0 = time.time()
     proj, head, log = train_on_features(

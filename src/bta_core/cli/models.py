@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..calibration import collection_threshold
 from ..models_catalog import list_models, models_dir
 
 
@@ -37,9 +38,12 @@ def main(args: argparse.Namespace) -> int:
         metrics = ", ".join(
             f"{k} {v}" for k, v in (m["metrics"] or {}).items() if not isinstance(v, dict)
         )
+        coll = collection_threshold(m["calibration"])
+        coll_text = "" if coll is None else f", collection threshold {coll:.3f}"
         print(
             f"{m['name']:<20} {m['origin']:<8} {m['backbone']} {m['image_size']}px, "
-            f"{m['mode']}/{m['views']}, threshold {m['threshold']:.3f}, {m['size_mb']} MB\n"
+            f"{m['mode']}/{m['views']}, threshold {m['threshold']:.3f}{coll_text}, "
+            f"{m['size_mb']} MB\n"
             f"{'':<29}{m['path']}" + (f"\n{'':<29}{metrics}" if metrics else "")
         )
     return 0
