@@ -425,7 +425,16 @@ def test_cli_scan_shards_and_merge(corpus, tiny_model, tmp_path, capsys):
         main(base + ["--merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(merged)])
         == 0
     )
-    assert _read_csv(merged / "pairs.csv") == _read_csv(tmp_path / "cli" / "pairs.csv")
+    merged_rows, single_rows = (
+        _read_csv(merged / "pairs.csv"),
+        _read_csv(tmp_path / "cli" / "pairs.csv"),
+    )
+    # the whitening sees the same embeddings batched differently: its cosines may differ in the
+    # last digit; everything else is identical
+    for m_row, s_row in zip(merged_rows, single_rows, strict=True):
+        cm, cs = m_row.pop("collection_similarity"), s_row.pop("collection_similarity")
+        assert float(cm) == pytest.approx(float(cs), abs=2e-3)
+        assert m_row == s_row
     assert main(base + ["--out", str(tmp_path / "x")]) == 1  # no folder: clear error
     assert "FOLDER" in capsys.readouterr().err
 
@@ -547,15 +556,15 @@ def test_keypoint_votes_bring_copies_the_model_misses_to_verification(corpus, ti
     assert crop not in same_without
 
 
-def test_ratio_votes_skip_the_image_itself_and_ambiguous_matches():
+def test_ratio_votes_skip_the_image_itself_and_count_every_close_image():
     from bta_core.scan.keypoint_votes import ratio_votes
 
     q_owner = np.array([0, 0, 1])
     # neighbours of each query descriptor: (image, squared distance)
-    owners = np.array([[0, 2, 3, 3], [1, 2, 0, 3], [1, 0, 0, 2]])
-    dist = np.array([[0.0, 0.1, 0.5, 0.6], [0.2, 0.21, 0.3, 0.4], [0.0, 0.05, 0.06, 0.9]])
+    owners = np.array([[0, 2, 3, 3], [1, 2, 4, 3], [1, 0, 2, 2]])
+    dist = np.array([[0.0, 0.1, 0.5, 0.6], [0.2, 0.21, 0.25, 0.3], [0.0, 0.05, 0.06, 0.9]])
     rows = ratio_votes(q_owner, dist, owners)
-    # descriptor 0: itself skipped, 0.1 < 0.64 * 0.5 -> votes for image 2
-    # descriptor 1: 0.2 vs 0.21 from another image: ambiguous, no vote
-    # descriptor 2: itself skipped, image 0 at 0.05 vs image 2 at 0.9 -> votes for image 0
-    assert rows.tolist() == [[0, 2], [1, 0]]
+    # descriptor 0: itself skipped; 0.1 < 0.64 * 0.6 -> image 2 (3 is the background)
+    # descriptor 1: every neighbour about as close as the farthest: no vote
+    # descriptor 2: itself skipped; 0.05 and 0.06 < 0.64 * 0.9 -> images 0 and 2, one vote each
+    assert sorted(rows.tolist()) == [[0, 2], [1, 0], [1, 2]]

@@ -114,14 +114,20 @@ def test_match_cli_prints_the_decision(copies, capsys):
 def test_collection_similarity_gates_model_only_suspects():
     """A high model score alone is 'suspect' only if the pair also stands out in the scanned
     collection; without collection evidence (single pair, old checkpoint) the score decides."""
-    from bta_core.verdict import Evidence, Policy, decide
+    from bta_core.verdict import Evidence, Policy, decide, rank_key
 
     gated = Policy(threshold=0.9, collection_threshold=0.25)
     high = dict(model_score=0.95, model_probability=0.7)
     assert decide(Evidence(**high, collection_similarity=0.6), gated).verdict == "suspect"
     look_alike = decide(Evidence(**high, collection_similarity=0.05), gated)
-    assert look_alike.verdict == "different" and look_alike.probability < 0.5
-    assert "collection similarity 0.05" in look_alike.explain()
+    assert look_alike.verdict == "different" and look_alike.decided_by == "collection look-alike"
+    assert look_alike.probability < 0.5 and "0.05 alike" in look_alike.explain()
+    lower = decide(
+        Evidence(model_score=0.92, model_probability=0.6, collection_similarity=0.0), gated
+    )
+    assert (
+        rank_key(look_alike) > rank_key(lower) > rank_key(decide(Evidence(model_score=0.5), gated))
+    )
     assert decide(Evidence(**high), gated).verdict == "suspect"  # not measured
     assert decide(Evidence(**high, collection_similarity=0.05), Policy(0.9)).verdict == "suspect"
     # the stronger evidence still decides whatever the collection says

@@ -8,7 +8,7 @@ import torch
 
 from bta_core.imageio import load_image
 from bta_core.model import embed_images
-from bta_core.whitening import MIN_IMAGES, fit_whitening, whitened_cosine
+from bta_core.whitening import MIN_IMAGES, fit_whitening, pair_similarity, whitened_cosine
 
 
 def test_shared_appearance_is_removed_and_copies_stay_close():
@@ -55,3 +55,36 @@ def test_real_smears_look_alike_until_whitened(bccd_images, cosine_model):
     assert raw.median() > 0.7, "the frozen features should make smears look alike"
     assert white.median().abs() < 0.1
     assert copy > white.max().item()
+
+
+def test_leaving_the_pair_out_equals_fitting_without_it():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(30, 12, generator=g) + 2.0
+    w = fit_whitening(x)
+    for i, j in [(0, 1), (3, 17), (28, 29)]:
+        keep = [k for k in range(30) if k not in (i, j)]
+        # the refit's ridge follows its own trace; the downdate keeps the fitted one
+        want = whitened_cosine(fit_whitening(x[keep]), x[i : i + 1], x[j : j + 1])
+        got = pair_similarity(w, x[i : i + 1], x[j : j + 1])
+        assert got.item() == pytest.approx(want.item(), abs=0.02)
+    assert pair_similarity(w, x[:3], x[:3]).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_copy_inside_a_small_collection_stays_alike(bccd_images, trained_checkpoint):
+    """A scan of 16 real smears holding a crop of one of them: fitted on all 17, the plain
+    whitened cosine of the copy pair collapses (the fit stretches exactly their difference);
+    with the pair left out it stays above nearly every unrelated pair."""
+    from bta_core.checkpoint import load_checkpoint
+
+    model = load_checkpoint(trained_checkpoint, device="cpu")
+    smears = [load_image(p) for p in bccd_images[::9][:16]]
+    h, w_ = smears[0].shape[:2]
+    crop = smears[0][h // 8 : h - h // 8, w_ // 8 : w_ - w_ // 8]
+    z = embed_images(model, [*smears, crop])
+    w = fit_whitening(z)
+    iu, ju = np.triu_indices(16, k=1)
+    unrelated = pair_similarity(w, z[iu], z[ju]).numpy()
+    inside = whitened_cosine(w, z[:1], z[16:]).item()
+    left_out = pair_similarity(w, z[:1], z[16:]).item()
+    assert left_out > inside + 0.3
+    assert left_out > np.quantile(unrelated, 0.9)

@@ -31,6 +31,9 @@ IDENTICAL_PIXELS = "identical pixels"
 PERCEPTUAL_HASH = "perceptual hash"
 VERIFIED_OVERLAP = "verified overlap"
 MODEL_SCORE = "model score"
+COLLECTION_LOOK_ALIKE = "collection look-alike"
+"""``different``: the model score reached the threshold, but the pair does not stand out among
+the scanned images (collection similarity below the collection threshold)."""
 NO_EVIDENCE = "no evidence"
 
 DEFAULT_PHASH_MAX_DISTANCE = 40
@@ -42,11 +45,15 @@ and noise copies stay within 14 bits, strong gamma changes within 32. Crops move
 (80+ bits): they are left to the model score and keypoint verification.
 """
 
+LOOK_ALIKE_CAP = 0.45
+"""Largest probability of a collection look-alike (it is ``different``: below 0.5)."""
+
 _TIER = {
     IDENTICAL_PIXELS: 5,
     PERCEPTUAL_HASH: 4,
     VERIFIED_OVERLAP: 3,
-    MODEL_SCORE: 1,
+    MODEL_SCORE: 2,
+    COLLECTION_LOOK_ALIKE: 1,
     NO_EVIDENCE: 0,
 }
 
@@ -134,6 +141,12 @@ class Decision:
             )
             if ev.collection_similarity is not None:
                 why += f"; collection similarity {ev.collection_similarity:.2f}"
+        elif self.decided_by == COLLECTION_LOOK_ALIKE:
+            why = (
+                f"a look-alike of the scanned images: model score {ev.model_score:.3f} reaches "
+                f"the threshold, but the pair is only {ev.collection_similarity:.2f} alike once "
+                f"what all of them share is taken out (P {self.probability:.2f})"
+            )
         else:
             why = "no evidence of reuse" + (
                 f" (model score {ev.model_score:.3f}, P {self.probability:.2f})"
@@ -141,10 +154,7 @@ class Decision:
                 else ""
             )
             if ev.collection_similarity is not None:
-                why += (
-                    f"; collection similarity {ev.collection_similarity:.2f} (look-alikes of this "
-                    "collection score high too)"
-                )
+                why += f"; collection similarity {ev.collection_similarity:.2f}"
         return f"{self.verdict}: {why}"
 
     def to_dict(self) -> dict:
@@ -172,12 +182,14 @@ def decide(evidence: Evidence, policy: Policy | None = None) -> Decision:
     if score is not None and math.isfinite(score) and score >= policy.threshold:
         if policy.distinct_in_collection(evidence):
             return Decision(SUSPECT, MODEL_SCORE, p_model, evidence)
-        # above the threshold, but no more alike than the collection's look-alikes: the
-        # probability stays below 0.5, as for every 'different' pair
-        return Decision(DIFFERENT, NO_EVIDENCE, min(p_model, 0.499), evidence)
+        # above the threshold, but no more alike than the collection's look-alikes: below
+        # 0.5, as every 'different' pair (rank_key breaks the ties by the model score)
+        return Decision(DIFFERENT, COLLECTION_LOOK_ALIKE, min(p_model, LOOK_ALIKE_CAP), evidence)
     return Decision(DIFFERENT, NO_EVIDENCE, p_model, evidence)
 
 
-def rank_key(decision: Decision) -> tuple[float, float]:
-    """Sort key, larger first: the kind of evidence, then the probability."""
-    return (_TIER[decision.decided_by], decision.probability)
+def rank_key(decision: Decision) -> tuple[float, float, float]:
+    """Sort key, larger first: the kind of evidence, the probability, then the model score."""
+    score = decision.evidence.model_score
+    score = float(score) if score is not None and math.isfinite(score) else 0.0
+    return (_TIER[decision.decided_by], decision.probability, score)

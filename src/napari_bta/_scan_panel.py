@@ -128,8 +128,9 @@ class ScanPanel(Panel):
         )
         self._verify = tip(
             SpinBox(label="Verify per image", min=0, max=100, value=VERIFY_PER_IMAGE),
-            "Keypoint matching checks this many best candidates of every image for a shared "
-            "region (0: none; about 0.1-0.3 s per pair on a CPU)",
+            "Keypoint matching checks this many best model candidates of every image, plus as "
+            "many partners with the most local-feature votes, for a shared region (0: none; "
+            "about 0.05-0.3 s per pair on a CPU)",
         )
         self._run = tip(PushButton(text="Scan"), "Scan the folder in the background")
         self._table = tip(

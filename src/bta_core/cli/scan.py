@@ -137,9 +137,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_VERIFY_PER_IMAGE,
         metavar="K",
-        help="check the K best candidates of every FOLDER image by keypoint matching (reference "
-        "and index images add no checks of their own); a verified overlap is 'same' (0: off; "
-        "about 0.1-0.3 s per pair on a CPU)",
+        help="check the K best model candidates of every FOLDER image by keypoint matching, plus "
+        "its K partners with the most local-feature votes (reference and index images add no "
+        "checks of their own); a verified overlap is 'same' (0: off; about 0.05-0.3 s per pair "
+        "on a CPU)",
+    )
+    parser.add_argument(
+        "--collection-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="collection similarity a model-only pair must also reach to be 'suspect' "
+        "(default: the model's calibrated one; see --no-collection)",
     )
     parser.add_argument(
         "--no-collection",
@@ -228,6 +237,7 @@ def main(args: argparse.Namespace) -> int:
         verify_per_image=args.verify_per_image,
         keypoint_candidates=args.keypoint_candidates,
         collection=args.collection,
+        collection_threshold=args.collection_threshold,
         phash_max_distance=args.phash_max_distance,
         progress_bar=not args.quiet,
     )

@@ -34,7 +34,7 @@ from ..calibration import (
 )
 from ..checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
 from ..device import get_device
-from ..whitening import DEFAULT_SHRINKAGE, fit_whitening
+from ..whitening import DEFAULT_SHRINKAGE, fit_whitening, pair_similarity
 from .datasets import EvalData, load_eval_data
 from .methods import BackboneFeatures, ModelMethod
 from .metrics import (
@@ -140,43 +140,54 @@ def fit_probability(labels, scores, threshold: float, fitted_on: str = "") -> di
 
 
 def fit_collection_threshold(
-    z_a: torch.Tensor,
-    z_b: torch.Tensor,
+    z_clean: torch.Tensor,
+    z_views: torch.Tensor,
     labels: np.ndarray,
     collections: np.ndarray,
+    groups: np.ndarray,
     target_fpr: float = TARGET_FPR,
 ) -> dict | None:
-    """Collection-similarity threshold at ``target_fpr`` on calibration pairs.
+    """Collection-similarity threshold at ``target_fpr``, measured as a scan measures it.
 
-    Pair ``k`` is clean image ``k % n`` (``z_a``) against a view (``z_b``); ``collections[i]``
-    names the collection (data set) of image ``i``. Each collection is whitened with its own
-    clean images, as a scan of it would be (``scan.collection``). None when no collection has
-    enough images or there are no negatives.
+    Each collection (``collections[i]`` names image ``i``'s data set) is whitened with its own
+    clean images (``z_clean``). Negatives: every pair of its clean images from different
+    field-of-view groups, each with the pair left out of the fit (``pair_similarity``), as in a
+    scan of that collection. Positives, for the recall only: calibration pair ``k`` (clean image
+    ``k % n`` against a reuse view ``z_views[k]``) with ``labels[k] == 1``, the views added to
+    the fit as a scan holding those copies would. None when no collection has enough images.
     """
     n = len(collections)
-    sims = np.full(len(labels), np.nan)
-    used = []
+    neg, pos, used = [], [], []
     for name in sorted(set(collections.tolist())):
         members = np.flatnonzero(collections == name)
-        w = fit_whitening(z_a[torch.as_tensor(members)])
+        w = fit_whitening(z_clean[torch.as_tensor(members)])
         if w is None:
             continue
-        rows = np.flatnonzero(np.isin(np.arange(len(labels)) % n, members))
-        r = torch.as_tensor(rows)
-        sims[rows] = (w.apply(z_a[r]) * w.apply(z_b[r])).sum(1).double().numpy()
         used.append(str(name))
-    ok = np.isfinite(sims)
-    neg, pos = sims[ok & (labels == 0)], sims[ok & (labels == 1)]
-    if not len(neg):
+        iu, ju = np.triu_indices(len(members), k=1)
+        keep = groups[members[iu]] != groups[members[ju]]
+        a, b = members[iu[keep]], members[ju[keep]]
+        neg.append(pair_similarity(w, z_clean[a], z_clean[b]).double().numpy())
+        rows = np.flatnonzero(np.isin(np.arange(len(labels)) % n, members) & (labels == 1))
+        if len(rows):
+            r = torch.as_tensor(rows)
+            views = z_views[r]
+            w_pos = fit_whitening(torch.cat([z_clean[torch.as_tensor(members)], views]))
+            clean = z_clean[torch.as_tensor(rows % n)]
+            pos.append(pair_similarity(w_pos, clean, views).double().numpy())
+    if not neg or not sum(len(x) for x in neg):
         return None
-    t = float(threshold_at_fpr(neg, target_fpr))
+    q = np.concatenate(neg)
+    p = np.concatenate(pos) if pos else np.zeros(0)
+    t = float(threshold_at_fpr(q, target_fpr))
     return {
         "threshold": t,
         "target_fpr": float(target_fpr),
-        "fpr": float((neg >= t).mean()),
-        "recall": float((pos >= t).mean()) if len(pos) else float("nan"),
-        "negatives": int(len(neg)),
-        "positives": int(len(pos)),
+        "fpr": float((q >= t).mean()),
+        "recall": float((p >= t).mean()) if len(p) else float("nan"),
+        "negatives": int(len(q)),
+        "positives": int(len(p)),
+        "negatives_are": "clean pairs of one collection, other groups, pair left out of the fit",
         "collections": used,
         "shrinkage": DEFAULT_SHRINKAGE,
     }
@@ -250,11 +261,13 @@ def calibrate(
     feats_a, feats_b = BackboneFeatures(xa), BackboneFeatures(xb)
     scores = method.score(method.represent(feats_a), method.represent(feats_b), idx, idx)
     datasets = np.array([name.split("/")[0] for name in eval_data.population_names])
+    n_images = len(eval_data.images)
     collection = fit_collection_threshold(
-        method.embeddings(feats_a),
+        method.embeddings(feats_a)[:n_images],  # xa: the clean images, repeated
         method.embeddings(feats_b),
         label,
         datasets[eval_data.population],
+        eval_data.groups,
         TARGET_FPR if target_fpr is None else target_fpr,
     )
     _stage(quiet, "fitting the threshold and the probability mapping")

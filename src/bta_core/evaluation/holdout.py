@@ -42,7 +42,8 @@ from ..feature_train import (
     pair_scores,
     train_on_features,
 )
-from ..whitening import MIN_IMAGES, fit_whitening
+from ..whitening import MIN_IMAGES, fit_whitening, pair_similarity
+from .calibrate import fit_collection_threshold
 from .metrics import TARGET_FPR, reliability, roc_auc, threshold_at_fpr
 
 P_SAME = 0.4
@@ -76,19 +77,27 @@ class Scorer:
         return pair_scores(self.head, za, zb)
 
 
-class AdaptedScorer(Scorer):
-    """Cosine after whitening ``base``'s vectors with one collection's statistics (no labels):
-    the scan's adaptation to a new lab (``bta_core.whitening``, ``scan.adapted``)."""
+class CollectionScorer(Scorer):
+    """The collection similarity as a scan computes it (``scan.collection``): ``base``'s vectors
+    whitened with the collection the pairs come from, both images in the fit, each pair left out
+    (``whitening.pair_similarity``). :func:`evaluate_heldout` fits it on every block of pairs:
+    the clean test images, plus the manipulated copies being compared."""
 
-    def __init__(self, base: Scorer, collection: torch.Tensor) -> None:
+    def __init__(self, base: Scorer) -> None:
         super().__init__()
         self.base = base
-        self.whitening = fit_whitening(base.rep(collection))
-        if self.whitening is None:
-            raise ValueError(f"need at least {MIN_IMAGES} images to adapt, got {len(collection)}")
+        self.whitening = None
 
     def rep(self, y: torch.Tensor) -> torch.Tensor:
-        return self.whitening.apply(self.base.rep(y))
+        return self.base.rep(y)
+
+    def fit(self, vectors: torch.Tensor) -> None:
+        self.whitening = fit_whitening(vectors)
+        if self.whitening is None:
+            raise ValueError(f"need at least {MIN_IMAGES} images to adapt, got {len(vectors)}")
+
+    def pairs(self, za: torch.Tensor, zb: torch.Tensor) -> np.ndarray:
+        return pair_similarity(self.whitening, za, zb).double().numpy()
 
 
 def evaluate_heldout(
@@ -116,9 +125,21 @@ def evaluate_heldout(
             kind, key = view
             return reps[kind][key]
 
+        def collection(reps: dict) -> torch.Tensor:
+            """Every image of the views a block compares (a scan of them)."""
+            whole = {}
+            for kind, key in (a, b):
+                col = None if kind == "c" else key[1]
+                whole[(kind, col)] = reps["c"] if kind == "c" else reps["m"][:, col]
+            return torch.cat(list(whole.values()))
+
+        if isinstance(scorer, CollectionScorer):
+            scorer.fit(collection(rep))
         p = scorer.pairs(pick(rep, a), pick(rep, b))
         called = p >= threshold
         if grep is not None:
+            if isinstance(gate[0], CollectionScorer):
+                gate[0].fit(collection(grep))
             called &= gate[0].pairs(pick(grep, a), pick(grep, b)) >= gate[1]
         return p, called
 
@@ -228,19 +249,17 @@ def run_holdout(
         cos = Scorer()
         cos_thr = calibrate_cosine(train_sets)
         base = evaluate_heldout(held, cos, cos_thr)
-        # adapted: whitened with the held-out test images themselves (unlabelled), as a scan
-        # of that collection does; the threshold from the training sets' val splits, each
-        # whitened with its own statistics
-        test_feats = held.clean[held.test_index]
+        # adapted: whitened with the held-out images of each block (unlabelled), as a scan of
+        # them does; the threshold from the training sets' val splits, as `calibrate` fits it
         adapted = {}
         for key, scorer in (("adapted_model", Scorer(proj)), ("adapted_backbone", cos)):
             thr = calibrate_adapted(scorer, train_sets)
             adapted[key] = {
                 "threshold": thr,
-                **evaluate_heldout(held, AdaptedScorer(scorer, test_feats), thr),
+                **evaluate_heldout(held, CollectionScorer(scorer), thr),
             }
         # the product's rule in a scan: model score and collection similarity both reached
-        gate = (AdaptedScorer(Scorer(proj), test_feats), adapted["adapted_model"]["threshold"])
+        gate = (CollectionScorer(Scorer(proj)), adapted["adapted_model"]["threshold"])
         adapted["model_in_collection"] = {
             "collection_threshold": gate[1],
             **evaluate_heldout(held, Scorer(proj, head), cal["threshold"], gate=gate),
@@ -273,20 +292,20 @@ def calibrate_cosine(sets: list[FeatureSet]) -> float:
 
 
 def calibrate_adapted(base: Scorer, sets: list[FeatureSet]) -> float:
-    """Threshold at 1% FPR of the adapted cosine on the val splits of ``sets``, each set
-    whitened with its own val images (as a scan of that collection would be)."""
-    rng = np.random.default_rng(0)
-    neg = []
+    """Collection-similarity threshold at 1% FPR on the val splits of ``sets``, fitted as
+    ``bta-core calibrate`` fits it (``evaluation.calibrate.fit_collection_threshold``)."""
+    zc, names, groups = [], [], []
     for s in sets:
-        idx, rows = s.split_rows("val")
-        if len(idx) < MIN_IMAGES:
-            continue
-        scorer = AdaptedScorer(base, s.clean[idx])
-        zc, zv = scorer.rep(s.clean[idx]), scorer.rep(s.views[rows])
-        ia, ib = negative_partners(s.groups[idx], s.population[idx], rng)
-        kk = torch.as_tensor(rng.integers(0, zv.shape[1], len(ib)))
-        neg += [(zc[ia] * zv[ib, kk]).sum(1).numpy(), (zc[ia] * zc[ib]).sum(1).numpy()]
-    return threshold_at_fpr(np.concatenate(neg), TARGET_FPR)
+        idx, _ = s.split_rows("val")
+        zc.append(base.rep(s.clean[idx]))
+        names += [s.name] * len(idx)
+        groups.append(s.groups[idx] + (0 if not groups else max(g.max() for g in groups) + 1))
+    rec = fit_collection_threshold(
+        torch.cat(zc), torch.empty(0), np.zeros(0), np.asarray(names), np.concatenate(groups)
+    )
+    if rec is None:
+        raise ValueError("no val split has enough images to calibrate the collection threshold")
+    return rec["threshold"]
 
 
 def table_for(name: str, r: dict) -> str:

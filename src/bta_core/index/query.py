@@ -77,4 +77,4 @@ def attach_index(emb, index: str | os.PathLike | store.ReferenceIndex, model, k:
     )
     z = torch.cat([emb.z, z_ref])
     phash = np.concatenate([emb.phash, ph_ref.astype(emb.phash.dtype)])
-    return Embedded(list(emb.items) + refs, z, emb.skipped, stats, phash)
+    return Embedded(list(emb.items) + refs, z, emb.skipped, stats, phash, fit_rows=len(emb.items))

@@ -17,6 +17,7 @@ from .keypoints import (
     Candidate,
     chance_coincidences,
     check_alignment,
+    coarse_agreement,
     coincidences,
     keypoint_candidates,
     lowpass,
@@ -25,6 +26,7 @@ from .keypoints import (
 from .params import (
     CHANCE_P,
     EXACT_MARGIN,
+    EXACT_MIN_OVERLAP,
     EXACT_NCC,
     FEW_INLIERS,
     FEW_NCC,
@@ -182,12 +184,14 @@ def _accept(cand: Candidate) -> bool:
     # a distinct peak (sparse images can fit several orientations; allow that for exact copies)
     distinct = cand.margin >= MIN_MARGIN or (exact and cand.margin >= EXACT_MARGIN)
     # backed by keypoints that coincide after alignment (one lined-up blob is not enough)
-    supported = exact or (
-        cand.coincidences >= MIN_COINCIDENCES
-        and _chance_probability(cand.coincidences, cand.chance) <= CHANCE_P
+    large = min(cand.overlap_a, cand.overlap_b) >= EXACT_MIN_OVERLAP
+    coinciding = cand.coincidences >= MIN_COINCIDENCES
+    supported = (exact and (large or coinciding)) or (
+        coinciding and _chance_probability(cand.coincidences, cand.chance) <= CHANCE_P
     )
     return (
         corr >= MIN_NCC_CORRELATION
+        and cand.ncc_coarse >= MIN_NCC_COARSE
         and distinct
         and supported
         and cand.structure >= MIN_STRUCTURE
@@ -259,6 +263,7 @@ def match_images(
             c = check_alignment(ha, hb, c)
             if c.ncc >= 0.6 * MIN_NCC_CORRELATION:
                 c = refine_shift(ha, hb, c)
+            coarse_agreement(*lows, c)
             c.coincidences = coincidences(feats_a[0], feats_b[0], c.matrix)
             c.chance = chance_coincidences(feats_a[0], feats_b[0], c.matrix, ga.shape, gb.shape)
             if _accept(c) and (best is None or c.ncc > best.ncc):

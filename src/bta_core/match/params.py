@@ -17,7 +17,8 @@ STRONG_INLIERS = 25
 MIN_NCC_KEYPOINTS = 0.3
 """Aligned pixels must correlate at least this much to accept a keypoint transform."""
 MIN_NCC_COARSE = 0.6
-"""...and agree at a coarse scale too (low-passed, sigma 4 working pixels): real same-field
+"""Every accepted alignment (keypoints or correlation) must agree at a coarse scale too
+(low-passed, sigma 4 working pixels): real same-field
 BCCD pairs 0.88+, planted copies 0.98+, two phase-contrast fields of one camera aligned only by
 shared sensor specks 0.29."""
 MIN_NCC_CORRELATION = 0.7
@@ -30,6 +31,10 @@ CHANCE_P = 0.005
 """...and so many that chance alone (Poisson, the keypoint density of the overlap) would give
 that many with at most this probability: dense textures line a few keypoints up by luck."""
 EXACT_NCC = 0.95
+EXACT_MIN_OVERLAP = 0.5
+"""A near-exact correlation (>= EXACT_NCC) counts without coinciding keypoints only when the
+overlap covers this share of both images: a small overlap can line up one blob on an empty
+background exactly (two sparse fluorescence fields, one nucleus in common by chance)."""
 EXACT_MARGIN = 0.04
 MIN_STRUCTURE = 0.05
 """The overlap must hold at least this share of each image's detail variance."""

@@ -41,6 +41,9 @@ class Embedded:
     skipped: list[Skipped]
     stats: dict
     phash: np.ndarray
+    fit_rows: int | None = None
+    """The scanned collection is the first ``fit_rows`` images (None: all). Nearest
+    neighbours appended from an index are not a sample of it (``scan.collection``)."""
 
 
 def embed_folders(

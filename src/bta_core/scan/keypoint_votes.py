@@ -4,15 +4,17 @@ global embedding ranks the source low.
 
 Each image gives the RootSIFT descriptors of its ``DESCRIPTORS_PER_IMAGE`` strongest keypoints
 (on the working copy the matcher uses); a query image also gives those of its mirror image,
-which match a flipped copy. A descriptor votes for the image of its nearest descriptor among
-the other images when that neighbour passes the ratio test against the nearest one from a
-third image. Each query image's ``k`` most voted partners become candidates; the verdict still
+which match a flipped copy. A descriptor votes for every other image holding one of its nearest
+descriptors when that neighbour is clearly closer than the farthest of them (a ratio test
+against the background; an image reused several times gets votes from each copy). Each query
+image's ``k`` most voted partners become candidates; the verdict still
 comes from the evidence (``bta_core.verdict``), never from the votes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -31,8 +33,10 @@ MIN_VOTES = 2
 """Fewer votes than this never make a candidate (unrelated pairs rarely get 3 or more)."""
 NEIGHBOURS = 8
 EXACT_MAX = 1_000_000
-"""Descriptors searched exactly (about 3,300 images); above, FAISS IVF when installed."""
-_BLOCK = 4096
+"""Descriptors searched exactly (about 3,300 images); above, FAISS IVF (without FAISS the votes
+are skipped with a warning)."""
+BLOCK_BYTES = 256 << 20
+"""Memory of one block of the exact search (query rows x all descriptors, float32)."""
 
 
 def image_descriptors(rgb: np.ndarray, mirrored: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -45,30 +49,43 @@ def image_descriptors(rgb: np.ndarray, mirrored: bool) -> tuple[np.ndarray, np.n
     return desc, strongest_root_sift(np.ascontiguousarray(g[:, ::-1]), DESCRIPTORS_PER_IMAGE)
 
 
-def nearest(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+class TooManyDescriptors(RuntimeError):
+    """The exact search would take too long and FAISS is not installed."""
+
+
+def nearest(
+    queries: np.ndarray, base: np.ndarray, k: int, should_stop: StopFn | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Squared L2 distances and indices ``(nq, k)`` of the nearest unit rows of ``base``:
-    exact in blocks up to ``EXACT_MAX`` rows, FAISS IVF above (when installed)."""
+    exact in blocks of bounded memory up to ``EXACT_MAX`` rows, FAISS IVF above."""
     k = min(k, len(base))
     if len(base) > EXACT_MAX:
         try:
             import faiss
-        except ImportError:
-            faiss = None
-        if faiss is not None:
-            nlist = int(4 * np.sqrt(len(base)))
-            index = faiss.IndexIVFFlat(
-                faiss.IndexFlatIP(128), 128, nlist, faiss.METRIC_INNER_PRODUCT
-            )
-            rng = np.random.default_rng(0)
-            index.train(base[rng.choice(len(base), min(len(base), 64 * nlist), replace=False)])
-            index.nprobe = 8
-            index.add(base)
-            sim, idx = index.search(queries, k)
-            return np.maximum(2 - 2 * sim, 0), idx.astype(np.int64)
+        except ImportError as exc:
+            raise TooManyDescriptors(
+                f"{len(base):,} descriptors: the local-feature votes need FAISS above "
+                f"{EXACT_MAX:,} (pip install faiss-cpu)"
+            ) from exc
+        nlist = int(4 * np.sqrt(len(base)))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(128), 128, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        index.train(base[rng.choice(len(base), min(len(base), 64 * nlist), replace=False)])
+        index.nprobe = 8
+        index.add(base)
+        sims, idxs = [], []
+        for start in range(0, len(queries), 1 << 16):
+            check_cancel(should_stop, "scan")
+            sim, idx = index.search(queries[start : start + (1 << 16)], k)
+            sims.append(np.maximum(2 - 2 * sim, 0))
+            idxs.append(idx.astype(np.int64))
+        return np.concatenate(sims), np.concatenate(idxs)
     xb = torch.from_numpy(base)
+    rows = max(16, BLOCK_BYTES // (4 * max(1, len(base))))
     dists, idx = [], []
-    for start in range(0, len(queries), _BLOCK):
-        sim = torch.from_numpy(queries[start : start + _BLOCK]) @ xb.T
+    for start in range(0, len(queries), rows):
+        check_cancel(should_stop, "scan")
+        sim = torch.from_numpy(queries[start : start + rows]) @ xb.T
         v, i = sim.topk(k, dim=1)
         dists.append((2 - 2 * v).clamp_(min=0).numpy())
         idx.append(i.numpy())
@@ -78,41 +95,45 @@ def nearest(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 
 def ratio_votes(q_owner: np.ndarray, dist: np.ndarray, nn_owner: np.ndarray) -> np.ndarray:
-    """``(query image, voted image)`` rows, one per query descriptor whose nearest neighbour
-    in another image passes the ratio test against the nearest one from a third image (or,
-    with no third image among the neighbours, against the farthest neighbour)."""
-    d = np.where(nn_owner == q_owner[:, None], np.inf, dist)  # never the image itself
-    rows = np.arange(len(d))
-    first = d.argmin(axis=1)
-    d0, o0 = d[rows, first], nn_owner[rows, first]
-    others = np.where(nn_owner == o0[:, None], np.inf, d)
-    second = others.min(axis=1)
-    finite = np.where(np.isfinite(d), d, -np.inf).max(axis=1)
-    second = np.where(np.isfinite(second), second, finite)
-    ok = np.isfinite(d0) & (d0 < RATIO * RATIO * second)
-    return np.c_[q_owner[ok], o0[ok]].astype(np.int64)
+    """``(query image, voted image)`` rows: each query descriptor votes once for every other
+    image holding one of its neighbours closer than ``RATIO`` times the farthest of its
+    ``NEIGHBOURS`` (a descriptor of an unrelated image, as long as fewer images than that share
+    it). Neighbours in the query's own image are skipped. An image reused several times gets
+    votes from each copy; a match as close as the background gets none."""
+    d = np.where(nn_owner == q_owner[:, None], np.inf, dist)
+    finite = np.isfinite(d)
+    ref = np.where(finite, d, -np.inf).max(axis=1)
+    ok = finite & (finite.sum(axis=1) >= 2)[:, None] & (d < RATIO * RATIO * ref[:, None])
+    desc, col = np.nonzero(ok)
+    rows = np.unique(np.c_[desc, nn_owner[desc, col]], axis=0)  # one vote per descriptor+image
+    return np.c_[q_owner[rows[:, 0]], rows[:, 1]].astype(np.int64).reshape(-1, 2)
 
 
 def keypoint_candidates(
     items: Sequence[ScanImage],
     within: bool,
     k: int,
-    load: Callable[[ScanImage], np.ndarray],
+    images: Callable[[Sequence[ScanImage]], Iterable[tuple[int, np.ndarray | None]]],
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> dict[PairKey, int]:
     """The ``k`` most voted partners of every query image, as ``{(i, j): votes}`` (``i < j``,
-    only pairs the scan counts, at least ``MIN_VOTES``). Unreadable images give no votes."""
+    only pairs the scan counts, at least ``MIN_VOTES``). ``images(items)`` yields
+    ``(position, pixels or None)`` for every item (``verify.iter_scan_images``); unreadable
+    images give no votes."""
     roles = [it.role for it in items]
     if k <= 0 or not any(r == "query" for r in roles) or len(items) < 2:
         return {}
     base, owner, queries, q_owner = [], [], [], []
-    for n, it in enumerate(items):
+    for step, (n, rgb) in enumerate(images(items), 1):
         check_cancel(should_stop, "scan")
-        try:
-            desc, mirror = image_descriptors(load(it), it.role == "query")
-        except Exception:  # unreadable since embedding: verification will say so
-            desc, mirror = np.zeros((0, 128), np.float32), None
+        it = items[n]
+        desc, mirror = np.zeros((0, 128), np.float32), None
+        if rgb is not None:  # unreadable since embedding: no votes (verification says why)
+            try:
+                desc, mirror = image_descriptors(rgb, it.role == "query")
+            except Exception:  # degenerate pixels (a tiny or constant plane): no votes
+                desc, mirror = np.zeros((0, 128), np.float32), None
         if within or it.role != "query":  # a cross-only scan votes for references only
             base.append(desc)
             owner += [n] * len(desc)
@@ -121,12 +142,15 @@ def keypoint_candidates(
                 queries.append(d)
                 q_owner += [n] * len(d)
         if on_progress is not None:
-            on_progress(n + 1, len(items), {"stage": "keypoints"})
+            on_progress(step, len(items), {"stage": "keypoints"})
     if not owner or not q_owner:
         return {}
     owner_a, q_owner_a = np.asarray(owner), np.asarray(q_owner)
-    dist, idx = nearest(np.concatenate(queries), np.concatenate(base), NEIGHBOURS)
-    check_cancel(should_stop, "scan")
+    try:
+        dist, idx = nearest(np.concatenate(queries), np.concatenate(base), NEIGHBOURS, should_stop)
+    except TooManyDescriptors as exc:
+        warnings.warn(f"local-feature candidates skipped: {exc}", RuntimeWarning, stacklevel=2)
+        return {}
     rows = ratio_votes(q_owner_a, dist, owner_a[idx])
     pairs, counts = np.unique(rows, axis=0, return_counts=True)
     votes: dict[PairKey, int] = {}

@@ -53,7 +53,7 @@ def pairs_csv_text(pairs: Sequence[Pair], tta: str | None = None) -> str:
         row += [_cell(ev.phash_orientation), _cell(ev.verified)]
         row += ["" if ev.match_confidence is None else f"{ev.match_confidence:.4f}"]
         row += [_cell(ev.transform)]
-        row += ["" if ev.collection_similarity is None else f"{ev.collection_similarity:.4f}"]
+        row += ["" if ev.collection_similarity is None else f"{ev.collection_similarity:.3f}"]
         row += [p.orientation or ""] if tta else []
         rows.append(row)
     return csv_text(header, rows)

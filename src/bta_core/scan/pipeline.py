@@ -42,7 +42,7 @@ from .keypoint_votes import keypoint_candidates
 from .outputs import write_outputs
 from .records import Pair, ScanResult
 from .shards import read_shards, write_shard
-from .verify import load_scan_image, verify_pairs
+from .verify import iter_scan_images, verify_pairs
 
 DEFAULT_VERIFY_PER_IMAGE = 3
 """Candidates per image checked by keypoint matching (about 0.1-0.3 s per pair on a CPU)."""
@@ -67,6 +67,8 @@ class ScanOptions:
     max_pairs: int = DEFAULT_MAX_PAIRS
     verify_per_image: int = DEFAULT_VERIFY_PER_IMAGE
     """Keypoint-verify the best ``verify_per_image`` candidates of every query image (0: none)."""
+    collection_threshold: float | None = None
+    """Collection threshold of the decision; None = the checkpoint's calibrated one."""
     collection: bool = True
     """Whiten the embeddings with the scanned images' own statistics and require model-only
     ``suspect`` pairs to stand out in the collection too (``verdict.Policy``); needs the
@@ -109,11 +111,15 @@ def score_and_report(
     """Gather the evidence cascade for the candidate pairs, decide each, write the outputs."""
     o = options
     thr = float(model.config.threshold if o.threshold is None else o.threshold)
-    whitening = collection_whitening(emb.z) if o.collection else None
+    whitening = collection_whitening(emb.z, emb.fit_rows) if o.collection else None
     policy = Policy(
         threshold=thr,
         phash_max_distance=o.phash_max_distance,
-        collection_threshold=collection_threshold(model.config.calibration),
+        collection_threshold=(
+            collection_threshold(model.config.calibration)
+            if o.collection_threshold is None
+            else float(o.collection_threshold)
+        ),
     )
     roles = [it.role for it in emb.items]
     t0 = time.perf_counter()
@@ -143,7 +149,7 @@ def score_and_report(
     local: dict[PairKey, int] = {}
     if o.keypoint_candidates and o.verify_per_image > 0:
         local = keypoint_candidates(
-            emb.items, o.within, o.verify_per_image, load_scan_image, on_progress, should_stop
+            emb.items, o.within, o.verify_per_image, iter_scan_images, on_progress, should_stop
         )
     extra = (identical | near | local.keys()) - scores.keys()
     scores.update(_model_scores(model, emb, sorted(extra), o.tta))
@@ -156,7 +162,7 @@ def score_and_report(
         score, code = scores[key]
         set_model_score(evidence, model, score)
         if collection is not None:
-            evidence.collection_similarity = round(float(collection[k]), 4)
+            evidence.collection_similarity = round(float(collection[k]), 3)
         i, j = key
         pairs.append(
             Pair(
@@ -248,7 +254,8 @@ def scan(
             combine the shard folders with ``merge``.
         index: a reference index (``bta_core.index``): also pair each query with its
             ``faiss_k`` nearest indexed images (docs/index.md).
-        on_progress: ``on_progress(step, total, {"stage": "embed" | "score" | "verify"})``.
+        on_progress: ``on_progress(step, total, {"stage": "embed" | "score" | "keypoints" |
+            "verify"})``.
         should_stop: polled between batches; when it returns True, ``runtime.Cancelled`` is
             raised (cache entries written so far are kept, so the next scan resumes).
         options: the fields of :class:`ScanOptions` (``tta="d4"`` scores a pair as the max

@@ -24,6 +24,7 @@ import numpy as np
 from ..imageio import to_uint8
 from ..runtime import ProgressFn
 from ..verdict import (
+    COLLECTION_LOOK_ALIKE,
     DEFAULT_PHASH_MAX_DISTANCE,
     DIFFERENT,
     IDENTICAL_PIXELS,
@@ -71,7 +72,11 @@ def summary_text(pairs: Sequence[Pair]) -> str:
     n_suspect = sum(p.verdict == SUSPECT for p in pairs)
     parts = [f"{same[k]} by {k}" for k in SAME_KINDS if same[k]]
     text = f"{n_same} same" + (f" ({', '.join(parts)})" if parts else "")
-    return f"{text}, {n_suspect} suspect (model score only)"
+    text += f", {n_suspect} suspect (model score only)"
+    n_look = sum(p.decided_by == COLLECTION_LOOK_ALIKE for p in pairs)
+    if n_look:
+        text += f", {n_look} high-scoring look-alike{'s' if n_look > 1 else ''} set aside"
+    return text
 
 
 def common_root(items: Sequence[ScanImage]) -> str:
@@ -121,6 +126,8 @@ def evidence_lines(p: Pair, threshold: float | None) -> list[str]:
     if ev.model_score is not None:
         thr = f" (threshold {threshold:.3f})" if threshold is not None else ""
         lines.append(f"model score {ev.model_score:.3f}{thr}")
+    if ev.collection_similarity is not None:
+        lines.append(f"collection similarity {ev.collection_similarity:.2f}")
     if p.orientation:
         lines.append(f"best orientation for the model: {_esc(p.orientation)}")
     return lines
@@ -158,11 +165,16 @@ re-compressed or recoloured: at most {phash_max} of 256 hash bits differ);
 <b>verified overlap</b> (keypoints and pixel agreement locate a shared region: crops,
 rotations, partial retouching).</dd>
 <dt><span class="badge v-suspect">suspect</span></dt><dd>The model score is at or above the
-model's threshold, with none of that evidence. Look at the pair: the model sees reuse where
-keypoints fail (strong blur, flat texture), and look-alike images can fool it.</dd>
+model's threshold, with none of that evidence, and the pair stands out among the scanned images
+(collection similarity at or above the model's collection threshold). Look at the pair: the
+model sees reuse where keypoints fail (strong blur, flat texture), and look-alike images can
+fool it.</dd>
 <dt><span class="badge v-different">different</span></dt><dd>No evidence of reuse (shown only
 with <code>--report-pairs N</code>).</dd>
 <dt>model score</dt><dd>P(same source image) from the BTA similarity head.</dd>
+<dt>collection similarity</dt><dd>How alike the pair is once what all scanned images share
+(stain, camera, modality) is taken out: the cosine of the two embeddings after whitening them
+with this scan's own images. Look-alikes of one lab score near 0; copies score high.</dd>
 <dt>match figure</dt><dd>(1) A with the shared region outlined in cyan and matched keypoints in
 yellow; (2) B with the same region; (3) B warped onto A: grey where they agree, magenta (A only)
 or green (B only) where they differ; (4) how well each tile of A agrees (bright: agrees).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -26,6 +26,35 @@ def load_scan_image(item: ScanImage) -> np.ndarray:
         if info.name == item.name:
             return rgb
     raise ImageReadError(item.path, f"plane {item.name} not found")
+
+
+def iter_scan_images(
+    items: Sequence[ScanImage],
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """``(position, float RGB or None)`` for every item, reading each file once (the planes of
+    a stack come from one read); None where the file can no longer be read."""
+    by_path: dict[str, list[int]] = {}
+    for k, it in enumerate(items):
+        by_path.setdefault(it.path, []).append(k)
+    for path, ks in by_path.items():
+        if len(ks) == 1:
+            try:
+                yield ks[0], load_scan_image(items[ks[0]])
+            except Exception:  # changed or gone since embedding
+                yield ks[0], None
+            continue
+        wanted = {items[k].name: k for k in ks}
+        seen: set[int] = set()
+        try:
+            for info, rgb in iter_images(path, split_channels=True):
+                if info.name in wanted:
+                    seen.add(wanted[info.name])
+                    yield wanted[info.name], rgb
+        except Exception:
+            pass
+        for k in ks:
+            if k not in seen:
+                yield k, None
 
 
 def select_for_verification(
