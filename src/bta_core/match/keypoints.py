@@ -186,20 +186,40 @@ def chance_coincidences(
     return float(b_in_a.sum() * a_in_b.sum() * np.pi * radius**2 / area)
 
 
+COINCIDENCE_SPACING = 12.0
+"""Coinciding keypoints closer together than this (working pixels) count once: SIFT finds
+several keypoints, at several scales, on one nucleus, and one lined-up blob is no evidence."""
+
+
 def coincidences(
     kp_a: np.ndarray, kp_b: np.ndarray, matrix: np.ndarray, radius: float = 3.0
 ) -> int:
-    """How many of B's keypoints, mapped into A, land within ``radius`` of one of A's.
+    """At how many distinct places B's keypoints, mapped into A, land within ``radius`` of one
+    of A's (places ``COINCIDENCE_SPACING`` apart).
 
-    Independent of descriptors: a true alignment of textured content makes many keypoints
-    coincide; a placement that only lines up one blob or plain background makes almost none.
+    Independent of descriptors: a true alignment of textured content makes keypoints coincide
+    all over the overlap; a placement that only lines up one blob or plain background makes
+    almost none.
     """
     if len(kp_a) == 0 or len(kp_b) == 0:
         return 0
     from scipy.spatial import cKDTree
 
-    dist, _ = cKDTree(kp_a).query(map_points(matrix, kp_b), distance_upper_bound=radius)
-    return int(np.isfinite(dist).sum())
+    mapped = map_points(matrix, kp_b)
+    dist, _ = cKDTree(kp_a).query(mapped, distance_upper_bound=radius)
+    hits = mapped[np.isfinite(dist)]
+    cells = np.floor(hits / COINCIDENCE_SPACING).astype(np.int64)
+    return int(len(np.unique(cells, axis=0))) if len(cells) else 0
+
+
+def _warp_b_onto_a(a: np.ndarray, b: np.ndarray, matrix: np.ndarray):
+    """``b`` warped into ``a``'s frame by the B -> A ``matrix`` and its valid mask, or None
+    when the matrix cannot be inverted."""
+    try:
+        inv = np.linalg.inv(matrix)
+    except np.linalg.LinAlgError:
+        return None
+    return warp_image(b, inv, a.shape)
 
 
 def check_alignment(ha: np.ndarray, hb: np.ndarray, cand: Candidate) -> Candidate:
@@ -208,12 +228,11 @@ def check_alignment(ha: np.ndarray, hb: np.ndarray, cand: Candidate) -> Candidat
     ``ncc`` is the correlation of the aligned overlap; ``structure`` how much of each image's
     detail (variance) the overlap holds, so a match on empty background cannot pass.
     """
-    try:
-        inv = np.linalg.inv(cand.matrix)
-    except np.linalg.LinAlgError:
+    aligned = _warp_b_onto_a(ha, hb, cand.matrix)
+    if aligned is None:
         cand.ncc = 0.0
         return cand
-    warped, valid = warp_image(hb, inv, ha.shape)
+    warped, valid = aligned
     n = int(valid.sum())
     scale2 = abs(np.linalg.det(cand.matrix[:2, :2]))
     cand.overlap_a = n / ha.size
@@ -245,12 +264,11 @@ def coarse_agreement(la: np.ndarray, lb: np.ndarray, cand: Candidate) -> Candida
     fixed specks (dust, sensor pattern) at the same pixels: their band-passed detail can line up
     under the identity transform while the cells themselves do not.
     """
-    try:
-        inv = np.linalg.inv(cand.matrix)
-    except np.linalg.LinAlgError:
+    aligned = _warp_b_onto_a(la, lb, cand.matrix)
+    if aligned is None:
         cand.ncc_coarse = 0.0
         return cand
-    warped, valid = warp_image(lb, inv, la.shape)
+    warped, valid = aligned
     cand.ncc_coarse = pixel_ncc(la[valid], warped[valid]) if valid.sum() >= 64 else 0.0
     return cand
 
