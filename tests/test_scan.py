@@ -568,3 +568,34 @@ def test_ratio_votes_skip_the_image_itself_and_count_every_close_image():
     # descriptor 1: every neighbour about as close as the farthest: no vote
     # descriptor 2: itself skipped; 0.05 and 0.06 < 0.64 * 0.9 -> images 0 and 2, one vote each
     assert sorted(rows.tolist()) == [[0, 2], [1, 0], [1, 2]]
+
+
+def test_keypoint_votes_find_a_crop_and_skip_cleanly_without_faiss(bccd_images, monkeypatch):
+    """Real smears and a crop of one: the crop's top-voted partner is its source. Above the
+    exact-search limit without FAISS the votes are skipped with a warning, not run out of
+    memory."""
+    import sys
+
+    from bta_core.imageio import load_image
+    from bta_core.scan import keypoint_votes
+    from bta_core.scan.records import ScanImage
+    from bta_core.scan.verify import iter_scan_images
+
+    paths = [str(p) for p in bccd_images[:6]]
+    rgb = load_image(paths[2])
+    h, w = rgb.shape[:2]
+    items = [ScanImage(p, p, "query", f"h{k}") for k, p in enumerate(paths)]
+    crop = rgb[h // 4 : h - h // 8, w // 5 : w - w // 10]
+
+    def images(its):
+        yield from iter_scan_images(its[:-1])
+        yield len(its) - 1, crop
+
+    items.append(ScanImage("crop", "crop", "query", "hc"))
+    votes = keypoint_votes.keypoint_candidates(items, True, 1, images)
+    best_of_crop = [key for key in votes if 6 in key]
+    assert best_of_crop == [(2, 6)]
+    monkeypatch.setattr(keypoint_votes, "EXACT_MAX", 100)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
+    with pytest.warns(RuntimeWarning, match="need FAISS"):
+        assert keypoint_votes.keypoint_candidates(items, True, 1, images) == {}
