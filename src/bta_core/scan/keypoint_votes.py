@@ -54,10 +54,18 @@ class TooManyDescriptors(RuntimeError):
 
 
 def nearest(
-    queries: np.ndarray, base: np.ndarray, k: int, should_stop: StopFn | None = None
+    queries: np.ndarray,
+    base: np.ndarray,
+    k: int,
+    should_stop: StopFn | None = None,
+    owners: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Squared L2 distances and indices ``(nq, k)`` of the nearest unit rows of ``base``:
-    exact in blocks of bounded memory up to ``EXACT_MAX`` rows, FAISS IVF above."""
+    exact in blocks of bounded memory up to ``EXACT_MAX`` rows, FAISS IVF above.
+
+    ``owners``: (image of each query row, image of each base row); in the exact search a
+    query's own image is left out before the ``k`` nearest are taken, so repetitive texture
+    within one image cannot crowd out the matches in others."""
     k = min(k, len(base))
     if len(base) > EXACT_MAX:
         try:
@@ -81,11 +89,15 @@ def nearest(
             idxs.append(idx.astype(np.int64))
         return np.concatenate(sims), np.concatenate(idxs)
     xb = torch.from_numpy(base)
+    base_owner = None if owners is None else torch.from_numpy(owners[1])
     rows = max(16, BLOCK_BYTES // (4 * max(1, len(base))))
     dists, idx = [], []
     for start in range(0, len(queries), rows):
         check_cancel(should_stop, "scan")
         sim = torch.from_numpy(queries[start : start + rows]) @ xb.T
+        if base_owner is not None:
+            q_owner = torch.from_numpy(owners[0][start : start + rows])
+            sim.masked_fill_(q_owner[:, None] == base_owner[None, :], -4.0)  # below any cosine
         v, i = sim.topk(k, dim=1)
         dists.append((2 - 2 * v).clamp_(min=0).numpy())
         idx.append(i.numpy())
@@ -147,7 +159,13 @@ def keypoint_candidates(
         return {}
     owner_a, q_owner_a = np.asarray(owner), np.asarray(q_owner)
     try:
-        dist, idx = nearest(np.concatenate(queries), np.concatenate(base), NEIGHBOURS, should_stop)
+        dist, idx = nearest(
+            np.concatenate(queries),
+            np.concatenate(base),
+            NEIGHBOURS,
+            should_stop,
+            (q_owner_a, owner_a),
+        )
     except TooManyDescriptors as exc:
         warnings.warn(f"local-feature candidates skipped: {exc}", RuntimeWarning, stacklevel=2)
         return {}

@@ -182,6 +182,16 @@ Click a figure to enlarge it.</dd>
 </dl></details>"""
 
 
+def _collection_fact(stats: dict) -> str:
+    """Whether the collection evidence gated the model-only pairs, in a few words."""
+    t = stats.get("collection_threshold")
+    if stats.get("collection_whitening") and t is not None:
+        return f", collection threshold {float(t):.3f}"
+    if "collection_whitening" in stats:
+        return ", no collection evidence (fewer than 16 images, switched off or not calibrated)"
+    return ""
+
+
 def render_report(
     result: ScanResult,
     extra_pairs: int = 0,
@@ -260,6 +270,7 @@ def render_report(
         + f"; {stats.get('n_pairs_scored', 0)} pairs scored ({_esc(stats.get('method', ''))}),"
         f" {stats.get('n_checked', 0)} checked by keypoints. Model {_esc(model_name)}"
         + (f", threshold {threshold:.3f}" if threshold is not None else "")
+        + _collection_fact(stats)
         + f". Paths are relative to that folder; hover for the full path.{more}"
     )
     skipped_html = ""
