@@ -86,7 +86,10 @@ def load_feature_set(path: str | Path) -> FeatureSet:
 class FeatureTrainConfig:
     """Recipe of ``train_on_features`` (stored in the checkpoint's ``recipe``)."""
 
-    projector_sizes: list[int] = field(default_factory=lambda: [1280, 512, 256])
+    projector_sizes: list[int] = field(default_factory=lambda: [1280, 1280])
+    """One linear layer at the backbone's width: on held-out data sets it beats 1280-512-256
+    alone (reuse AUC 0.885-0.909 vs 0.874-0.895) and after collection whitening (0.937-0.951
+    vs 0.923-0.936); docs/model-card.md."""
     head: str = "symmetric"
     head_sizes: list[int] = field(default_factory=lambda: [128, 16])
     steps: int = 300
