@@ -28,7 +28,8 @@ from .records import ScanImage
 
 DESCRIPTORS_PER_IMAGE = 300
 RATIO = 0.8
-"""Nearest / second-nearest (from another image) distance ratio a vote must pass."""
+"""A neighbour votes when its distance is below this ratio of the farthest of the
+``NEIGHBOURS`` (the background), compared on squared distances as ``RATIO**2``."""
 MIN_VOTES = 2
 """Fewer votes than this never make a candidate (unrelated pairs rarely get 3 or more)."""
 NEIGHBOURS = 8
