@@ -88,3 +88,18 @@ def test_a_copy_inside_a_small_collection_stays_alike(bccd_images, trained_check
     left_out = pair_similarity(w, z[:1], z[16:]).item()
     assert left_out > inside + 0.3
     assert left_out > np.quantile(unrelated, 0.9)
+
+
+def test_d4_collection_similarity_takes_the_best_orientation_like_the_score():
+    """With --tta d4 the model compares every orientation of B: a copy stored rotated matches
+    A only in one of them, and the collection similarity must look there too."""
+    from bta_core.scan.collection import collection_similarities, collection_whitening
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(24, 8, 16, generator=g) + 1.0  # 24 images x 8 orientations
+    z[5, 3] = z[2, 0] + 0.01 * torch.randn(16, generator=g)  # image 5 turned is image 2
+    w = collection_whitening(z)
+    sims = collection_similarities(w, z, [(2, 5), (2, 6)])
+    plain = collection_similarities(w, z[:, 0], [(2, 5)])
+    assert sims[0] > 0.9 > plain[0]
+    assert sims[1] < sims[0]
