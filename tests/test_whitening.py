@@ -5,10 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bta_core.imageio import load_image
 from bta_core.model import embed_images
-from bta_core.whitening import MIN_IMAGES, fit_whitening, pair_similarity, whitened_cosine
+from bta_core.whitening import MIN_IMAGES, Whitening, fit_whitening, pair_similarity
+
+
+def whitened_cosine(w: Whitening | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine after ``w`` with nothing left out (plain cosine when ``w`` is None): the
+    reference the scan's pair-left-out similarity is compared with."""
+    if w is None:
+        return (F.normalize(a.float(), dim=-1) * F.normalize(b.float(), dim=-1)).sum(-1)
+    return (w.apply(a) * w.apply(b)).sum(-1)
 
 
 def test_shared_appearance_is_removed_and_copies_stay_close():

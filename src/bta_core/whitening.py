@@ -104,10 +104,3 @@ def pair_similarity(w: Whitening, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     cos = (ab / (aa * bb).clamp(min=1e-24).sqrt()).float()
     # an image against itself is one image, not a pair to leave out: the top similarity
     return torch.where((a == b).all(dim=-1), torch.ones_like(cos), cos)
-
-
-def whitened_cosine(w: Whitening | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise cosine of ``a`` and ``b`` after ``w`` (plain cosine when ``w`` is None)."""
-    if w is None:
-        return (F.normalize(a.float(), dim=-1) * F.normalize(b.float(), dim=-1)).sum(-1)
-    return (w.apply(a) * w.apply(b)).sum(-1)

@@ -87,14 +87,20 @@ class CollectionScorer(Scorer):
         super().__init__()
         self.base = base
         self.whitening = None
+        self._fitted_on: tuple | None = None
 
     def rep(self, y: torch.Tensor) -> torch.Tensor:
         return self.base.rep(y)
 
-    def fit(self, vectors: torch.Tensor) -> None:
+    def fit(self, key: tuple, vectors: torch.Tensor) -> None:
+        """Whiten with ``vectors``, the collection named ``key`` (kept while the key is the
+        same: the positives, negatives and resamples of one block share their collection)."""
+        if key == self._fitted_on:
+            return
         self.whitening = fit_whitening(vectors)
         if self.whitening is None:
             raise ValueError(f"need at least {MIN_IMAGES} images to adapt, got {len(vectors)}")
+        self._fitted_on = key
 
     def pairs(self, za: torch.Tensor, zb: torch.Tensor) -> np.ndarray:
         return pair_similarity(self.whitening, za, zb).double().numpy()
@@ -125,21 +131,21 @@ def evaluate_heldout(
             kind, key = view
             return reps[kind][key]
 
-        def collection(reps: dict) -> torch.Tensor:
-            """Every image of the views a block compares (a scan of them)."""
+        def collection(reps: dict) -> tuple[tuple, torch.Tensor]:
+            """Every image of the views a block compares (a scan of them), and their names."""
             whole = {}
             for kind, key in (a, b):
                 col = None if kind == "c" else key[1]
                 whole[(kind, col)] = reps["c"] if kind == "c" else reps["m"][:, col]
-            return torch.cat(list(whole.values()))
+            return tuple(whole), torch.cat(list(whole.values()))
 
         if isinstance(scorer, CollectionScorer):
-            scorer.fit(collection(rep))
+            scorer.fit(*collection(rep))
         p = scorer.pairs(pick(rep, a), pick(rep, b))
         called = p >= threshold
         if grep is not None:
             if isinstance(gate[0], CollectionScorer):
-                gate[0].fit(collection(grep))
+                gate[0].fit(*collection(grep))
             called &= gate[0].pairs(pick(grep, a), pick(grep, b)) >= gate[1]
         return p, called
 

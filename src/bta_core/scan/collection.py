@@ -40,11 +40,12 @@ def collection_similarities(
     if w is None:
         return None
     out = np.empty(len(keys), dtype=np.float64)
+    as_is = _first_orientation(z)
     for start in range(0, len(keys), chunk):
         part = keys[start : start + chunk]
         a = torch.tensor([i for i, _ in part], dtype=torch.long)
         b = torch.tensor([j for _, j in part], dtype=torch.long)
-        za = _first_orientation(z)[a]
+        za = as_is[a]
         if z.ndim == 3:
             sims = torch.stack([pair_similarity(w, za, z[b, o]) for o in range(z.shape[1])])
             sim = sims.max(dim=0).values

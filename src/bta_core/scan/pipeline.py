@@ -11,18 +11,17 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
-from ..assess import set_model_score
-from ..calibration import collection_threshold
+from ..assess import policy_for, set_model_score
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
 from ..model import BTAModel
 from ..output_files import check_out_dir
 from ..runtime import ProgressFn, StopFn
-from ..verdict import DEFAULT_PHASH_MAX_DISTANCE, SAME, SUSPECT, Policy, decide, rank_key
+from ..verdict import DEFAULT_PHASH_MAX_DISTANCE, SAME, SUSPECT, decide, rank_key
 from .cache import default_cache_dir, model_identity
 from .candidates import (
     DEFAULT_BLOCK_PAIRS,
@@ -112,15 +111,9 @@ def score_and_report(
     o = options
     thr = float(model.config.threshold if o.threshold is None else o.threshold)
     whitening = collection_whitening(emb.z, emb.fit_rows) if o.collection else None
-    policy = Policy(
-        threshold=thr,
-        phash_max_distance=o.phash_max_distance,
-        collection_threshold=(
-            collection_threshold(model.config.calibration)
-            if o.collection_threshold is None
-            else float(o.collection_threshold)
-        ),
-    )
+    policy = replace(policy_for(model), threshold=thr, phash_max_distance=o.phash_max_distance)
+    if o.collection_threshold is not None:
+        policy = replace(policy, collection_threshold=float(o.collection_threshold))
     roles = [it.role for it in emb.items]
     t0 = time.perf_counter()
     identical = identical_pixel_pairs(emb.items, o.within)
