@@ -78,6 +78,18 @@ def test_barlowtwins_downloads_official_url_with_progress(official_layout_file, 
     assert bb.weights_source == backbones.BARLOWTWINS_RESNET50_URL
 
 
+def test_barlowtwins_download_failure_says_what_to_do(monkeypatch):
+    """Offline: a clear error that names the URL and the two ways out, not urllib's traceback."""
+    import urllib.error
+
+    def offline(url, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(BackboneWeightsError, match=r"could not download.*--backbone-weights"):
+        build_backbone("resnet50-barlowtwins")
+
+
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("vgg99")

@@ -1,6 +1,7 @@
 """Training recipes on real images with tiny configs: losses fall, resume is exact, CLI works."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -238,11 +239,24 @@ def test_two_process_ddp_on_cpu(shared_data, tmp_path):
         str(out),
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    if run.returncode != 0 and "Signal 6 (SIGABRT)" in run.stderr:
+        # gloo on a loaded 2-core runner has once aborted a rank (cause not reproduced here):
+        # keep the evidence in the test log and try once more; a second failure fails the test
+        warnings.warn(
+            f"torchrun aborted a rank, retrying once:\n{_ranks_output(run.stderr)}", stacklevel=1
+        )
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, _ranks_output(run.stderr)
     assert run.stdout.count("wrote") == 1  # only rank 0 writes and reports
     rows = _losses(TrainConfig(out=str(out)))
     assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["images"] == 32  # whole set per epoch
     assert load_checkpoint(out).config.recipe["mode"] == "combined"
+
+
+def _ranks_output(stderr: str) -> str:
+    """The ranks' own messages, which come before torchrun's summary of the failure."""
+    head, _, _ = stderr.partition('Traceback (most recent call last):\n  File "<frozen runpy>"')
+    return (head[-4000:] or stderr[-4000:]).strip()
 
 
 def _feature_set(name, seed, n=40, d=32, k=3):

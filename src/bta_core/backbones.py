@@ -81,9 +81,17 @@ def load_resnet50_barlowtwins_state(weights: str | None = None, progress: bool =
     if os.path.exists(source):
         state = safe_torch_load(source)
     elif source.startswith(("http://", "https://")):
-        state = torch.hub.load_state_dict_from_url(
-            source, map_location="cpu", progress=progress, weights_only=True
-        )
+        try:
+            state = torch.hub.load_state_dict_from_url(
+                source, map_location="cpu", progress=progress, weights_only=True
+            )
+        except OSError as exc:  # URLError, timeouts, a full disk: say what to do instead
+            raise BackboneWeightsError(
+                f"{source}: could not download the Barlow Twins ResNet-50 weights "
+                f"({getattr(exc, 'reason', exc)}). Fetch the file on a machine with internet "
+                "and pass it with --backbone-weights FILE, or choose --backbone "
+                "efficientnet-lite0 (its weights come with the package index)"
+            ) from exc
     else:
         raise FileNotFoundError(f"{source}: Barlow Twins weights file not found")
     if not isinstance(state, dict):

@@ -371,6 +371,7 @@ def train(
             f"{state_path(cfg.out)}: nothing to resume (no training state saved for {cfg.out}); "
             "run without --resume to start"
         )
+    records = list_records(cfg.data, split=cfg.split, limit=cfg.limit)  # bad data fails first
     remove_stale_outputs(cfg.out)  # temp files left by a run killed while writing
     world, rank, device = _setup_distributed(cfg)
     torch.manual_seed(cfg.seed)
@@ -390,7 +391,6 @@ def train(
     if cfg.compile:
         model.backbone = torch.compile(model.backbone)
 
-    records = list_records(cfg.data, split=cfg.split, limit=cfg.limit)
     cache_size = max(cfg.image_size, round(cfg.image_size * 8 / 7))
     skipped: list[tuple[str, str]] = []
     images, records = decode_records(

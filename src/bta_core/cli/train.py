@@ -157,25 +157,33 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _end_distributed() -> None:
-    """Close a torchrun process group, so no rank aborts at exit with the group still open."""
+def _end_distributed(finished: bool) -> None:
+    """Close a torchrun process group, so no rank aborts at exit with the group still open.
+
+    After a finished run every rank first waits at a barrier for rank 0 to write the checkpoint,
+    so no rank tears its connections down while another still uses them. After a failure there
+    is no barrier (a dead rank would never reach it); torchrun stops the others."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
 def main(args: argparse.Namespace) -> int:
     """Train, then report the checkpoint written (exit 130 when cancelled)."""
     cfg = config_from_args(args)
+    finished = False
     try:
         with sigterm_as_interrupt():
             path = train(cfg)
+        finished = True
     except TrainingCancelled as exc:
         print(str(exc))
         return 130
     finally:
-        _end_distributed()
+        _end_distributed(finished)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     model = load_checkpoint(path)
