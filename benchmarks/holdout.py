@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bta_core.evaluation.holdout import run_holdout
-from bta_core.feature_train import FeatureTrainConfig
+from bta_core.training.features import FeatureTrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:

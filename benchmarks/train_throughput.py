@@ -2,7 +2,7 @@
 
 Reference (the paper's notebook): PIL augmentations in the main process, batch 16, fp32, and
 the backbone run a second time for the Barlow Twins term as the notebook's criterion does.
-Ours: ``bta_core.train.train_one_epoch`` (uint8 images on the device, batched views, frozen
+Ours: ``bta_core.training.loop.train_one_epoch`` (uint8 images on the device, batched views, frozen
 backbone once per view under no_grad, bf16 + channels_last on CUDA).
 
     python benchmarks/train_throughput.py ../shared/data/bccd/splits.csv --backbone resnet50 \
@@ -22,8 +22,8 @@ from bta_core.augment import paper_pil_transforms
 from bta_core.data import decode_records, group_ids, list_records
 from bta_core.device import describe_device, get_device
 from bta_core.losses import barlow_twins_loss, combined_loss
-from bta_core.train import _Run, _stage_params, build_model, train_one_epoch
-from bta_core.train_config import TrainConfig
+from bta_core.training.config import TrainConfig
+from bta_core.training.loop import _Run, _stage_params, build_model, train_one_epoch
 
 
 def _sync(device: torch.device) -> None:

@@ -233,7 +233,7 @@ def test_pickled_weights_are_refused_without_suggesting_weights_only_false(tmp_p
         build_backbone("resnet50-barlowtwins", weights=str(path))
     assert "refused" in str(err.value) and str(path) in str(err.value)
     assert "weights_only" not in str(err.value) and err.value.__cause__ is None
-    from bta_core.train import load_barlowtwins_projector  # --init-projector: the same rule
+    from bta_core.training.loop import load_barlowtwins_projector  # --init-projector: the same rule
 
     with pytest.raises(BackboneWeightsError, match="refused") as err:
         load_barlowtwins_projector(str(path))

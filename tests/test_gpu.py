@@ -27,8 +27,8 @@ def test_views_on_cuda_match_cpu_geometry(bccd_images):
 
 
 def test_bf16_training_step_on_cuda(shared_data, tmp_path):
-    from bta_core.train import train
-    from bta_core.train_config import TrainConfig
+    from bta_core.training.config import TrainConfig
+    from bta_core.training.loop import train
 
     cfg = TrainConfig(
         data=[str(shared_data / "bccd" / "splits.csv")],

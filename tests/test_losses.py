@@ -103,7 +103,7 @@ def test_nt_xent_prefers_matching_views():
 
 
 def test_balanced_bce_gives_positives_half_the_weight():
-    from bta_core.feature_train import balanced_pair_bce
+    from bta_core.training.features import balanced_pair_bce
 
     b = 16
     logits = torch.zeros(b, b, requires_grad=True)
@@ -122,7 +122,7 @@ def test_balanced_bce_gives_positives_half_the_weight():
 
 
 def test_balanced_bce_hard_negatives_and_masks():
-    from bta_core.feature_train import balanced_pair_bce
+    from bta_core.training.features import balanced_pair_bce
 
     torch.manual_seed(0)
     logits = torch.randn(8, 8)

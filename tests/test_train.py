@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 
 from bta_core.checkpoint import load_checkpoint
 from bta_core.cli import main as cli_main
-from bta_core.train import TrainingCancelled, load_barlowtwins_projector, train
-from bta_core.train_config import TrainConfig, cosine_lr
-from bta_core.train_log import stats_path
-from bta_core.train_state import state_path
+from bta_core.training.config import TrainConfig, cosine_lr
+from bta_core.training.log import stats_path
+from bta_core.training.loop import TrainingCancelled, load_barlowtwins_projector, train
+from bta_core.training.state import state_path
 
 
 def _cfg(shared_data, tmp_path, **kw):
@@ -68,7 +68,7 @@ def test_modes_lower_the_loss(shared_data, tmp_path, mode, extra):
 
 
 def test_simclr_stage_calls_nt_xent(shared_data, tmp_path, monkeypatch):
-    import bta_core.train as train_mod
+    import bta_core.training.loop as train_mod
 
     calls = []
     real = train_mod.nt_xent_loss
@@ -87,7 +87,7 @@ def test_simclr_stage_calls_nt_xent(shared_data, tmp_path, monkeypatch):
 def test_head_mode_trains_only_the_head(shared_data, tmp_path):
     cfg = _cfg(shared_data, tmp_path, mode="head", views="reuse", view_bank=1, epochs=2, seed=4)
     torch.manual_seed(cfg.seed)
-    from bta_core.train import build_model
+    from bta_core.training.loop import build_model
 
     fresh = build_model(cfg)
     trained = load_checkpoint(train(cfg))
@@ -262,7 +262,7 @@ def _ranks_output(stderr: str) -> str:
 def _feature_set(name, seed, n=40, d=32, k=3):
     import numpy as np
 
-    from bta_core.feature_train import FeatureSet
+    from bta_core.training.features import FeatureSet
 
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(n, d, generator=g)
@@ -287,7 +287,7 @@ def test_feature_training_separates_copies_and_calibrates():
     """CPU recipe on cached features (synthetic: the property is exact-copy certainty)."""
     from dataclasses import replace
 
-    from bta_core.feature_train import (
+    from bta_core.training.features import (
         FeatureTrainConfig,
         calibrate_on_val,
         embed,

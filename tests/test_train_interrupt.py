@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bta_core import train as train_mod
 from bta_core.checkpoint import atomic_write, remove_stale_temps
-from bta_core.train import train
-from bta_core.train_config import TrainConfig
-from bta_core.train_state import state_path
+from bta_core.training import loop as train_mod
+from bta_core.training.config import TrainConfig
+from bta_core.training.loop import train
+from bta_core.training.state import state_path
 
 
 def _cfg(shared_data, out, **kw):

@@ -1,6 +1,6 @@
 """Cache frozen-backbone features of many views of every image, once, for CPU training.
 
-Thin command line over ``bta_core.view_cache`` (see there for the file layout). Data sets
+Thin command line over ``bta_core.training.view_cache`` (see there for the file layout). Data sets
 already cached are skipped, so the job resumes.
 
 Usage: ``python tools/cache_views.py ../shared/data --cache /work/cache/bta_views --views 4``
@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from bta_core.view_cache import build_caches
+from bta_core.training.view_cache import build_caches
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Retrain the bundled default model on CPU from cached backbone features (issue 11, part 6).
 
-Trains the projector and the symmetric head with ``bta_core.feature_train`` on the train
+Trains the projector and the symmetric head with ``bta_core.training.features`` on the train
 splits of *all* cached data sets, calibrates the threshold on their val splits (FPR <= 1%),
 and writes an fp16 checkpoint whose config carries the recipe, the calibration and the
 leave-one-data-set-out figures of ``benchmarks/holdout.py`` (when its JSON is given).
@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 
 from bta_core.checkpoint import save_checkpoint
-from bta_core.feature_train import (
+from bta_core.model import BTAModel, ModelConfig
+from bta_core.training.features import (
     FeatureTrainConfig,
     calibrate_on_val,
     load_feature_set,
     recipe_dict,
     train_on_features,
 )
-from bta_core.model import BTAModel, ModelConfig
 
 
 def holdout_summary(path: Path) -> dict:

@@ -76,7 +76,7 @@ def count_images(data: Sequence[str]) -> int:
 def train_job(
     settings: dict, planes: Sequence[Any] = (), stop: threading.Event | None = None
 ) -> Generator[Progress, None, tuple[Path, Any]]:
-    """Generator worker: ``bta_core.train.train`` with progress, then load the saved checkpoint.
+    """Generator worker: ``bta_core.training.loop.train`` with progress, then load the saved checkpoint.
 
     ``planes`` (layer planes chosen in the panel) are first written as PNGs to the data folder.
 
@@ -86,8 +86,8 @@ def train_job(
     prepare_torch_import()
     from bta_core.checkpoint import load_checkpoint
     from bta_core.device import get_device
-    from bta_core.train import train
-    from bta_core.train_config import TrainConfig
+    from bta_core.training.config import TrainConfig
+    from bta_core.training.loop import train
 
     yield Progress(0, 1, {"stage": "reading images"})
     if planes:

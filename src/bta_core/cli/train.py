@@ -1,4 +1,4 @@
-"""``bta-core train``: the options of ``bta_core.train.train`` (recipes: docs/training.md).
+"""``bta-core train``: the options of ``bta_core.training.loop.train`` (recipes: docs/training.md).
 
 ``--mode bta`` trains the projector with L_BT, then the head; ``combined`` trains both with
 all-pairs BCE + lambda * L_BT; ``simclr`` is the NT-Xent baseline; ``head`` trains only the
@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from ..augment import VIEW_RECIPES
 from ..checkpoint import load_checkpoint
 from ..heads import HEAD_TYPES
-from ..train import TrainingCancelled, train
-from ..train_config import DEFAULT_EPOCHS, TrainConfig
+from ..training.config import DEFAULT_EPOCHS, TrainConfig
+from ..training.loop import TrainingCancelled, train
 from ._help import add_device
 
 

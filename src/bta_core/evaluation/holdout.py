@@ -1,7 +1,7 @@
 """Leave-one-data-set-out protocol (issue 11): generalisation to a data set never trained on.
 
 For every data set with a feature cache (``tools/cache_views.py``): train the projector and
-head on the train splits of all the *other* data sets (``bta_core.feature_train``), calibrate
+head on the train splits of all the *other* data sets (``bta_core.training.features``), calibrate
 the threshold on their val splits (FPR <= 1%), then test on the held-out set's test split:
 
 * paper protocol: view A vs (p_same 0.4) view B of the same image or of another image of the
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..feature_train import (
+from ..training.features import (
     FeatureSet,
     FeatureTrainConfig,
     calibrate_on_val,
@@ -372,7 +372,7 @@ def evaluate_holdout(
     import json
 
     from ..checkpoint import atomic_write_text
-    from ..view_cache import build_caches
+    from ..training.view_cache import build_caches
 
     build_caches(root, cache, log=log)
     res = run_holdout(Path(cache), cfg or FeatureTrainConfig(), log=log)

@@ -9,7 +9,7 @@ For one data set (``splits.csv``) ``cache_dataset`` writes ``<name>.safetensors`
   pipelines, shape ``(N_test, M, D)``;
 
 and a JSON sidecar with the files, groups, splits, modalities and manipulation names
-(``bta_core.feature_train.load_feature_set`` reads both). Features are stored in fp16; the
+(``bta_core.training.features.load_feature_set`` reads both). Features are stored in fp16; the
 files are written atomically, so a data set whose cache exists is complete.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import PAPER_VIEWS, REUSE_VIEWS, apply_view
-from .data import decode_records, read_splits_csv
-from .evaluation.pairs import MANIPULATIONS, manipulate
+from ..augment import PAPER_VIEWS, REUSE_VIEWS, apply_view
+from ..data import decode_records, read_splits_csv
+from ..evaluation.pairs import MANIPULATIONS, manipulate
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -137,7 +137,7 @@ def build_caches(
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Cache every data set folder of ``root`` (``*/splits.csv``) missing from ``cache``."""
-    from .backbones import build_backbone
+    from ..backbones import build_backbone
 
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)

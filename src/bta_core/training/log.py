@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .train_config import TrainConfig
+    from .config import TrainConfig
 
 
 def stats_path(out: str | os.PathLike) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .losses import LAMBDA_BT, LAMBDA_COMBINED
+from ..losses import LAMBDA_BT, LAMBDA_COMBINED
 
 DEFAULT_EPOCHS = {"bta": 200, "combined": 200, "head": 100, "simclr": 200}
 

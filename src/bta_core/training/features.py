@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .evaluation.metrics import roc_auc, threshold_at_fpr
-from .heads import Projector, build_head, is_symmetric
-from .losses import barlow_twins_loss, nt_xent_loss
-from .runtime import ProgressFn
+from ..evaluation.metrics import roc_auc, threshold_at_fpr
+from ..heads import Projector, build_head, is_symmetric
+from ..losses import barlow_twins_loss, nt_xent_loss
+from ..runtime import ProgressFn
 
 
 @dataclass

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .checkpoint import atomic_write, remove_stale_temps, save_checkpoint
+from ..checkpoint import atomic_write, remove_stale_temps, save_checkpoint
 
 if TYPE_CHECKING:
-    from .model import BTAModel
-    from .train_config import TrainConfig
+    from ..model import BTAModel
+    from .config import TrainConfig
 
 
 def state_path(out: str | os.PathLike) -> Path:

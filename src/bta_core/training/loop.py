@@ -31,18 +31,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .augment import VIEW_RECIPES, apply_view
-from .backbones import feature_dim, safe_torch_load
-from .data import decode_records, group_ids, list_records
-from .device import autocast, describe_device, get_device
-from .distributed import rank_device, torchrun_rank
-from .heads import PAPER_HEAD_SIZES, PAPER_PROJECTOR_SIZES, SYMMETRIC_HEAD_SIZES
-from .losses import barlow_twins_loss, combined_loss, nt_xent_loss
-from .model import BTAModel, ModelConfig
-from .runtime import Cancelled, ProgressFn
-from .train_config import DEFAULT_EPOCHS, TrainConfig, cosine_lr, recipe_dict
-from .train_log import TrainLogger
-from .train_state import (
+from ..augment import VIEW_RECIPES, apply_view
+from ..backbones import feature_dim, safe_torch_load
+from ..data import decode_records, group_ids, list_records
+from ..device import autocast, describe_device, get_device
+from ..distributed import rank_device, torchrun_rank
+from ..heads import PAPER_HEAD_SIZES, PAPER_PROJECTOR_SIZES, SYMMETRIC_HEAD_SIZES
+from ..losses import barlow_twins_loss, combined_loss, nt_xent_loss
+from ..model import BTAModel, ModelConfig
+from ..runtime import Cancelled, ProgressFn
+from .config import DEFAULT_EPOCHS, TrainConfig, cosine_lr, recipe_dict
+from .log import TrainLogger
+from .state import (
     epoch_snapshot,
     load_training_state,
     remove_stale_outputs,
@@ -98,7 +98,7 @@ def build_model(cfg: TrainConfig) -> BTAModel:
     """A fresh model for the recipe (projector from the official BT checkpoint if asked)."""
     projector_state = None
     if cfg.init_projector and str(cfg.init_projector).endswith(".safetensors"):
-        from .checkpoint import load_checkpoint as _load
+        from ..checkpoint import load_checkpoint as _load
 
         source = _load(cfg.init_projector)
         if source.config.backbone != cfg.backbone:
