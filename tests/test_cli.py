@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bta_core.cli import main as cli_main
 from bta_core.cli.demo import SAMPLES, planted_pairs
 
@@ -132,3 +134,44 @@ def test_match_prints_the_model_score_that_score_reports(capsys):
     assert cli_main(["match", a, b, "--json", "--quiet"]) == 0
     matched = json.loads(capsys.readouterr().out)
     assert matched["score"] == scored and matched["decision"]["model_score"] == scored
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["scan", "x", "--phash-max-distance", "300"], "--phash-max-distance"),
+        (["scan", "x", "--verify-per-image", "-1"], "--verify-per-image"),
+        (["scan", "x", "--threshold", "2"], "--threshold"),
+        (["scan", "x", "--collection-threshold", "nan"], "--collection-threshold"),
+        (["scan", "x", "--batch-size", "0"], "--batch-size"),
+        (["match", "a", "b", "--max-side", "8"], "--max-side"),
+        (["calibrate", "a", "b", "--target-fpr", "1.5"], "--target-fpr"),
+        (["train", "x", "--epochs", "0"], "--epochs"),
+    ],
+)
+def test_out_of_range_values_are_usage_errors(argv, option, capsys):
+    """A value the tool cannot honour (300 of 256 hash bits would call every pair 'same') is
+    refused with exit 2 and names the option, before a model is loaded."""
+    with pytest.raises(SystemExit) as exc:
+        cli_main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument {option}:" in err and "Traceback" not in err
+
+
+def test_scan_without_a_folder_is_a_usage_error_before_the_model_loads(capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("bta_core.cli.scan.load_checkpoint", refuse)
+    assert cli_main(["scan", "--quiet"]) == 2
+    assert "give at least one FOLDER" in capsys.readouterr().err
+
+
+def test_scan_options_out_of_range_are_refused_in_the_core():
+    """napari and Python callers get the same rule as the command line."""
+    from bta_core.scan.pipeline import ScanOptions
+
+    for bad in (dict(phash_max_distance=257), dict(verify_per_image=-1), dict(faiss_k=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ScanOptions(**bad)
+    assert ScanOptions(phash_max_distance=256).phash_max_distance == 256

@@ -162,3 +162,35 @@ def test_scan_records_collection_similarity_and_spares_look_alikes(shared_data, 
     with open(tmp_path / "out" / "pairs.csv", encoding="utf-8", newline="") as fh:
         sims = [float(r["collection_similarity"]) for r in csv.DictReader(fh)]
     assert len(sims) >= 50 and all(-1.0 <= s <= 1.0 for s in sims)
+
+
+def test_a_small_folder_looked_up_in_an_index_borrows_its_statistics(shared_data, tmp_path):
+    """Four real microtissue images (too few to whiten with) against an index of 20 others of
+    that camera: the scan whitens with a sample of the index, so its pairs carry a collection
+    similarity and the look-alikes the score alone flags are fewer; a folder scanned on its own
+    has no collection evidence."""
+    from bta_core.checkpoint import load_checkpoint
+    from bta_core.index import build_index
+
+    with open(shared_data / "phase_culture" / "splits.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["modality"] == "phase-contrast-microtissue"]
+    first_of_group: dict[str, str] = {}
+    for r in rows:
+        first_of_group.setdefault(r["group_id"], r["file"])
+    files = sorted(first_of_group.values())[:24]
+    refs, folder = tmp_path / "published", tmp_path / "manuscript"
+    refs.mkdir()
+    folder.mkdir()
+    for k, f in enumerate(files):
+        shutil.copy(shared_data / "phase_culture" / f, (folder if k < 4 else refs) / Path(f).name)
+    model = load_checkpoint(None)
+    build_index([refs], tmp_path / "index", model, workers=0)
+    kw = dict(model=model, cache_dir=None, verify_per_image=0, top_k=50, within=False)
+    alone = scan(folder, collection=False, index=tmp_path / "index", **kw)
+    borrowed = scan(folder, index=tmp_path / "index", **kw)
+    assert borrowed.stats["index_background"] == 20
+    assert borrowed.stats["collection_whitening"] and borrowed.stats["collection_images"] == 24
+    assert all(p.evidence.collection_similarity is not None for p in borrowed.pairs)
+    assert alone.stats["n_suspect"] > 0, "the score alone should flag some look-alikes"
+    assert borrowed.stats["n_suspect"] < alone.stats["n_suspect"]
+    assert not scan(folder, **{**kw, "within": True}).stats["collection_whitening"]

@@ -19,6 +19,8 @@ from .dihedral import D4_NAMES, invert_d4
 
 PHASH_SIZE = 16
 """Hash side: 16 gives 256 bits (8 gives 64, too coarse for look-alike microscopy fields)."""
+PHASH_BITS = PHASH_SIZE * PHASH_SIZE
+"""Bits of one hash: the largest possible Hamming distance."""
 _WORK_SIDE = PHASH_SIZE * 4
 """pHash reads a ``4 * hash_size`` square, so resizing once to it and rotating that is exact."""
 

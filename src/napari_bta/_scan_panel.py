@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,7 +190,12 @@ class ScanPanel(Panel):
             self._tmp = tempfile.TemporaryDirectory(prefix="napari-bta-scan-")
             out = self._tmp.name
         ref = str(self._reference.value)
-        reference = [ref] if ref not in ("", ".") and Path(ref).is_dir() else None
+        reference = None
+        if ref not in ("", "."):
+            if not Path(ref).is_dir():
+                show_error(f"Reference folder not found: {ref} (clear the field to scan without)")
+                return None
+            reference = [ref]
         self._folder_scanned = folder
         return self.controls.start(
             scan_job,
@@ -238,8 +244,10 @@ class ScanPanel(Panel):
                 if len(self.pairs) > MAX_ROWS
                 else ""
             )
+            verdicts = Counter(p.verdict for p in self.pairs)
             self._status.value = (
-                f"Scanned {n_images} images: {len(self.pairs)} pairs listed{more}"
+                f"Scanned {n_images} images: {verdicts['same']} same, "
+                f"{verdicts['suspect']} suspect; {len(self.pairs)} pairs listed{more}"
                 + (
                     f", {len(skipped)} file{'s' if len(skipped) > 1 else ''} skipped"
                     if skipped

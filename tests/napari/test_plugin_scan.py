@@ -78,6 +78,8 @@ def test_scan_panel_shows_the_core_pairs_in_its_order_and_opens_them(
         assert table.item(row, 2).text() == f"{pair.decision.probability:.3f}"  # fixed point
         assert table.item(row, 3).toolTip() == pair.path_a  # the full path
     assert pair_verdict(core_pairs[0])[0] == "same"
+    n_same = sum(p.verdict == "same" for p in core_pairs)
+    assert f": {n_same} same, " in panel._status.value  # counts by verdict, not only "listed"
 
     # skipped files are listed; the report opens
     assert panel._skipped_btn.enabled and "broken.png" in panel.skipped_text()
@@ -128,3 +130,18 @@ def test_panel_defaults_follow_the_core():
     from napari_bta._scan_panel import VERIFY_PER_IMAGE
 
     assert VERIFY_PER_IMAGE == DEFAULT_VERIFY_PER_IMAGE
+
+
+def test_scan_panel_refuses_a_reference_folder_that_does_not_exist(
+    make_napari_viewer, open_panel, planted_folder, cosine_model, held_model, tmp_path, monkeypatch
+):
+    """A mistyped archive path must not silently scan without the archive."""
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    folder, _ = planted_folder
+    held_model(cosine_model)
+    viewer = make_napari_viewer()
+    panel = open_panel(viewer, "Scan")
+    panel._reference.value = str(tmp_path / "no_such_archive")
+    assert panel.run(folder=str(folder)) is None
+    assert errors and "no_such_archive" in errors[0] and panel._run.enabled

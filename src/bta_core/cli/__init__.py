@@ -11,6 +11,8 @@ import os
 import sys
 import warnings
 
+from ._help import UsageError
+
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
         "bta_core.cli.demo",
@@ -82,6 +84,10 @@ def install_warning_printer(quiet: bool = False) -> None:
     warnings.showwarning = show  # the filters (what is shown at all) stay Python's
 
 
+BROKEN_PIPE = 141
+"""Exit code when stdout's reader went away: 128 + SIGPIPE, as the shell reports such a tool."""
+
+
 def _quiet_broken_pipe() -> int:
     """stdout's reader went away (``bta-core score A B | head -1``): stop quietly. Python
     flushes stdout again at exit, so point it at devnull first."""
@@ -90,7 +96,7 @@ def _quiet_broken_pipe() -> int:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
-    return 1
+    return BROKEN_PIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +124,12 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except UsageError as exc:
+        print(
+            f"bta-core {args.command}: error: {exc} (see bta-core {args.command} --help)",
+            file=sys.stderr,
+        )
+        return 2
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         # Our own errors (ImageReadError, CheckpointError...) carry the file and the problem.
         print(f"bta-core {args.command}: error: {exc}", file=sys.stderr)

@@ -9,6 +9,8 @@ alone. ``tests/test_cli_help.py`` checks that every option of every command has 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
 from ..device import DEVICE_CHOICES
 
@@ -17,7 +19,51 @@ QUIET_HELP = "no progress bars or summary"
 
 EXIT_CODES = """\
 exit codes: 0 done; 1 an error (a file, folder or checkpoint that cannot be used, a bad value;
-one line on stderr names it); 2 wrong command-line usage; 130 interrupted (Ctrl-C)."""
+one line on stderr names it); 2 wrong command-line usage; 130 interrupted (Ctrl-C); 141 the
+reader of the output went away (| head)."""
+
+
+class UsageError(ValueError):
+    """Options that do not fit together (or a missing argument): exit 2, before any work."""
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"between {low:g} and {high:g}"
+    return f"at least {low:g}" if low is not None else f"at most {high:g}"
+
+
+def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number within ``[low, high]``; anything else is a usage
+    error (exit 2) naming the option, before any work starts."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {_bounds(low, high)}, got {value}")
+        return value
+
+    return parse
+
+
+def float_in(low: float | None = None, high: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number within ``[low, high]`` (NaN and inf refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {_bounds(low, high)}, got {value:g}")
+        return value
+
+    return parse
 
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):

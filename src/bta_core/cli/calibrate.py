@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..evaluation.calibrate import calibrate
-from ._help import add_device
+from ._help import add_device, float_in, int_in
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -19,7 +19,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+", help="image folders and/or splits.csv files")
     p.add_argument("--split", default="val", help="split of splits.csv rows ('' for all)")
     p.add_argument(
-        "--target-fpr", type=float, default=None, help="meet this FPR instead of maximising F1"
+        "--target-fpr",
+        type=float_in(0, 1),
+        default=None,
+        help="meet this FPR instead of maximising F1",
     )
     p.add_argument(
         "--out",
@@ -31,8 +34,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="keep the stored threshold, fit only the probability mapping",
     )
-    p.add_argument("--limit", type=int, default=None, help="at most N images per source")
-    p.add_argument("--repeats", type=int, default=3, help="pairs per image")
+    p.add_argument("--limit", type=int_in(1), default=None, help="at most N images per source")
+    p.add_argument("--repeats", type=int_in(1), default=3, help="pairs per image")
     add_device(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from ..evaluation.methods import BASELINES
 from ..evaluation.protocols import PAPER_SEEDS, PROTOCOLS, evaluate
-from ._help import add_device
+from ._help import add_device, int_in
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -65,15 +65,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default="test", help="split of splits.csv rows ('' for all)")
     p.add_argument("--out", default="eval", help="output folder")
-    p.add_argument("--image-size", type=int, default=None, help="view size (default: models')")
-    p.add_argument("--resamples", type=int, default=len(PAPER_SEEDS), help="paper protocol")
-    p.add_argument("--limit", type=int, default=None, help="at most N images per source")
+    p.add_argument(
+        "--image-size", type=int_in(32), default=None, help="view size (default: models')"
+    )
+    p.add_argument("--resamples", type=int_in(1), default=len(PAPER_SEEDS), help="paper protocol")
+    p.add_argument("--limit", type=int_in(1), default=None, help="at most N images per source")
     p.add_argument(
         "--calibration-split",
         default="val",
         help="split to fit thresholds of uncalibrated methods on ('' for none)",
     )
-    p.add_argument("--negatives-per-image", type=int, default=32, help="reuse protocol")
+    p.add_argument("--negatives-per-image", type=int_in(1), default=32, help="reuse protocol")
     add_device(p)
     p.add_argument(
         "--cache",

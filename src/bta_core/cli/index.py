@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..device import describe_device, get_device
-from ._help import DefaultsHelpFormatter, add_device
+from ._help import DefaultsHelpFormatter, add_device, int_in
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -19,9 +19,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--checkpoint", default=None, help="model; none given = the bundled model")
     add_device(common)
-    common.add_argument("--batch-size", type=int, default=32, help="images per model batch")
+    common.add_argument("--batch-size", type=int_in(1), default=32, help="images per model batch")
     common.add_argument(
-        "--workers", type=int, default=None, help="decoding processes (default: cores - 1)"
+        "--workers", type=int_in(0), default=None, help="decoding processes (default: cores - 1)"
     )
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     what = "embed reference images into a new index"

@@ -10,7 +10,7 @@ from ..match import match_images, render_match_png, summary
 from ..match.params import MAX_SIDE
 from ..output_files import json_dumps
 from ..verdict import Decision, Policy, decide
-from ._help import add_device
+from ._help import add_device, int_in
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -31,7 +31,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         choices=["d4"],
         help="model score: best over the 8 rotations/flips of either image (as score and scan)",
     )
-    parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="working size for keypoints")
+    parser.add_argument(
+        "--max-side", type=int_in(64), default=MAX_SIDE, help="working size for keypoints"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", default=None, metavar="DIR", help="write a PNG (and JSON) here")
     parser.add_argument("--quiet", action="store_true", help="no notes or progress bar on stderr")

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
 from ..distributed import Rank, rank_device, torchrun_rank
+from ..fingerprint import PHASH_BITS
 from ..output_files import check_out_dir, json_dumps
 from ..scan import ScanResult, merge, scan
 from ..scan.cache import default_cache_dir
@@ -20,7 +21,7 @@ from ..scan.pipeline import DEFAULT_VERIFY_PER_IMAGE
 from ..scan.ranks import scan_ranks
 from ..scan.report import common_root, display_name, summary_text
 from ..verdict import DEFAULT_PHASH_MAX_DISTANCE
-from ._help import add_device, add_quiet
+from ._help import UsageError, add_device, add_quiet, float_in, int_in
 from ._progress import StageBars
 
 CONSOLE_PAIRS = 10
@@ -52,13 +53,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=float_in(0, 1),
         default=None,
         help="model-score threshold of 'suspect'; none given = the model's calibrated one",
     )
     parser.add_argument(
         "--top",
-        type=int,
+        type=int_in(0),
         default=DEFAULT_TOP_K,
         metavar="K",
         help="always list the K best model scores in pairs.csv",
@@ -74,10 +75,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", default="bta-scan", help="output folder")
     add_device(parser)
-    parser.add_argument("--batch-size", type=int, default=32, help="images per model batch")
+    parser.add_argument("--batch-size", type=int_in(1), default=32, help="images per model batch")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=int_in(0),
         default=2,
         help="decoding workers (processes for 64 or more files, else threads)",
     )
@@ -105,20 +106,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--faiss-above",
-        type=int,
+        type=int_in(0),
         default=DEFAULT_FAISS_ABOVE,
         metavar="N",
         help="above N images, take candidate pairs from FAISS nearest neighbours",
     )
     parser.add_argument(
-        "--faiss-k", type=int, default=DEFAULT_FAISS_K, help="FAISS neighbours per image"
+        "--faiss-k", type=int_in(1), default=DEFAULT_FAISS_K, help="FAISS neighbours per image"
     )
     parser.add_argument(
-        "--max-pairs", type=int, default=DEFAULT_MAX_PAIRS, help="cap on pairs above threshold"
+        "--max-pairs",
+        type=int_in(1),
+        default=DEFAULT_MAX_PAIRS,
+        help="cap on pairs above threshold",
     )
     parser.add_argument(
         "--report-pairs",
-        type=int,
+        type=int_in(0),
         default=0,
         metavar="N",
         help="report.html shows every 'same' and 'suspect' pair; N > 0 also shows the N best "
@@ -126,7 +130,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--match-top",
-        type=int,
+        type=int_in(0),
         default=10,
         metavar="N",
         help="report.html shows where the images match (figure of the located region) for the "
@@ -134,7 +138,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--verify-per-image",
-        type=int,
+        type=int_in(0),
         default=DEFAULT_VERIFY_PER_IMAGE,
         metavar="K",
         help="check the K best model candidates of every FOLDER image by keypoint matching, plus "
@@ -144,7 +148,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--collection-threshold",
-        type=float,
+        type=float_in(-1, 1),
         default=None,
         metavar="T",
         help="collection similarity a model-only pair must also reach to be 'suspect' "
@@ -169,7 +173,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--phash-max-distance",
-        type=int,
+        type=int_in(0, PHASH_BITS),
         default=DEFAULT_PHASH_MAX_DISTANCE,
         metavar="D",
         help="perceptual-hash distance (of 256 bits, best of 8 rotations/flips) still a near copy",
@@ -213,6 +217,10 @@ def _torchrun_rank(args: argparse.Namespace) -> Rank | None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.merge and (args.folders or args.shard):
+        raise UsageError("--merge takes shard folders only (no FOLDER, no --shard)")
+    if not args.merge and not args.folders:
+        raise UsageError("give at least one FOLDER to scan (or --merge SHARD_DIR...)")
     rank = _torchrun_rank(args)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     bars = StageBars(skip=("embed", "score"), enabled=not args.quiet)
@@ -242,14 +250,10 @@ def main(args: argparse.Namespace) -> int:
         progress_bar=not args.quiet,
     )
     if args.merge:
-        if args.folders or args.shard:
-            raise ValueError("--merge takes shard folders only (no FOLDER, no --shard)")
         result = merge(
             args.merge, model, allow_partial=args.allow_partial, on_progress=bars, **common
         )
     else:
-        if not args.folders:
-            raise ValueError("give at least one FOLDER to scan (or --merge SHARD_DIR...)")
         cache = None if args.no_cache else (args.cache or "auto")
         run = scan if rank is None else partial(scan_ranks, rank=rank)
         result = run(

@@ -17,7 +17,7 @@ from ..checkpoint import load_checkpoint
 from ..heads import HEAD_TYPES
 from ..training.config import DEFAULT_EPOCHS, TrainConfig
 from ..training.loop import TrainingCancelled, train
-from ._help import add_device
+from ._help import add_device, float_in, int_in
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -50,43 +50,55 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--projector-dim",
-        type=int,
+        type=int_in(1),
         default=d.projector_dim,
         help="projector width (default 4096 for 2048-d backbones, else 2048)",
     )
     p.add_argument("--split", default=d.split, help="split of splits.csv rows to use ('' for all)")
     p.add_argument(
         "--epochs",
-        type=int,
+        type=int_in(1),
         default=d.epochs,
         help="epochs (default: bta 200 projector, combined 200, head 100)",
     )
     p.add_argument(
-        "--head-epochs", type=int, default=d.head_epochs, help="head epochs of --mode bta"
+        "--head-epochs", type=int_in(1), default=d.head_epochs, help="head epochs of --mode bta"
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="model input size (px)")
+    p.add_argument("--batch-size", type=int_in(2), default=d.batch_size, help="images per step")
     p.add_argument(
-        "--lr-start", type=float, default=d.lr_start, help="gamma_start of the cosine schedule"
+        "--image-size", type=int_in(32), default=d.image_size, help="model input size (px)"
     )
     p.add_argument(
-        "--lr-end", type=float, default=d.lr_end, help="gamma_end of the cosine schedule"
+        "--lr-start",
+        type=float_in(0),
+        default=d.lr_start,
+        help="gamma_start of the cosine schedule",
     )
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    p.add_argument("--lambda-bt", type=float, default=d.lambda_bt, help="redundancy weight of L_BT")
+    p.add_argument(
+        "--lr-end", type=float_in(0), default=d.lr_end, help="gamma_end of the cosine schedule"
+    )
+    p.add_argument(
+        "--weight-decay", type=float_in(0), default=d.weight_decay, help="AdamW weight decay"
+    )
+    p.add_argument(
+        "--lambda-bt", type=float_in(0), default=d.lambda_bt, help="redundancy weight of L_BT"
+    )
     p.add_argument(
         "--lambda",
         dest="lambda_",
-        type=float,
+        type=float_in(0),
         default=d.lambda_,
         help="weight of L_BT in the combined loss",
     )
     p.add_argument(
-        "--p-same", type=float, default=d.p_same, help="share of same-image pairs for head training"
+        "--p-same",
+        type=float_in(0, 1),
+        default=d.p_same,
+        help="share of same-image pairs for head training",
     )
     p.add_argument(
         "--pos-weight",
-        type=float,
+        type=float_in(0),
         default=d.pos_weight,
         help="weight of positives in the all-pairs BCE (default: balanced, B - 1)",
     )
@@ -96,7 +108,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         choices=list(HEAD_TYPES),
         help="similarity head: symmetric (identity-aware) or paper (concatenation MLP)",
     )
-    p.add_argument("--limit", type=int, default=d.limit, help="use only the first N images")
+    p.add_argument("--limit", type=int_in(1), default=d.limit, help="use only the first N images")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (runs are repeatable)")
     add_device(p, default=d.device)
     p.add_argument(
@@ -104,7 +116,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backbone-lr-scale",
-        type=float,
+        type=float_in(0),
         default=d.backbone_lr_scale,
         help="backbone learning rate / head learning rate with --finetune-backbone",
     )
@@ -114,11 +126,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="take the projector from the official Barlow Twins checkpoint.pth or from a napari-bta .safetensors checkpoint",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N epochs")
+    p.add_argument(
+        "--save-every", type=int_in(1), default=d.save_every, help="checkpoint every N epochs"
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT.state")
     p.add_argument(
         "--view-bank",
-        type=int,
+        type=int_in(0),
         default=d.view_bank,
         help="precompute backbone features of K view pairs per image (frozen backbone only; much faster on a CPU)",
     )

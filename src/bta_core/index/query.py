@@ -12,7 +12,12 @@ import os
 import numpy as np
 import torch
 
+from ..whitening import MIN_IMAGES
 from . import store
+
+BACKGROUND_SAMPLE = 4096
+"""Indexed images a small folder's whitening borrows: mean and covariance of 1280-d embeddings
+are stable at this size, and the fit stays well under a second."""
 
 
 def nearest(
@@ -77,4 +82,26 @@ def attach_index(emb, index: str | os.PathLike | store.ReferenceIndex, model, k:
     )
     z = torch.cat([emb.z, z_ref])
     phash = np.concatenate([emb.phash, ph_ref.astype(emb.phash.dtype)])
-    return Embedded(list(emb.items) + refs, z, emb.skipped, stats, phash, fit_rows=len(emb.items))
+    background = None
+    if len(emb.items) < MIN_IMAGES:  # too few to whiten with: borrow the index's statistics
+        background = torch.from_numpy(background_sample(idx)).to(emb.z.dtype)
+        stats["index_background"] = len(background)
+    return Embedded(
+        list(emb.items) + refs,
+        z,
+        emb.skipped,
+        stats,
+        phash,
+        fit_rows=len(emb.items),
+        background=background,
+    )
+
+
+def background_sample(idx: store.ReferenceIndex, n: int = BACKGROUND_SAMPLE) -> np.ndarray:
+    """Embeddings of up to ``n`` live indexed images drawn at random (fixed seed, so a scan is
+    repeatable): the statistics a small folder is whitened with (``scan.collection``)."""
+    dead = idx.dead
+    live = np.array([i for i in range(len(idx)) if i not in dead], np.int64)
+    if len(live) > n:
+        live = np.sort(np.random.default_rng(0).choice(live, n, replace=False))
+    return idx.embeddings(live)

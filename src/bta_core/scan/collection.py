@@ -4,8 +4,10 @@ Images of one lab, stain and camera embed close together, so the model scores th
 pairs high. Whitened with the statistics of the images being scanned (``bta_core.whitening``,
 no labels), what they all share stops counting: a copy stays close to its source, look-alikes
 spread out around 0. Each pair's whitened cosine, with the pair itself left out of the fit
-(``whitening.pair_similarity``), is recorded as ``Evidence.collection_similarity``; ``verdict.decide`` lets a model-only pair be ``suspect`` only
-when it also reaches the checkpoint's collection threshold.
+(``whitening.pair_similarity``), is recorded as ``Evidence.collection_similarity``;
+``verdict.decide`` lets a model-only pair be ``suspect`` only when it also reaches the
+checkpoint's collection threshold. A folder too small for statistics of its own, looked up in a
+reference index, borrows a sample of the index's images.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..whitening import Whitening, fit_whitening, pair_similarity
+from ..whitening import MIN_IMAGES, Whitening, fit_whitening, pair_similarity
 from .evidence import PairKey
 
 
@@ -23,10 +25,17 @@ def _first_orientation(z: torch.Tensor) -> torch.Tensor:
     return z[:, 0] if z.ndim == 3 else z  # D4 embeddings: the image as it is
 
 
-def collection_whitening(z: torch.Tensor, fit_rows: int | None = None) -> Whitening | None:
-    """Whitening fitted on a scan's embeddings, the first ``fit_rows`` images (all: None);
-    None below ``whitening.MIN_IMAGES`` images."""
+def collection_whitening(
+    z: torch.Tensor, fit_rows: int | None = None, background: torch.Tensor | None = None
+) -> Whitening | None:
+    """Whitening fitted on a scan's embeddings, the first ``fit_rows`` images (all: None).
+
+    A collection of fewer than ``whitening.MIN_IMAGES`` images cannot describe itself: with a
+    ``background`` (a sample of the reference index it is looked up in) it is fitted on both,
+    else there is none (None)."""
     rows = _first_orientation(z)[: len(z) if fit_rows is None else fit_rows]
+    if len(rows) < MIN_IMAGES and background is not None and len(background):
+        rows = torch.cat([rows.float(), background.float()])
     return fit_whitening(rows) if len(rows) else None
 
 

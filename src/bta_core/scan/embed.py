@@ -44,6 +44,9 @@ class Embedded:
     fit_rows: int | None = None
     """The scanned collection is the first ``fit_rows`` images (None: all). Nearest
     neighbours appended from an index are not a sample of it (``scan.collection``)."""
+    background: torch.Tensor | None = None
+    """Embeddings of a sample of a reference index: what a folder too small to describe
+    itself is whitened with besides its own images (``scan.collection``)."""
 
 
 def embed_folders(

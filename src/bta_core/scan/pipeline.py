@@ -18,6 +18,7 @@ import torch
 from ..assess import policy_for, set_model_score
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
+from ..fingerprint import PHASH_BITS
 from ..model import BTAModel
 from ..output_files import check_out_dir
 from ..runtime import ProgressFn, StopFn
@@ -81,6 +82,29 @@ class ScanOptions:
     match_top: int = 0
     progress_bar: bool = False
 
+    def __post_init__(self) -> None:
+        """Values out of range are refused here, for the CLI, napari and Python alike."""
+        import math
+
+        def bad(name: str, value, rule: str) -> ValueError:
+            return ValueError(f"scan option {name}={value!r}: {rule}")
+
+        if self.threshold is not None and not math.isfinite(float(self.threshold)):
+            raise bad("threshold", self.threshold, "must be a finite number")
+        if not 0 <= int(self.phash_max_distance) <= PHASH_BITS:
+            raise bad("phash_max_distance", self.phash_max_distance, f"must be 0..{PHASH_BITS}")
+        ct = self.collection_threshold
+        if ct is not None and not (math.isfinite(float(ct)) and -1 <= float(ct) <= 1):
+            raise bad("collection_threshold", ct, "must be between -1 and 1")
+        for name in ("top_k", "verify_per_image", "report_pairs", "match_top", "faiss_above"):
+            if int(getattr(self, name)) < 0:
+                raise bad(name, getattr(self, name), "must be 0 or more")
+        for name in ("faiss_k", "max_pairs", "block_pairs"):
+            if int(getattr(self, name)) < 1:
+                raise bad(name, getattr(self, name), "must be 1 or more")
+        if self.tta not in (None, "d4"):
+            raise bad("tta", self.tta, "must be None or 'd4'")
+
 
 _OPTION_NAMES = {f.name for f in fields(ScanOptions)}
 
@@ -110,7 +134,7 @@ def score_and_report(
     """Gather the evidence cascade for the candidate pairs, decide each, write the outputs."""
     o = options
     thr = float(model.config.threshold if o.threshold is None else o.threshold)
-    whitening = collection_whitening(emb.z, emb.fit_rows) if o.collection else None
+    whitening = collection_whitening(emb.z, emb.fit_rows, emb.background) if o.collection else None
     policy = replace(policy_for(model), threshold=thr, phash_max_distance=o.phash_max_distance)
     if o.collection_threshold is not None:
         policy = replace(policy, collection_threshold=float(o.collection_threshold))
@@ -182,6 +206,7 @@ def score_and_report(
         verify_per_image=o.verify_per_image,
         keypoint_candidates=o.keypoint_candidates,
         collection_whitening=whitening is not None,
+        collection_images=whitening.n_images if whitening is not None else 0,
         collection_threshold=policy.collection_threshold,
         n_keypoint_candidates=len(local),
         n_pairs_out=len(pairs),

@@ -186,9 +186,14 @@ def _collection_fact(stats: dict) -> str:
     """Whether the collection evidence gated the model-only pairs, in a few words."""
     t = stats.get("collection_threshold")
     if stats.get("collection_whitening") and t is not None:
-        return f", collection threshold {float(t):.3f}"
+        borrowed = stats.get("index_background")
+        whence = f" (with {borrowed} indexed images: few scanned)" if borrowed else ""
+        return f", collection threshold {float(t):.3f}{whence}"
     if "collection_whitening" in stats:
-        return ", no collection evidence (fewer than 16 images, switched off or not calibrated)"
+        return (
+            ", no collection evidence (fewer than 16 images and no index, switched off or not "
+            "calibrated)"
+        )
     return ""
 
 
