@@ -76,7 +76,7 @@ def test_report_tells_the_editor_what_was_found(result):
     assert "fig 2/a.jpg" in page and a in parsed.titles
     assert "<i>" not in page and "b &lt;i&gt;&amp;amp.jpg" in page
     assert "Known: planted &lt;mirror&gt;" in page
-    assert "3 of 256 bits differ (B as flip)" in page
+    assert "3 of 256 bits differ (B is A mirrored left-right)" in page
     assert "keypoint check: no shared region located" in page
     assert 'id="skipped"' in page and "truncated" in page
     assert len(parsed.images) == 4 and all(s.startswith("data:image/jpeg") for s in parsed.images)

@@ -194,3 +194,20 @@ def test_a_small_folder_looked_up_in_an_index_borrows_its_statistics(shared_data
     assert alone.stats["n_suspect"] > 0, "the score alone should flag some look-alikes"
     assert borrowed.stats["n_suspect"] < alone.stats["n_suspect"]
     assert not scan(folder, **{**kw, "within": True}).stats["collection_whitening"]
+
+
+def test_hash_and_matcher_name_a_turn_the_same_way(bccd_images):
+    """B = A turned by np.rot90: the perceptual hash, the matcher and the explanation all say
+    rot90 (how B looks relative to A), never the inverse turn."""
+    from bta_core.assess import fingerprint_evidence
+    from bta_core.dihedral import D4_NAMES, apply_d4
+    from bta_core.match import match_images
+    from bta_core.verdict import Policy, decide
+
+    a = load_image(bccd_images[5])
+    b = apply_d4(a, D4_NAMES.index("rot90"))
+    ev = fingerprint_evidence(a, b)
+    assert ev.phash_orientation == "rot90" and ev.phash_distance <= 4
+    assert fingerprint_evidence(b, a).phash_orientation == "rot270"  # A is B turned back
+    assert "B is A turned 90 degrees counter-clockwise" in decide(ev, Policy()).explain()
+    assert match_images(a, b).transform.dihedral == "rot90"

@@ -16,6 +16,23 @@ D4_NAMES = (
     "flip_rot270",
 )
 
+D4_WORDS = {
+    "identity": "as A",
+    "rot90": "A turned 90 degrees counter-clockwise",
+    "rot180": "A turned 180 degrees",
+    "rot270": "A turned 90 degrees clockwise",
+    "flip": "A mirrored left-right",
+    "flip_rot90": "A transposed (mirrored across its main diagonal)",
+    "flip_rot180": "A mirrored top-bottom",
+    "flip_rot270": "A mirrored across its other diagonal",
+}
+"""How B looks relative to A, in words, for each orientation name (reports, verdict lines)."""
+
+
+def describe_d4(name: str | None) -> str:
+    """``"B is A turned 90 degrees clockwise"``-style words for an orientation name."""
+    return "B is " + D4_WORDS.get(name or "identity", name or "identity")
+
 
 def apply_d4(array, index: int):
     """Orientation ``D4_NAMES[index]`` of an array whose first two axes are (rows, columns).

@@ -103,11 +103,11 @@ def phash_distances(query: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, 
 
 def pairs_phash(phash_a: np.ndarray, phash_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric distance of row-wise pairs: ``(K, 8, B)`` hashes each -> ``(K,)`` distances and
-    ``(K,)`` the D4 index of B's orientation that matches A.
+    ``(K,)`` the D4 index ``m`` with B = A turned by ``m`` (``apply_d4(A, m)`` looks like B).
 
     The smaller of A against B's 8 orientations and B against A's 8, so a pair gets the same
-    distance whichever image comes first (when B's identity matches A in orientation ``m``, B
-    is A turned by ``m`` and B's matching orientation is ``invert_d4(m)``).
+    distance whichever image comes first. ``m`` says how B looks relative to A, as the
+    matcher's ``dihedral`` and the scan's TTA orientation do: one convention everywhere.
     """
     a_id, b_id = phash_a[:, 0], phash_b[:, 0]
     d_ab = _POPCOUNT[np.bitwise_xor(a_id[:, None, :], phash_b)].sum(axis=-1, dtype=np.int32)
@@ -117,10 +117,11 @@ def pairs_phash(phash_a: np.ndarray, phash_b: np.ndarray) -> tuple[np.ndarray, n
     best_ab, best_ba = d_ab[rows, k_ab], d_ba[rows, k_ba]
     inverse = np.array([invert_d4(k) for k in range(len(D4_NAMES))])
     use_ab = best_ab <= best_ba
-    return np.where(use_ab, best_ab, best_ba), np.where(use_ab, k_ab, inverse[k_ba])
+    return np.where(use_ab, best_ab, best_ba), np.where(use_ab, inverse[k_ab], k_ba)
 
 
 def pair_phash(fa: Fingerprint, fb: Fingerprint) -> tuple[int, str]:
-    """Symmetric smallest distance between two images' hashes and the orientation of B giving it."""
+    """Symmetric smallest distance between two images' hashes and how B is A turned
+    (``pairs_phash``)."""
     dist, best = pairs_phash(fa.phash[None], fb.phash[None])
     return int(dist[0]), D4_NAMES[int(best[0])]

@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from .dihedral import describe_d4
+
 SAME, SUSPECT, DIFFERENT = "same", "suspect", "different"
 VERDICTS = (SAME, SUSPECT, DIFFERENT)
 
@@ -131,7 +133,8 @@ class Decision:
         if self.decided_by == IDENTICAL_PIXELS:
             why = "identical pixels"
         elif self.decided_by == PERCEPTUAL_HASH:
-            why = f"perceptual hash match ({ev.phash_orientation or 'identity'}, distance {ev.phash_distance})"
+            how = describe_d4(ev.phash_orientation)
+            why = f"perceptual hash match ({how}, distance {ev.phash_distance})"
         elif self.decided_by == VERIFIED_OVERLAP:
             why = "verified overlap" + (f": {ev.transform}" if ev.transform else "")
         elif self.decided_by == MODEL_SCORE:

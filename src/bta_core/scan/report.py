@@ -21,6 +21,7 @@ from importlib import resources
 
 import numpy as np
 
+from ..dihedral import describe_d4
 from ..imageio import to_uint8
 from ..runtime import ProgressFn
 from ..verdict import (
@@ -114,9 +115,9 @@ def evidence_lines(p: Pair, threshold: float | None) -> list[str]:
     if ev.identical_pixels:
         lines.append("<b>identical pixels</b>")
     if ev.phash_distance is not None and p.decided_by == PERCEPTUAL_HASH:
-        orient = ev.phash_orientation or "identity"
         lines.append(
-            f"<b>perceptual hash</b>: {ev.phash_distance} of 256 bits differ (B as {_esc(orient)})"
+            f"<b>perceptual hash</b>: {ev.phash_distance} of 256 bits differ "
+            f"({_esc(describe_d4(ev.phash_orientation))})"
         )
     if ev.verified:
         conf = f", confidence {ev.match_confidence:.2f}" if ev.match_confidence is not None else ""
