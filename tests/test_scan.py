@@ -435,7 +435,9 @@ def test_cli_scan_shards_and_merge(corpus, tiny_model, tmp_path, capsys):
         cm, cs = m_row.pop("collection_similarity"), s_row.pop("collection_similarity")
         assert float(cm) == pytest.approx(float(cs), abs=2e-3)
         assert m_row == s_row
-    assert main(base + ["--out", str(tmp_path / "x")]) == 2  # no folder: usage error, before any work
+    assert (
+        main(base + ["--out", str(tmp_path / "x")]) == 2
+    )  # no folder: usage error, before any work
     assert "FOLDER" in capsys.readouterr().err
 
 

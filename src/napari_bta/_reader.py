@@ -1,7 +1,7 @@
 """Reader for TIFF / OME-TIFF stacks: channels as separate layers, Z/T as sliders, physical scale.
 
 ``napari_get_reader`` answers ``None`` for anything it cannot read and never raises, so napari can
-fall back to other readers.
+fall back to other readers; for a TIFF it declines it also shows why, in one notification.
 """
 
 from __future__ import annotations
@@ -37,13 +37,32 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]]
         if not path.lower().endswith(SUFFIXES) or not os.path.isfile(path):
             return None
         layers = read_tiff(path)
-    except Exception:  # corrupt, truncated, too large, not a TIFF: let other readers try
+    except Exception as exc:  # corrupt, truncated, too large, not a TIFF: let other readers try
+        _say_why(path, exc)
         return None
 
     def reader(_path: str | list[str]) -> list[LayerData]:
         return layers
 
     return reader
+
+
+def _say_why(path: Any, exc: Exception) -> None:
+    """One sentence for the user when a TIFF is declined: without it napari only says the
+    plugin "refused the file". Another reader may still open it; then this is just a note."""
+    if not isinstance(path, str):
+        return
+    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        reason = "the file is empty (0 bytes)"
+    if path not in reason:
+        reason = f"{path}: {reason}"
+    try:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"napari-bta cannot read this TIFF: {reason}")
+    except Exception:  # no napari (a plain Python caller): the None answer is enough
+        pass
 
 
 def _positive(values: dict[str, float]) -> dict[str, float]:

@@ -103,13 +103,16 @@ def _declines_or_reads(path) -> object:
     return reader
 
 
-def test_truncated_tiff_is_declined(tmp_path, read_rgb, bccd_images):
+def test_truncated_tiff_is_declined_with_a_reason(tmp_path, read_rgb, bccd_images, monkeypatch):
+    said = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", said.append)
     full = tmp_path / "full.tif"
     tifffile.imwrite(full, _real_stack(read_rgb, bccd_images), photometric="minisblack")
     cut = tmp_path / "cut.tif"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    assert napari_get_reader(str(full)) is not None
+    assert napari_get_reader(str(full)) is not None and not said
     assert napari_get_reader(str(cut)) is None
+    assert len(said) == 1 and str(cut) in said[0] and "Traceback" not in said[0]
 
 
 def test_huge_header_is_declined_without_reading(tmp_path, read_rgb, bccd_images, monkeypatch):
