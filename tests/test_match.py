@@ -358,3 +358,25 @@ def test_shared_correlation_maps_equal_direct_ncc_in_every_orientation():
                     assert abs(ncc[i, j] - direct) < 1e-4, (k, i, j)
                     checked += 1
         assert checked > 0.4 * ncc.size
+
+
+def test_an_exact_crop_agrees_everywhere_and_a_cloned_patch_shows_where(bccd_images):
+    """Pixel-identical crops (also turned) snap to a whole-pixel shift and agree in every cell,
+    flat background included; a cloned 60 px patch is the only place that disagrees."""
+    from bta_core.dihedral import apply_d4
+
+    a = load_image(bccd_images[7])
+    for b in (a[60:400, 100:560], apply_d4(a[61:401, 101:561], D4_NAMES.index("rot90"))):
+        r = match_images(a, b)
+        t = r.transform
+        assert t.scale == 1.0 and all(float(v).is_integer() for v in t.translation)
+        inside = r.heatmap_a[2:10, 3:13]  # cells wholly inside the overlap
+        assert inside.min() >= 0.95, inside
+    edited = a.copy()
+    edited[200:260, 300:360] = a[100:160, 150:210]
+    heat = match_images(a, edited).heatmap_a
+    rows, cols = np.nonzero(heat < 0.9)
+    cell_h, cell_w = a.shape[0] / heat.shape[0], a.shape[1] / heat.shape[1]
+    assert len(rows) >= 1
+    assert (rows * cell_h < 260).all() and ((rows + 1) * cell_h > 200).all()
+    assert (cols * cell_w < 360).all() and ((cols + 1) * cell_w > 300).all()

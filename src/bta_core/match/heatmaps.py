@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..runtime import StopFn
-from .params import GRID, MIN_IMAGE_SIDE
-from .prepare import as_float_rgb
+from .params import GRID, HEATMAP_SIDE, MIN_IMAGE_SIDE, SNAP_DEGREES, SNAP_SCALE
+from .prepare import as_float_rgb, resize_by
 from .transform import warp_image
 
 if TYPE_CHECKING:  # torch is imported lazily: keypoint matching does not need it
@@ -40,19 +40,37 @@ def _cell_index(shape: tuple[int, int], gshape: tuple[int, int]) -> np.ndarray:
     return rows[:, None] * gshape[1] + cols[None, :]
 
 
+def _match_levels(ref: np.ndarray, moved: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``moved`` mapped linearly onto ``ref``'s grey levels over the overlap (least squares):
+    each image's own contrast stretch, or a global brightness/contrast edit, is not a local
+    disagreement of flat cells."""
+    b = moved.astype(np.float64)
+    if valid.sum() < 16:
+        return b
+    x, y = ref[valid].astype(np.float64), b[valid]
+    vx = x.var()
+    if vx < 1e-8:
+        return b
+    slope = float(((x - x.mean()) * (y - y.mean())).mean() / vx)
+    if slope < 0.2:  # inverted or unrelated levels: leave them as they are
+        return b
+    return (b - (y.mean() - slope * x.mean())) / slope
+
+
 def _agreement_grid(
     ref: np.ndarray, moved: np.ndarray, valid: np.ndarray, gshape: tuple[int, int]
 ) -> np.ndarray:
     """Per-cell agreement of two aligned grey images: valid fraction x local correlation.
 
-    Cells flat in both images count as agreeing when their brightness matches, so plain
-    background inside a copied region is not shown as a mismatch.
+    Cells flat in both images count as agreeing when their brightness matches (after matching
+    the grey levels of the whole overlap, ``_match_levels``), so plain background inside a
+    copied region is not shown as a mismatch.
     """
     cells = _cell_index(ref.shape, gshape).ravel()
     k = gshape[0] * gshape[1]
     v = valid.ravel().astype(np.float64)
     a = ref.ravel().astype(np.float64) * v
-    b = moved.ravel().astype(np.float64) * v
+    b = _match_levels(ref.ravel(), moved.ravel(), valid.ravel()) * v
 
     def bsum(x):
         return np.bincount(cells, weights=x, minlength=k)
@@ -71,6 +89,51 @@ def _agreement_grid(
     frac = np.where(total > 0, n / np.maximum(total, 1), 0)
     out = np.where(n >= 4, agree * frac, 0.0)
     return out.reshape(gshape).astype(np.float32)
+
+
+def snapped(m: np.ndarray) -> np.ndarray | None:
+    """``m`` (B -> A pixels) with its linear part rounded to an exact rotation/flip and its
+    shift floored to whole pixels (the caller also tries one pixel more on each axis), when it
+    is within ``SNAP_SCALE`` / ``SNAP_DEGREES`` of that; else None."""
+    lin = m[:2, :2]
+    exact = np.round(lin)
+    if not (np.abs(exact).sum(axis=0) == 1).all() or abs(abs(np.linalg.det(exact)) - 1) > 0:
+        return None
+    scale = np.sqrt(abs(np.linalg.det(lin)))
+    cos = np.clip(np.trace(exact.T @ lin) / (2 * scale), -1, 1)
+    if abs(scale - 1) > SNAP_SCALE or np.degrees(np.arccos(cos)) > SNAP_DEGREES:
+        return None
+    out = np.eye(3)
+    out[:2, :2] = exact
+    out[:2, 2] = np.floor(m[:2, 2])
+    return out
+
+
+def full_size_heatmaps(
+    grey_a: np.ndarray, grey_b: np.ndarray, m_full: np.ndarray, grid: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Agreement heatmaps of full-size grey images aligned by ``m_full`` (B -> A), both shrunk
+    by one common factor (none up to ``HEATMAP_SIDE``); a near-exact transform is snapped
+    (:func:`snapped`) when that agrees at least as well. Returns the two grids and the matrix
+    used (full-size coordinates)."""
+    factor = min(1.0, HEATMAP_SIDE / max(grey_a.shape + grey_b.shape))
+    ga, to_a = resize_by(grey_a, factor)
+    gb, to_b = resize_by(grey_b, factor)
+
+    def heat(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return alignment_heatmaps(ga, gb, to_a @ m @ np.linalg.inv(to_b), grid)
+
+    best_m, (heat_a, heat_b) = m_full, heat(m_full)
+    base = snapped(m_full)
+    if base is not None:  # the whole-pixel shifts around the fitted one (a fit can be 0.5 off)
+        for dx in (0.0, 1.0):
+            for dy in (0.0, 1.0):
+                snap = base.copy()
+                snap[:2, 2] += (dx, dy)
+                sa, sb = heat(snap)
+                if sa.mean() + sb.mean() >= heat_a.mean() + heat_b.mean() - 1e-6:
+                    best_m, heat_a, heat_b = snap, sa, sb
+    return heat_a, heat_b, best_m
 
 
 def alignment_heatmaps(

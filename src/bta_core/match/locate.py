@@ -12,7 +12,7 @@ import numpy as np
 
 from ..runtime import ProgressFn, StopFn, check_cancel
 from .correlation import correlation_candidates, refine_shift
-from .heatmaps import alignment_heatmaps, grid_shape, tile_heatmaps
+from .heatmaps import full_size_heatmaps, grid_shape, tile_heatmaps
 from .keypoints import (
     Candidate,
     chance_coincidences,
@@ -281,10 +281,10 @@ def match_images(
     }
     if best is not None:
         m_full = np.linalg.inv(to_a) @ best.matrix @ to_b
+        heat_a, heat_b, m_full = full_size_heatmaps(ga_full, gb_full, m_full, grid)
         transform = MatchTransform.from_matrix(m_full)
         mask_a = polygon_mask(shape_a, map_points(m_full, image_corners(shape_b)))
         mask_b = polygon_mask(shape_b, map_points(np.linalg.inv(m_full), image_corners(shape_a)))
-        heat_a, heat_b = alignment_heatmaps(ga, gb, best.matrix, grid)
         heat_src = "alignment"
         pts_a = map_points(np.linalg.inv(to_a), best.pts_a) if len(best.pts_a) else np.zeros((0, 2))
         pts_b = map_points(np.linalg.inv(to_b), best.pts_b) if len(best.pts_b) else np.zeros((0, 2))

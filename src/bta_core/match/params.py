@@ -42,3 +42,12 @@ MIN_OVERLAP = 0.12
 """Minimum overlap, as a fraction of the smaller image, for the correlation fallback."""
 GRID = 16
 """Heatmap cells along the longer side of each image."""
+
+HEATMAP_SIDE = 1024
+"""The agreement heatmaps compare both images at one common scale, full size up to this side:
+comparing A shrunk to the working size with B warped at another scale shows mere resampling
+differences in fine texture as disagreement."""
+SNAP_SCALE = 0.01
+SNAP_DEGREES = 0.5
+"""A fitted transform this close to a rotation/flip at scale 1 is tried snapped to it (exact
+90-degree part, whole-pixel shift): an unscaled copy then aligns pixel for pixel."""
