@@ -360,7 +360,7 @@ def test_shared_correlation_maps_equal_direct_ncc_in_every_orientation():
         assert checked > 0.4 * ncc.size
 
 
-def test_an_exact_crop_agrees_everywhere_and_a_cloned_patch_shows_where(bccd_images):
+def test_an_exact_crop_agrees_everywhere_and_a_cloned_patch_shows_where(bccd_images, tmp_path):
     """Pixel-identical crops (also turned) snap to a whole-pixel shift and agree in every cell,
     flat background included; a cloned 60 px patch is the only place that disagrees."""
     from bta_core.dihedral import apply_d4
@@ -372,11 +372,29 @@ def test_an_exact_crop_agrees_everywhere_and_a_cloned_patch_shows_where(bccd_ima
         assert t.scale == 1.0 and all(float(v).is_integer() for v in t.translation)
         inside = r.heatmap_a[2:10, 3:13]  # cells wholly inside the overlap
         assert inside.min() >= 0.95, inside
+        assert r.local_edits is not None and r.local_edits.cells == ()
     edited = a.copy()
     edited[200:260, 300:360] = a[100:160, 150:210]
-    heat = match_images(a, edited).heatmap_a
+    found = match_images(a, edited)
+    x0, y0, x1, y1 = found.local_edits.box_a  # the pasted patch, and nothing else
+    assert x0 < 360 and x1 > 300 and y0 < 260 and y1 > 200 and (x1 - x0) * (y1 - y0) < 4 * 3600
+    heat = found.heatmap_a
     rows, cols = np.nonzero(heat < 0.9)
     cell_h, cell_w = a.shape[0] / heat.shape[0], a.shape[1] / heat.shape[1]
     assert len(rows) >= 1
     assert (rows * cell_h < 260).all() and ((rows + 1) * cell_h > 200).all()
     assert (cols * cell_w < 360).all() and ((cols + 1) * cell_w > 300).all()
+
+
+def test_re_encoded_or_recoloured_copies_show_no_local_edit(bccd_images, dsb_images, tmp_path):
+    """JPEG q50 and gamma change every pixel a little: global, not a local edit (no false
+    'retouched' on a plain re-save)."""
+    import io as _io
+
+    for path in (bccd_images[12], dsb_images[40]):
+        a = load_image(path)
+        buf = _io.BytesIO()
+        Image.fromarray((a * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=50)
+        for b in (np.asarray(Image.open(buf)).astype(np.float32) / 255, a**0.7):
+            r = match_images(a, b)
+            assert r.found and r.local_edits is not None and r.local_edits.cells == (), path

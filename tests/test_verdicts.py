@@ -211,3 +211,19 @@ def test_hash_and_matcher_name_a_turn_the_same_way(bccd_images):
     assert fingerprint_evidence(b, a).phash_orientation == "rot270"  # A is B turned back
     assert "B is A turned 90 degrees counter-clockwise" in decide(ev, Policy()).explain()
     assert match_images(a, b).transform.dihedral == "rot90"
+
+
+def test_a_retouched_copy_is_same_and_says_where_it_differs(bccd_images, tmp_path, capsys):
+    """A real smear with a cell cloned over another: still reuse (`same`), and the verdict line,
+    the JSON and a scan's pairs.csv say that B differs locally from A."""
+    rgb = to_uint8(load_image(bccd_images[7]))
+    edited = rgb.copy()
+    edited[200:260, 300:360] = rgb[100:160, 150:210]
+    a, b = tmp_path / "a.png", tmp_path / "retouched.png"
+    Image.fromarray(rgb).save(a)
+    Image.fromarray(edited).save(b)
+    assert cli_main(["score", str(a), str(b), "--quiet", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "same" and doc["decision"]["local_edits"] >= 1
+    assert cli_main(["score", str(a), str(a), "--quiet", "--json"]) == 0
+    assert not json.loads(capsys.readouterr().out)["decision"]["local_edits"]

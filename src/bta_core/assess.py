@@ -62,6 +62,8 @@ def add_match(evidence: Evidence, found: Any) -> Evidence:
     if found.found and found.transform is not None:
         t = found.transform
         evidence.transform = f"{t.dihedral}, scale {t.scale:.2f}"
+        edits = getattr(found, "local_edits", None)
+        evidence.local_edits = None if edits is None else len(edits.cells)
     return evidence
 
 

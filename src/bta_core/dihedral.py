@@ -17,7 +17,7 @@ D4_NAMES = (
 )
 
 D4_WORDS = {
-    "identity": "as A",
+    "identity": "A as it is",
     "rot90": "A turned 90 degrees counter-clockwise",
     "rot180": "A turned 180 degrees",
     "rot270": "A turned 90 degrees clockwise",
@@ -31,7 +31,9 @@ D4_WORDS = {
 
 def describe_d4(name: str | None) -> str:
     """``"B is A turned 90 degrees clockwise"``-style words for an orientation name."""
-    return "B is " + D4_WORDS.get(name or "identity", name or "identity")
+    if name in (None, "identity"):
+        return "same orientation"
+    return "B is " + D4_WORDS.get(name, name)
 
 
 def apply_d4(array, index: int):

@@ -83,6 +83,9 @@ class Evidence:
     collection_similarity: float | None = None
     """Cosine of the pair's embeddings after whitening with the scanned collection's statistics
     (``bta_core.whitening``); None outside a scan of enough images."""
+    local_edits: int | None = None
+    """Cells of the verified overlap where B differs locally from A (pasted or erased content,
+    ``match.edits``); None without a verified overlap."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,6 +161,12 @@ class Decision:
             )
             if ev.collection_similarity is not None:
                 why += f"; collection similarity {ev.collection_similarity:.2f}"
+        if ev.local_edits:
+            cells = "cell" if ev.local_edits == 1 else "cells"
+            why += (
+                f"; B differs locally from A in {ev.local_edits} {cells} of the overlap "
+                "(pasted or erased content?)"
+            )
         return f"{self.verdict}: {why}"
 
     def to_dict(self) -> dict:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..runtime import StopFn
-from .params import GRID, HEATMAP_SIDE, MIN_IMAGE_SIDE, SNAP_DEGREES, SNAP_SCALE
-from .prepare import as_float_rgb, resize_by
+from .params import GRID, MIN_IMAGE_SIDE, SNAP_DEGREES, SNAP_SCALE
+from .prepare import as_float_rgb, common_scale
 from .transform import warp_image
 
 if TYPE_CHECKING:  # torch is imported lazily: keypoint matching does not need it
@@ -33,7 +33,7 @@ def grid_shape(shape: tuple[int, ...], grid: int) -> tuple[int, int]:
     return max(1, round(grid * h / long)), max(1, round(grid * w / long))
 
 
-def _cell_index(shape: tuple[int, int], gshape: tuple[int, int]) -> np.ndarray:
+def cell_index(shape: tuple[int, int], gshape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     rows = (np.arange(h) * gshape[0]) // h
     cols = (np.arange(w) * gshape[1]) // w
@@ -66,7 +66,7 @@ def _agreement_grid(
     the grey levels of the whole overlap, ``_match_levels``), so plain background inside a
     copied region is not shown as a mismatch.
     """
-    cells = _cell_index(ref.shape, gshape).ravel()
+    cells = cell_index(ref.shape, gshape).ravel()
     k = gshape[0] * gshape[1]
     v = valid.ravel().astype(np.float64)
     a = ref.ravel().astype(np.float64) * v
@@ -113,12 +113,10 @@ def full_size_heatmaps(
     grey_a: np.ndarray, grey_b: np.ndarray, m_full: np.ndarray, grid: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Agreement heatmaps of full-size grey images aligned by ``m_full`` (B -> A), both shrunk
-    by one common factor (none up to ``HEATMAP_SIDE``); a near-exact transform is snapped
+    by one common factor (``prepare.common_scale``); a near-exact transform is snapped
     (:func:`snapped`) when that agrees at least as well. Returns the two grids and the matrix
     used (full-size coordinates)."""
-    factor = min(1.0, HEATMAP_SIDE / max(grey_a.shape + grey_b.shape))
-    ga, to_a = resize_by(grey_a, factor)
-    gb, to_b = resize_by(grey_b, factor)
+    ga, gb, to_a, to_b = common_scale(grey_a, grey_b)
 
     def heat(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return alignment_heatmaps(ga, gb, to_a @ m @ np.linalg.inv(to_b), grid)

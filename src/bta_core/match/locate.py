@@ -12,6 +12,7 @@ import numpy as np
 
 from ..runtime import ProgressFn, StopFn, check_cancel
 from .correlation import correlation_candidates, refine_shift
+from .edits import LocalEdits, local_edits
 from .heatmaps import full_size_heatmaps, grid_shape, tile_heatmaps
 from .keypoints import (
     Candidate,
@@ -89,6 +90,9 @@ class MatchResult:
     points_b: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    local_edits: LocalEdits | None = None
+    """Where the aligned copy differs locally (pasted or erased parts), or None without a
+    verified overlap (``edits.local_edits``)."""
 
     @property
     def found(self) -> bool:
@@ -137,6 +141,7 @@ class MatchResult:
             "points_b": np.round(self.points_b, 1).tolist(),
             "seconds": round(float(self.seconds), 3),
             "info": self.info,
+            "local_edits": None if self.local_edits is None else self.local_edits.to_dict(),
         }
 
 
@@ -282,6 +287,7 @@ def match_images(
     if best is not None:
         m_full = np.linalg.inv(to_a) @ best.matrix @ to_b
         heat_a, heat_b, m_full = full_size_heatmaps(ga_full, gb_full, m_full, grid)
+        edits = local_edits(ga_full, gb_full, m_full, grid)
         transform = MatchTransform.from_matrix(m_full)
         mask_a = polygon_mask(shape_a, map_points(m_full, image_corners(shape_b)))
         mask_b = polygon_mask(shape_b, map_points(np.linalg.inv(m_full), image_corners(shape_a)))
@@ -290,7 +296,7 @@ def match_images(
         pts_b = map_points(np.linalg.inv(to_b), best.pts_b) if len(best.pts_b) else np.zeros((0, 2))
         conf = _confidence(best, True)
     else:
-        transform = None
+        transform = edits = None
         mask_a = np.zeros(shape_a, dtype=bool)
         mask_b = np.zeros(shape_b, dtype=bool)
         heat_a = np.zeros(grid_shape(shape_a, grid), dtype=np.float32)
@@ -339,6 +345,7 @@ def match_images(
         points_b=pts_b,
         seconds=time.perf_counter() - t0,
         info=info,
+        local_edits=edits,
     )
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..imageio import to_float_rgb
-from .params import MIN_IMAGE_SIDE, MIN_SIDE
+from .params import HEATMAP_SIDE, MIN_IMAGE_SIDE, MIN_SIDE
 
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:
@@ -76,3 +76,14 @@ def as_float_rgb(image: np.ndarray, name: str) -> np.ndarray:
     if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
         raise ValueError(f"{name}: image too small to match ({rgb.shape[0]}x{rgb.shape[1]} pixels)")
     return rgb
+
+
+def common_scale(
+    grey_a: np.ndarray, grey_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Both images shrunk by one factor (none up to ``params.HEATMAP_SIDE``) and their
+    full-size -> shrunk matrices: comparing two images pixel by pixel needs one scale."""
+    factor = min(1.0, HEATMAP_SIDE / max(grey_a.shape[:2] + grey_b.shape[:2]))
+    ga, to_a = resize_by(grey_a, factor)
+    gb, to_b = resize_by(grey_b, factor)
+    return ga, gb, to_a, to_b

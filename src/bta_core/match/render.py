@@ -39,10 +39,14 @@ def summary(result: MatchResult) -> str:
     t = result.transform
     what = t.dihedral if t.dihedral != "identity" else "no rotation/flip"
     extra = f" (+{t.residual_angle:.1f} deg)" if abs(t.residual_angle) >= 1 else ""
+    edits = result.local_edits
+    differs = ""
+    if edits is not None and edits.cells:
+        differs = f"; B differs locally in {len(edits.cells)} cell(s) at {list(edits.box_a)} px"
     return (
         f"match: {what}{extra}, scale {t.scale:.2f}, shift ({_px(t.translation[0])}, "
         f"{_px(t.translation[1])}) px, {result.inliers} inliers [{result.method}], "
-        f"confidence {result.confidence:.2f}{score}"
+        f"confidence {result.confidence:.2f}{score}{differs}"
     )
 
 
@@ -101,6 +105,12 @@ def render_match_png(
             ax.plot(closed[:, 0], closed[:, 1], color="#00e5ff", lw=2)
             ax.set_xlim(-0.5, (a if ax is axes[0] else b).shape[1] - 0.5)
             ax.set_ylim((a if ax is axes[0] else b).shape[0] - 0.5, -0.5)
+        edits = result.local_edits
+        if edits is not None and edits.box_a is not None:  # where B differs locally
+            x0, y0, x1, y1 = edits.box_a
+            box = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]) - 0.5
+            for ax in (axes[0], axes[2]):
+                ax.plot(box[:, 0], box[:, 1], color="#ff2d2d", lw=2)
         if len(result.points_a):
             axes[0].scatter(*result.points_a.T, s=8, c="#ffd400", edgecolors="k", linewidths=0.3)
             axes[1].scatter(*result.points_b.T, s=8, c="#ffd400", edgecolors="k", linewidths=0.3)

@@ -122,6 +122,12 @@ def evidence_lines(p: Pair, threshold: float | None) -> list[str]:
     if ev.verified:
         conf = f", confidence {ev.match_confidence:.2f}" if ev.match_confidence is not None else ""
         lines.append(f"<b>overlap verified</b>: {_esc(ev.transform or 'located')}{conf}")
+        if ev.local_edits:
+            lines.append(
+                f"<b>local difference</b>: B differs from A in {ev.local_edits} grid "
+                f"cell{'s' if ev.local_edits > 1 else ''} of the overlap (pasted or erased "
+                "content?), boxed in red on A in the match figure"
+            )
     elif ev.verified is False:
         lines.append("keypoint check: no shared region located")
     if ev.model_score is not None:
