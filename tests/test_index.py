@@ -255,7 +255,7 @@ def test_scan_checks_the_index_before_embedding(
     kw = dict(cache_dir=None, verify_per_image=0)
     with pytest.raises(ModelMismatchError, match="built with model"):
         pipeline.scan(refs, model=tiny_model, index=out, **kw)
-    with pytest.raises(IndexFormatError, match="not a reference index"):
+    with pytest.raises(IndexFormatError, match="nowhere: not found"):
         pipeline.scan(refs, model=cosine_model, index=tmp_path / "nowhere", **kw)
     with pytest.raises(ValueError, match="tta"):
         pipeline.scan(refs, model=cosine_model, index=out, tta="d4", **kw)

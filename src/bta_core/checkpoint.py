@@ -289,7 +289,13 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     meta = read_metadata(path)
     if meta.get("format") != FORMAT or "bta_config" not in meta:
         raise CheckpointError(
-            f"{path}: not a napari-bta checkpoint (format {meta.get('format')!r})"
+            f"{path}: not a napari-bta checkpoint ("
+            + (
+                f"format {meta['format']!r}"
+                if meta.get("format")
+                else "a safetensors file without napari-bta's format and config fields"
+            )
+            + ")"
         )
     try:
         data = json.loads(meta["bta_config"])

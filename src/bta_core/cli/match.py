@@ -119,5 +119,5 @@ def main(args: argparse.Namespace) -> int:
         if result.box_a is not None:
             print(f"box_a {result.box_a}  box_b {result.box_b}")
         if args.out:
-            print(f"wrote {data['png']}")
+            print(f"wrote {data['png']} and {data['json']}")
     return 0

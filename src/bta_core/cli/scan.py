@@ -288,7 +288,8 @@ def main(args: argparse.Namespace) -> int:
         else f"{s.get('n_embedded', 0)} embedded, {s.get('n_cached', 0)} from cache"
     )
     say(
-        f"{s['n_images']} images ({origin}), {len(result.skipped)} skipped, "
+        f"{s['n_images']} image{'' if s['n_images'] == 1 else 's'} ({origin}), "
+        f"{len(result.skipped)} skipped, "
         f"{s['n_pairs_scored']} pairs scored ({s['method']}), {s['n_checked']} checked by "
         f"keypoints; threshold {s['threshold']:.3f}"
     )

@@ -120,6 +120,8 @@ def load(path: str | os.PathLike, mmap: bool = True) -> ReferenceIndex:
     """Open an index folder (embeddings memory-mapped); clear errors for anything else."""
     root = Path(path)
     mpath = root / MANIFEST
+    if not root.exists():
+        raise IndexFormatError(f"{root}: not found (build an index with 'bta-core index build')")
     if not mpath.is_file():
         raise IndexFormatError(f"{root}: not a reference index (no {MANIFEST}); build one first")
     try:

@@ -189,6 +189,11 @@ Click a figure to enlarge it.</dd>
 </dl></details>"""
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _collection_fact(stats: dict) -> str:
     """Whether the collection evidence gated the model-only pairs, in a few words."""
     t = stats.get("collection_threshold")
@@ -275,7 +280,7 @@ def render_report(
         more = f" Showing the first {REVIEW_CAP} of {n_review}; pairs.csv lists them all."
     model_name = os.path.basename(str(stats.get("checkpoint") or "in-memory model"))
     facts = (
-        f"{stats.get('n_images', len(result.items))} images"
+        _count(int(stats.get("n_images", len(result.items))), "image")
         + (f' in <code title="{_esc(root)}">{_esc(root)}</code>' if root else "")
         + f", {len(result.skipped)} skipped"
         + (' (<a href="#skipped">list</a>)' if result.skipped else "")
