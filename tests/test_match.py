@@ -398,3 +398,31 @@ def test_re_encoded_or_recoloured_copies_show_no_local_edit(bccd_images, dsb_ima
         for b in (np.asarray(Image.open(buf)).astype(np.float32) / 255, a**0.7):
             r = match_images(a, b)
             assert r.found and r.local_edits is not None and r.local_edits.cells == (), path
+
+
+def test_snapping_takes_turns_and_refuses_shear_and_scale():
+    from bta_core.match.heatmaps import snapped
+
+    c = (99.5, 79.5)
+    turn = np.array([[0.0, -1.0, 300.4], [1.0, 0.0, 20.6], [0, 0, 1]])  # rot90-like, 0.4 px off
+    turn[:2, :2] = turn[:2, :2] @ np.array(
+        [[np.cos(0.003), -np.sin(0.003)], [np.sin(0.003), np.cos(0.003)]]
+    )
+    snap = snapped(turn, c)
+    assert snap is not None and np.array_equal(snap[:2, :2], [[0, -1], [1, 0]])
+    assert np.allclose(snap[:2, :2] @ c + snap[:2, 2], turn[:2, :2] @ c + turn[:2, 2], atol=1.0)
+    assert snapped(np.array([[1.0, 0.3, 0], [0, 1.0, 0], [0, 0, 1]]), c) is None  # shear
+    assert snapped(np.array([[1.05, 0, 0], [0, 1.05, 0], [0, 0, 1]]), c) is None  # 5 % scale
+
+
+def test_local_edits_of_a_small_crop_use_a_finer_grid(bccd_images):
+    """A 160x120 crop of a 640x480 smear covers fewer than 8 whole cells of A's 16-cell grid:
+    the check still runs (a finer grid), and a patch pasted into the crop is found there."""
+    a = load_image(bccd_images[7])
+    crop = a[150:270, 250:410].copy()
+    r = match_images(a, crop, heatmaps=False)
+    assert r.found and r.local_edits is not None and r.local_edits.cells == ()
+    assert r.local_edits.grid_shape[1] > 16
+    crop[40:80, 60:100] = a[400:440, 20:60]
+    x0, y0, x1, y1 = match_images(a, crop, heatmaps=False).local_edits.box_a
+    assert x0 < 250 + 100 and x1 > 250 + 60 and y0 < 150 + 80 and y1 > 150 + 40

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bta_core.dihedral import D4_NAMES
 from bta_core.imageio import load_image, to_uint8
 from bta_core.runtime import Cancelled
 from bta_core.scan import candidates as scan_candidates
@@ -390,7 +391,7 @@ def test_tta_and_planes_scan(tmp_path, bccd_images, tiny_model):
     )
     names = sorted(it.name for it in res.items)
     assert len(names) == 5 and any(n.endswith("stack ü.tif[c=1,z=1]") for n in names)
-    assert all(p.orientation and p.orientation[:2] in ("a:", "b:") for p in res.pairs)
+    assert all(p.orientation in D4_NAMES for p in res.pairs)
     rows = _read_csv(tmp_path / "o" / "pairs.csv")
     assert "orientation" in rows[0] and len(rows) == 10
     check = _HTMLCheck()

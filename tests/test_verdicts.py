@@ -227,3 +227,28 @@ def test_a_retouched_copy_is_same_and_says_where_it_differs(bccd_images, tmp_pat
     assert doc["verdict"] == "same" and doc["decision"]["local_edits"] >= 1
     assert cli_main(["score", str(a), str(a), "--quiet", "--json"]) == 0
     assert not json.loads(capsys.readouterr().out)["decision"]["local_edits"]
+
+
+def test_tta_orientation_uses_the_same_convention(bccd_images):
+    """With --tta d4 the model's best orientation of a turned copy is named as the hash and the
+    matcher name it: how B looks relative to A, whichever image the scorer turned."""
+    from bta_core.checkpoint import load_checkpoint
+    from bta_core.dihedral import D4_NAMES, apply_d4
+    from bta_core.model import embed_images
+    from bta_core.scoring import orientation_name, pair_scores
+
+    model = load_checkpoint(None)
+    a = load_image(bccd_images[5])
+    for name in ("rot90", "rot270", "flip_rot90"):
+        b = apply_d4(a, D4_NAMES.index(name))
+        z = embed_images(model, [a, b], tta="d4").to(model.device)
+        _, code = pair_scores(model, z[:1], z[1:], "d4")
+        assert orientation_name(int(code[0])) == name
+        _, code = pair_scores(model, z[1:], z[:1], "d4")  # A and B swapped: the inverse turn
+        assert orientation_name(int(code[0])) == D4_NAMES[invert(name)]
+
+
+def invert(name: str) -> int:
+    from bta_core.dihedral import D4_NAMES, invert_d4
+
+    return invert_d4(D4_NAMES.index(name))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .device import autocast
-from .dihedral import D4_NAMES
+from .dihedral import D4_NAMES, invert_d4
 from .model import BTAModel, embed_images
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,12 +44,16 @@ def d4_best(
 
 
 def orientation_name(code: int) -> str | None:
-    """``b:rot90`` (B turned) or ``a:flip`` (A turned) for a :func:`d4_best` code; None for -1."""
+    """How B looks relative to A (a D4 name, ``rot90``: B is A turned by ``np.rot90``) for a
+    :func:`d4_best` code, the convention of the perceptual hash and the matcher; None for -1.
+
+    Code ``o`` < 8 scored B turned by ``o`` against A, so B is A turned by the inverse of ``o``;
+    code ``8 + o`` scored A turned by ``o`` against B, so B is A turned by ``o``."""
     if code < 0:
         return None
     if code < 8:
-        return f"b:{D4_NAMES[code]}"
-    return f"a:{D4_NAMES[code - 8]}"
+        return D4_NAMES[invert_d4(code)]
+    return D4_NAMES[code - 8]
 
 
 def block_scores(

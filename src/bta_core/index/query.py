@@ -84,7 +84,7 @@ def attach_index(emb, index: str | os.PathLike | store.ReferenceIndex, model, k:
     phash = np.concatenate([emb.phash, ph_ref.astype(emb.phash.dtype)])
     background = None
     if len(emb.items) < MIN_IMAGES:  # too few to whiten with: borrow the index's statistics
-        background = torch.from_numpy(background_sample(idx)).to(emb.z.dtype)
+        background = torch.from_numpy(background_sample(idx, exclude=query_paths)).to(emb.z.dtype)
         stats["index_background"] = len(background)
     return Embedded(
         list(emb.items) + refs,
@@ -97,11 +97,15 @@ def attach_index(emb, index: str | os.PathLike | store.ReferenceIndex, model, k:
     )
 
 
-def background_sample(idx: store.ReferenceIndex, n: int = BACKGROUND_SAMPLE) -> np.ndarray:
+def background_sample(
+    idx: store.ReferenceIndex, n: int = BACKGROUND_SAMPLE, exclude: set[str] = frozenset()
+) -> np.ndarray:
     """Embeddings of up to ``n`` live indexed images drawn at random (fixed seed, so a scan is
-    repeatable): the statistics a small folder is whitened with (``scan.collection``)."""
-    dead = idx.dead
-    live = np.array([i for i in range(len(idx)) if i not in dead], np.int64)
+    repeatable): the statistics a small folder is whitened with (``scan.collection``). Files
+    in ``exclude`` (the folder's own, when they are indexed too) are left out: the folder's
+    images are in the fit already, and twice would hide what a pair shares."""
+    skip = set(idx.dead) | {i for i, r in enumerate(idx.rows) if r.path in exclude}
+    live = np.setdiff1d(np.arange(len(idx), dtype=np.int64), np.fromiter(skip, np.int64))
     if len(live) > n:
         live = np.sort(np.random.default_rng(0).choice(live, n, replace=False))
     return idx.embeddings(live)

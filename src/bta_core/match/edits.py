@@ -16,7 +16,6 @@ import numpy as np
 
 from .heatmaps import cell_index, grid_shape
 from .params import EDIT_FACTOR, EDIT_MIN_DIFFERENCE, EDIT_SMOOTHING
-from .prepare import common_scale
 from .transform import warp_image
 
 
@@ -25,7 +24,9 @@ class LocalEdits:
     """Cells of A's heatmap grid where the aligned copy differs locally."""
 
     cells: tuple[tuple[int, int], ...]
-    """``(row, col)`` of each differing cell (the grid of ``MatchResult.heatmap_a``)."""
+    """``(row, col)`` of each differing cell in ``grid_shape`` (usually that of
+    ``MatchResult.heatmap_a``; finer for a small crop of a large image)."""
+    grid_shape: tuple[int, int]
     box_a: tuple[int, int, int, int] | None
     """``(x0, y0, x1, y1)`` pixels of A around the differing cells, or None."""
     largest: float
@@ -36,6 +37,7 @@ class LocalEdits:
     def to_dict(self) -> dict:
         return {
             "cells": [list(c) for c in self.cells],
+            "grid_shape": list(self.grid_shape),
             "box_a": None if self.box_a is None else list(self.box_a),
             "largest": round(self.largest, 4),
             "typical": round(self.typical, 4),
@@ -52,17 +54,27 @@ def _match_levels(src: np.ndarray, ref: np.ndarray, valid: np.ndarray) -> np.nda
 
 
 def local_edits(
-    grey_a: np.ndarray, grey_b: np.ndarray, m_full: np.ndarray, grid: int
+    scaled: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], m_full: np.ndarray, grid: int
 ) -> LocalEdits | None:
-    """Cells of A where the copy B, aligned by ``m_full`` (B -> A, full-size pixels), differs
-    locally, compared at one common scale (``prepare.common_scale``); None when fewer than 8
-    cells lie wholly inside the overlap. The box is in full-size pixels of A."""
-    ga, gb, to_a, to_b = common_scale(grey_a, grey_b)
-    found = _local_edits(ga, gb, to_a @ m_full @ np.linalg.inv(to_b), grid)
+    """Cells where the copy B, aligned by ``m_full`` (B -> A, full-size pixels), differs locally
+    from A, compared at one common scale (``scaled``: what ``prepare.common_scale`` returns).
+    The grid is ``grid`` cells along A's longer side, finer (up to 4x) when fewer than 8 cells
+    lie wholly inside the overlap (a small crop of a large image); None if even then. The box
+    is in full-size pixels of A."""
+    ga, gb, to_a, to_b = scaled
+    m = to_a @ m_full @ np.linalg.inv(to_b)
+    found = None
+    for g in (grid, 2 * grid, 4 * grid):
+        found = _local_edits(ga, gb, m, g)
+        if found is not None:
+            break
     if found is None or found.box_a is None or to_a[0, 0] == 1:
         return found
-    x0, y0, x1, y1 = (v / to_a[0, 0] for v in found.box_a)
-    return replace(found, box_a=(int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))))
+    x0, y0, x1, y1 = found.box_a
+    fx, fy = to_a[0, 0], to_a[1, 1]
+    return replace(
+        found, box_a=(int(x0 / fx), int(y0 / fy), int(np.ceil(x1 / fx)), int(np.ceil(y1 / fy)))
+    )
 
 
 def _local_edits(
@@ -103,4 +115,4 @@ def _local_edits(
             int(np.ceil((max(cols) + 1) * cw)),
             int(np.ceil((max(rows) + 1) * ch)),
         )
-    return LocalEdits(tuple(rc), box, float(mean[whole].max()), typical)
+    return LocalEdits(tuple(rc), tuple(gshape), box, float(mean[whole].max()), typical)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..runtime import StopFn
 from .params import GRID, MIN_IMAGE_SIDE, SNAP_DEGREES, SNAP_SCALE
-from .prepare import as_float_rgb, common_scale
+from .prepare import as_float_rgb
 from .transform import warp_image
 
 if TYPE_CHECKING:  # torch is imported lazily: keypoint matching does not need it
@@ -91,10 +91,11 @@ def _agreement_grid(
     return out.reshape(gshape).astype(np.float32)
 
 
-def snapped(m: np.ndarray) -> np.ndarray | None:
-    """``m`` (B -> A pixels) with its linear part rounded to an exact rotation/flip and its
-    shift floored to whole pixels (the caller also tries one pixel more on each axis), when it
-    is within ``SNAP_SCALE`` / ``SNAP_DEGREES`` of that; else None."""
+def snapped(m: np.ndarray, centre_b: tuple[float, float]) -> np.ndarray | None:
+    """``m`` (B -> A pixels) with its linear part rounded to an exact rotation/flip, when it is
+    within ``SNAP_SCALE`` / ``SNAP_DEGREES`` of one (and no shear); else None. The shift keeps
+    B's centre ``centre_b`` (x, y) where ``m`` puts it, floored to whole pixels (the caller
+    also tries one pixel more on each axis)."""
     lin = m[:2, :2]
     exact = np.round(lin)
     if not (np.abs(exact).sum(axis=0) == 1).all() or abs(abs(np.linalg.det(exact)) - 1) > 0:
@@ -103,34 +104,46 @@ def snapped(m: np.ndarray) -> np.ndarray | None:
     cos = np.clip(np.trace(exact.T @ lin) / (2 * scale), -1, 1)
     if abs(scale - 1) > SNAP_SCALE or np.degrees(np.arccos(cos)) > SNAP_DEGREES:
         return None
+    if np.abs(lin / scale - exact * np.sign(cos)).max() > 2 * np.sin(np.radians(SNAP_DEGREES)):
+        return None  # shear, not a turn
+    c = np.asarray(centre_b, dtype=np.float64)
     out = np.eye(3)
     out[:2, :2] = exact
-    out[:2, 2] = np.floor(m[:2, 2])
+    out[:2, 2] = np.floor(lin @ c + m[:2, 2] - exact @ c)
     return out
 
 
+def _covered_mean(heat: np.ndarray) -> float:
+    inside = heat[heat > 0]
+    return float(inside.mean()) if inside.size else 0.0
+
+
 def full_size_heatmaps(
-    grey_a: np.ndarray, grey_b: np.ndarray, m_full: np.ndarray, grid: int
+    scaled: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    m_full: np.ndarray,
+    shape_b: tuple[int, int],
+    grid: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Agreement heatmaps of full-size grey images aligned by ``m_full`` (B -> A), both shrunk
-    by one common factor (``prepare.common_scale``); a near-exact transform is snapped
-    (:func:`snapped`) when that agrees at least as well. Returns the two grids and the matrix
-    used (full-size coordinates)."""
-    ga, gb, to_a, to_b = common_scale(grey_a, grey_b)
+    """Agreement heatmaps of two grey images at one common scale (``scaled``: what
+    ``prepare.common_scale`` returns) aligned by ``m_full`` (B -> A, full-size pixels); a
+    near-exact transform is snapped (:func:`snapped`) when that agrees at least as well.
+    Returns the two grids and the matrix used (full-size coordinates)."""
+    ga, gb, to_a, to_b = scaled
 
     def heat(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return alignment_heatmaps(ga, gb, to_a @ m @ np.linalg.inv(to_b), grid)
 
     best_m, (heat_a, heat_b) = m_full, heat(m_full)
-    base = snapped(m_full)
+    base = snapped(m_full, ((shape_b[1] - 1) / 2, (shape_b[0] - 1) / 2))
     if base is not None:  # the whole-pixel shifts around the fitted one (a fit can be 0.5 off)
-        for dx in (0.0, 1.0):
-            for dy in (0.0, 1.0):
-                snap = base.copy()
-                snap[:2, 2] += (dx, dy)
-                sa, sb = heat(snap)
-                if sa.mean() + sb.mean() >= heat_a.mean() + heat_b.mean() - 1e-6:
-                    best_m, heat_a, heat_b = snap, sa, sb
+        for dx, dy in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
+            snap = base.copy()
+            snap[:2, 2] += (dx, dy)
+            sa, sb = heat(snap)
+            if sa.mean() + sb.mean() >= heat_a.mean() + heat_b.mean() - 1e-6:
+                best_m, heat_a, heat_b = snap, sa, sb
+            if min(_covered_mean(sa), _covered_mean(sb)) >= 0.99:
+                break  # pixel for pixel: no other shift can do better
     return heat_a, heat_b, best_m
 
 

@@ -42,7 +42,7 @@ from .params import (
     MIN_OVERLAP,
     MIN_STRUCTURE,
 )
-from .prepare import as_float_rgb, bandpass, resize_by, to_grey, work_factor
+from .prepare import as_float_rgb, bandpass, common_scale, resize_by, to_grey, work_factor
 from .transform import MatchTransform, image_corners, map_points, mask_box, polygon_mask
 
 if TYPE_CHECKING:
@@ -215,6 +215,7 @@ def match_images(
     model_tiles: bool | None = None,
     seed: int = 0,
     tta: str | None = None,
+    heatmaps: bool = True,
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> MatchResult:
@@ -227,6 +228,8 @@ def match_images(
         max_side: long side (pixels) of the working copies used for keypoints.
         grid: heatmap cells along each image's longer side.
         use_correlation: try the 8-orientation correlation search when keypoints fail.
+        heatmaps: compute the alignment heatmaps (False: zeros, ``heatmap_source="none"``; a
+            scan's verification only needs the verdict and the local edits).
         model_tiles: with a model, compute its tile heatmaps (the slow part on a CPU: about
             150 crops embedded). None: only when no region was found, where they are the
             heatmap shown; True: always; False: never.
@@ -286,12 +289,17 @@ def match_images(
     }
     if best is not None:
         m_full = np.linalg.inv(to_a) @ best.matrix @ to_b
-        heat_a, heat_b, m_full = full_size_heatmaps(ga_full, gb_full, m_full, grid)
-        edits = local_edits(ga_full, gb_full, m_full, grid)
+        scaled = common_scale(ga_full, gb_full)
+        if heatmaps:
+            heat_a, heat_b, m_full = full_size_heatmaps(scaled, m_full, gb_full.shape, grid)
+        else:
+            heat_a = np.zeros(grid_shape(shape_a, grid), dtype=np.float32)
+            heat_b = np.zeros(grid_shape(shape_b, grid), dtype=np.float32)
+        edits = local_edits(scaled, m_full, grid)
         transform = MatchTransform.from_matrix(m_full)
         mask_a = polygon_mask(shape_a, map_points(m_full, image_corners(shape_b)))
         mask_b = polygon_mask(shape_b, map_points(np.linalg.inv(m_full), image_corners(shape_a)))
-        heat_src = "alignment"
+        heat_src = "alignment" if heatmaps else "none"
         pts_a = map_points(np.linalg.inv(to_a), best.pts_a) if len(best.pts_a) else np.zeros((0, 2))
         pts_b = map_points(np.linalg.inv(to_b), best.pts_b) if len(best.pts_b) else np.zeros((0, 2))
         conf = _confidence(best, True)

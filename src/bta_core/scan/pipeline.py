@@ -207,6 +207,7 @@ def score_and_report(
         keypoint_candidates=o.keypoint_candidates,
         collection_whitening=whitening is not None,
         collection_images=whitening.n_images if whitening is not None else 0,
+        index_background=stats.get("index_background") if whitening is not None else None,
         collection_threshold=policy.collection_threshold,
         n_keypoint_candidates=len(local),
         n_pairs_out=len(pairs),

@@ -31,7 +31,8 @@ class Pair:
     path_b: str
     decision: Decision
     orientation: str | None = None
-    """With TTA, the orientation that gave the model score (``b:rot90``: B turned; ``a:...``)."""
+    """With TTA, the orientation that gave the model score: how B looks relative to A (a D4
+    name, as ``phash_orientation`` and the matcher's ``dihedral``)."""
 
     @property
     def evidence(self) -> Evidence:

@@ -136,7 +136,7 @@ def evidence_lines(p: Pair, threshold: float | None) -> list[str]:
     if ev.collection_similarity is not None:
         lines.append(f"collection similarity {ev.collection_similarity:.2f}")
     if p.orientation:
-        lines.append(f"best orientation for the model: {_esc(p.orientation)}")
+        lines.append(f"model score best with: {_esc(describe_d4(p.orientation))}")
     return lines
 
 

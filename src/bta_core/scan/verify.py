@@ -130,7 +130,8 @@ def verify_pairs(
         i, j = keys[m]
         evidence = pairs[m].evidence
         try:
-            add_match(evidence, match_images(image(i), image(j), should_stop=should_stop))
+            found = match_images(image(i), image(j), heatmaps=False, should_stop=should_stop)
+            add_match(evidence, found)
         except InterruptedError:  # cancelled: stop the scan
             raise
         except Exception:  # changed since embedding, or degenerate pixels: not verified
