@@ -169,12 +169,19 @@ class Decision:
             )
         return f"{self.verdict}: {why}"
 
+    @property
+    def hash_orientation(self) -> str | None:
+        """The perceptual hash's orientation when the hash decided, else None: for a distant
+        hash the best of 8 orientations means nothing (one rule for CSV, JSON and reports)."""
+        return self.evidence.phash_orientation if self.decided_by == PERCEPTUAL_HASH else None
+
     def to_dict(self) -> dict:
         return {
             "verdict": self.verdict,
             "decided_by": self.decided_by,
             "probability": round(float(self.probability), 6),
             **self.evidence.to_dict(),
+            "phash_orientation": self.hash_orientation,
         }
 
 

@@ -11,7 +11,6 @@ from ..checkpoint import atomic_write
 from ..model import BTAModel
 from ..output_files import csv_text, json_text, output_set, write_text
 from ..runtime import ProgressFn
-from ..verdict import PERCEPTUAL_HASH
 from .records import Pair, ScanResult, Skipped
 from .report import render_report
 
@@ -52,9 +51,7 @@ def pairs_csv_text(pairs: Sequence[Pair], tta: str | None = None) -> str:
         ev = p.evidence
         row = [p.path_a, p.path_b, p.verdict, p.decided_by, f"{p.probability:.6f}"]
         row += [f"{p.score:.6f}", _cell(ev.identical_pixels), _cell(ev.phash_distance)]
-        # an orientation only means something for a hash match: blank for distant hashes
-        turned = ev.phash_orientation if p.decided_by == PERCEPTUAL_HASH else None
-        row += [_cell(turned), _cell(ev.verified)]
+        row += [_cell(p.decision.hash_orientation), _cell(ev.verified)]
         row += ["" if ev.match_confidence is None else f"{ev.match_confidence:.4f}"]
         row += [_cell(ev.transform)]
         row += ["" if ev.collection_similarity is None else f"{ev.collection_similarity:.3f}"]
