@@ -76,7 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-dataset", type=int, default=20)
     p.add_argument("--split", default="val")
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--min-difference",
+        type=float,
+        default=None,
+        help="try another EDIT_MIN_DIFFERENCE (tuning on the test split only)",
+    )
     args = p.parse_args(argv)
+    if args.min_difference is not None:
+        import bta_core.match.edits as edits
+
+        edits.EDIT_MIN_DIFFERENCE = args.min_difference
     rng = np.random.default_rng(0)
     manips = manipulations(rng)
     rows: dict[str, dict] = {
@@ -135,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.node()} {platform.machine()}, CPU",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "split": args.split,
+            "min_difference": args.min_difference,
             "per_dataset": args.per_dataset,
             "manipulations": rows,
             "all": total,

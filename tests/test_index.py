@@ -259,3 +259,11 @@ def test_scan_checks_the_index_before_embedding(
         pipeline.scan(refs, model=cosine_model, index=tmp_path / "nowhere", **kw)
     with pytest.raises(ValueError, match="tta"):
         pipeline.scan(refs, model=cosine_model, index=out, tta="d4", **kw)
+
+
+def test_an_index_of_no_images_is_refused(cosine_model, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no images found"):
+        build_index([empty], tmp_path / "idx", cosine_model, workers=0)
+    assert not (tmp_path / "idx").exists()

@@ -314,3 +314,26 @@ def test_feature_training_separates_copies_and_calibrates():
     assert s.diagonal().mean() > s[~torch.eye(8, dtype=torch.bool)].mean() + 0.1
     cal = calibrate_on_val(proj, head, sets)
     assert cal["fpr"] <= 0.01 and 0 < cal["threshold"] < 1
+
+
+def test_one_image_is_not_enough_to_train(shared_data, tmp_path, capsys):
+    """One clear line, not a BatchNorm error from deep inside torch."""
+    rc = cli_main(
+        [
+            "train",
+            str(shared_data / "bccd" / "images"),
+            "--limit",
+            "1",
+            "--backbone",
+            "efficientnet-lite0",
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "m.safetensors"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and "at least 2 readable images" in err and "Traceback" not in err

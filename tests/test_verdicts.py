@@ -227,6 +227,16 @@ def test_a_retouched_copy_is_same_and_says_where_it_differs(bccd_images, tmp_pat
     assert doc["verdict"] == "same" and doc["decision"]["local_edits"] >= 1
     assert cli_main(["score", str(a), str(a), "--quiet", "--json"]) == 0
     assert not json.loads(capsys.readouterr().out)["decision"]["local_edits"]
+    # a scan checks near copies of the hash too: the edit is in pairs.csv and the report
+    res = scan(tmp_path, cache_dir=None, out_dir=tmp_path / "out")
+    pair = next(
+        p for p in res.pairs if {Path(p.path_a).name, Path(p.path_b).name} == {a.name, b.name}
+    )
+    assert pair.verdict == "same" and pair.evidence.local_edits >= 1
+    with open(tmp_path / "out" / "pairs.csv", encoding="utf-8", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["path_b"].endswith("retouched.png"))
+    assert int(row["local_edits"]) >= 1
+    assert "local difference" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
 
 
 def test_tta_orientation_uses_the_same_convention(bccd_images):

@@ -36,8 +36,10 @@ COLUMNS = ["verdict", "decided by", "P(same)", "A", "B"]
 
 
 def pair_verdict(pair: Any) -> tuple[str, str]:
-    """The verdict and deciding evidence the scan recorded for a ``bta_core.scan.Pair``."""
-    return str(pair.verdict), str(pair.decided_by)
+    """The verdict and deciding evidence the scan recorded for a ``bta_core.scan.Pair``, with
+    "+ local edits" when the copy differs locally from its source (``bta_core.match.edits``)."""
+    edits = getattr(pair.decision.evidence, "local_edits", None)
+    return str(pair.verdict), str(pair.decided_by) + (" + local edits" if edits else "")
 
 
 def scan_job(

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from ..evaluation.methods import BASELINES
 from ..evaluation.protocols import PAPER_SEEDS, PROTOCOLS, evaluate
-from ._help import add_device, int_in
+from ._help import UsageError, add_device, int_in
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -93,6 +93,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    unknown = sorted(set(protocols) - {*PROTOCOLS, "holdout"})
+    if unknown:
+        raise UsageError(
+            f"unknown --protocol {', '.join(unknown)}: choose from {', '.join(PROTOCOLS)} or holdout"
+        )
     if "holdout" in protocols:  # leave one data set out: train, calibrate, test per data set
         from ..evaluation.holdout import evaluate_holdout
 

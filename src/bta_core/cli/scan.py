@@ -19,7 +19,7 @@ from ..scan.candidates import DEFAULT_FAISS_ABOVE, DEFAULT_FAISS_K, DEFAULT_MAX_
 from ..scan.outputs import OUTPUT_FILES
 from ..scan.pipeline import DEFAULT_VERIFY_PER_IMAGE
 from ..scan.ranks import scan_ranks
-from ..scan.report import common_root, display_name, summary_text
+from ..scan.report import collection_fact, common_root, display_name, summary_text
 from ..verdict import DEFAULT_PHASH_MAX_DISTANCE
 from ._help import UsageError, add_device, add_quiet, float_in, int_in
 from ._progress import StageBars
@@ -221,6 +221,12 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--merge takes shard folders only (no FOLDER, no --shard)")
     if not args.merge and not args.folders:
         raise UsageError("give at least one FOLDER to scan (or --merge SHARD_DIR...)")
+    if args.index and args.tta:
+        raise UsageError("--index does not combine with --tta d4 (one embedding per image)")
+    if args.index and not Path(args.index).exists():
+        raise FileNotFoundError(
+            f"{args.index}: not found (build an index with 'bta-core index build')"
+        )
     rank = _torchrun_rank(args)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     bars = StageBars(skip=("embed", "score"), enabled=not args.quiet)
@@ -291,7 +297,7 @@ def main(args: argparse.Namespace) -> int:
         f"{s['n_images']} image{'' if s['n_images'] == 1 else 's'} ({origin}), "
         f"{len(result.skipped)} skipped, "
         f"{s['n_pairs_scored']} pairs scored ({s['method']}), {s['n_checked']} checked by "
-        f"keypoints; threshold {s['threshold']:.3f}"
+        f"keypoints; threshold {s['threshold']:.3f}{collection_fact(s)}"
     )
     root = common_root(result.items)
     items = {it.name: it for it in result.items}

@@ -205,6 +205,8 @@ def build_index(
     """Create an index at ``out`` over the images below ``paths`` (``out`` must not be one)."""
     root = Path(out)
     files = list_images(paths)  # a missing folder fails here, before anything is written
+    if not files:
+        raise FileNotFoundError(f"no images found in {', '.join(map(str, paths))}")
     if store.is_index(root):
         raise ValueError(f"{root}: already an index; use 'bta-core index add' to grow it")
     if root.exists() and (not root.is_dir() or any(root.iterdir())):

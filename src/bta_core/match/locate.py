@@ -295,7 +295,8 @@ def match_images(
         else:
             heat_a = np.zeros(grid_shape(shape_a, grid), dtype=np.float32)
             heat_b = np.zeros(grid_shape(shape_b, grid), dtype=np.float32)
-        edits = local_edits(scaled, m_full, grid)
+        levels = common_scale(to_grey(a, clip=False), to_grey(b, clip=False))
+        edits = local_edits(levels, m_full, grid)
         transform = MatchTransform.from_matrix(m_full)
         mask_a = polygon_mask(shape_a, map_points(m_full, image_corners(shape_b)))
         mask_b = polygon_mask(shape_b, map_points(np.linalg.inv(m_full), image_corners(shape_a)))

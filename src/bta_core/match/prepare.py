@@ -10,13 +10,17 @@ from ..imageio import to_float_rgb
 from .params import HEATMAP_SIDE, MIN_IMAGE_SIDE, MIN_SIDE
 
 
-def to_grey(rgb: np.ndarray) -> np.ndarray:
-    """Luminance, contrast-stretched to the 0.5-99.5 percentiles (SIFT thresholds are absolute)."""
+def to_grey(rgb: np.ndarray, clip: bool = True) -> np.ndarray:
+    """Luminance, contrast-stretched to the 0.5-99.5 percentiles (SIFT thresholds are absolute).
+
+    ``clip=False`` keeps the levels beyond them: each image clips at its own percentiles, so a
+    crop and its source would saturate bright nuclei differently (``edits`` compares levels)."""
     g = rgb @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
     lo, hi = np.percentile(g, (0.5, 99.5))
     if hi - lo < 1e-6:
         return np.zeros_like(g)
-    return np.clip((g - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    g = (g - lo) / (hi - lo)
+    return (np.clip(g, 0.0, 1.0) if clip else g).astype(np.float32)
 
 
 def bandpass(g: np.ndarray, sigma: float = 1.0) -> np.ndarray:

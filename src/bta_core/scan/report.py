@@ -194,18 +194,17 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _collection_fact(stats: dict) -> str:
-    """Whether the collection evidence gated the model-only pairs, in a few words."""
+def collection_fact(stats: dict) -> str:
+    """Whether the collection evidence gated the model-only pairs, in a few words (report and
+    console summary)."""
     t = stats.get("collection_threshold")
     if stats.get("collection_whitening") and t is not None:
         borrowed = stats.get("index_background")
         whence = f" (with {borrowed} indexed images: few scanned)" if borrowed else ""
         return f", collection threshold {float(t):.3f}{whence}"
     if "collection_whitening" in stats:
-        return (
-            ", no collection evidence (fewer than 16 images and no index, switched off or not "
-            "calibrated)"
-        )
+        few = "fewer than 16 images" + (", even with the index" if stats.get("index") else "")
+        return f", no collection evidence ({few}, switched off or not calibrated)"
     return ""
 
 
@@ -287,7 +286,7 @@ def render_report(
         + f"; {stats.get('n_pairs_scored', 0)} pairs scored ({_esc(stats.get('method', ''))}),"
         f" {stats.get('n_checked', 0)} checked by keypoints. Model {_esc(model_name)}"
         + (f", threshold {threshold:.3f}" if threshold is not None else "")
-        + _collection_fact(stats)
+        + collection_fact(stats)
         + f". Paths are relative to that folder; hover for the full path.{more}"
     )
     skipped_html = ""

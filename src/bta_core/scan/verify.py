@@ -10,7 +10,7 @@ import numpy as np
 from ..assess import add_match
 from ..imageio import ImageReadError, iter_images, load_image
 from ..runtime import ProgressFn, StopFn, check_cancel
-from ..verdict import Policy, decide
+from ..verdict import PERCEPTUAL_HASH, Policy, decide
 from .evidence import PairKey
 from .records import Pair, ScanImage
 
@@ -68,7 +68,9 @@ def select_for_verification(
     """Positions of the pairs to check: the ``per_image`` best by model score of every query
     image, among the pairs not already ``same`` by identical pixels or perceptual hash, plus
     the pairs in ``extra`` (each query image's candidates by local-feature votes,
-    ``scan.keypoint_votes``) that are not ``same`` already.
+    ``scan.keypoint_votes``) that are not ``same`` already, plus every near copy ``same`` by
+    the perceptual hash (its verdict stands; the check locates it and finds local edits, a
+    pasted or erased patch, which the hash cannot see).
 
     The budget counts per query image only (``roles[k] == "query"``; None: all are queries), so
     reference or index images never add checks of their own."""
@@ -82,7 +84,7 @@ def select_for_verification(
         for k in (i, j):
             if is_query[k]:
                 options[k].append((p.score, m))
-    chosen: set[int] = set()
+    chosen: set[int] = {m for m, p in enumerate(pairs) if p.decision.decided_by == PERCEPTUAL_HASH}
     if extra:
         chosen.update(
             m

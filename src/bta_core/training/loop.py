@@ -396,6 +396,11 @@ def train(
     images, records = decode_records(
         records, cache_size, on_skip=lambda r, why: skipped.append((r.path, why))
     )
+    if len(records) < 2:
+        raise ValueError(
+            f"training needs at least 2 readable images, got {len(records)} "
+            f"({len(skipped)} skipped) in {', '.join(map(str, cfg.data))}"
+        )
     if images.numel() < 2 * 1024**3 or device.type == "cpu":
         images = images.to(device)
     run = _Run(cfg, model, images, group_ids(records).to(device), device, world, rank)
