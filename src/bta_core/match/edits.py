@@ -85,7 +85,13 @@ def _local_edits(
     warped, valid = warp_image(grey_b, np.linalg.inv(m_b_to_a), grey_a.shape)
     if valid.sum() < 64:
         return None
-    warped = _match_levels(warped.astype(np.float64), grey_a.astype(np.float64), valid)
+    # levels matched unclipped, then both clipped at A's range: one saturation for both (each
+    # image's own clipping differs when a crop changes the histogram; unclipped bright specks
+    # differ after resampling)
+    warped = np.clip(
+        _match_levels(warped.astype(np.float64), grey_a.astype(np.float64), valid), 0, 1
+    )
+    grey_a = np.clip(grey_a.astype(np.float64), 0, 1)
     sigma = max(1.0, min(grey_a.shape) * EDIT_SMOOTHING)
     inside = gaussian_filter(valid.astype(np.float64), sigma)
     smooth_a = gaussian_filter(grey_a * valid, sigma)
