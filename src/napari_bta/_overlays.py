@@ -28,6 +28,8 @@ from ._layers import (
 )
 
 COLOURS = {"A": "yellow", "B": "cyan"}
+EDIT_COLOUR = "#ff2d2d"
+"""Red: where the copy differs locally from its source (a pasted or erased patch)."""
 
 
 @dataclass
@@ -111,6 +113,21 @@ def plan_pair(
             planned.append(
                 (f"BTA match: {src.name}", [box_to_rectangle(box, lead)], "shapes", kwargs)
             )
+    edits = getattr(match, "local_edits", None) if found else None
+    if edits is not None and edits.box_a is not None and present["A"]:  # where B differs locally
+        lead = n_leading(a.layer)
+        kwargs = placement(a.layer, a.index, a.shape)
+        kwargs.update(
+            shape_type="rectangle",
+            features={"cells": [len(edits.cells)]},
+            edge_color=EDIT_COLOUR,
+            face_color="transparent",
+            edge_width=max(1.0, 0.006 * max(a.shape)),
+            metadata={META_KEY: {**provenance, "tool": tool, "overlay": True, "image": a.name}},
+        )
+        planned.append(
+            (f"BTA local edits: {a.name}", [box_to_rectangle(edits.box_a, lead)], "shapes", kwargs)
+        )
     if found and aligned is not None and present["A"]:
         lead = n_leading(a.layer)
         arr = np.clip(np.asarray(aligned, dtype=np.float32), 0, 1)

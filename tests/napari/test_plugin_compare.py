@@ -156,3 +156,27 @@ def test_a_layer_deleted_mid_compare_is_not_recreated(make_napari_viewer):
     )
     assert notes and "'B'" in notes[0]
     assert "BTA heatmap: A" in viewer.layers
+
+
+def test_compare_boxes_a_retouched_patch_in_red(
+    make_napari_viewer, open_panel, wait_idle, held_model, default_model, bccd_images, read_rgb
+):
+    """A real smear and its copy with a cell pasted over another: `same`, the explanation says
+    B differs locally, and a red box layer sits on A where the patch is."""
+    a = read_rgb(bccd_images[7])
+    b = a.copy()
+    b[200:260, 300:360] = a[100:160, 150:210]
+    held_model(default_model)
+    viewer = make_napari_viewer()
+    viewer.add_image(a, name="original", rgb=True)
+    viewer.add_image(b, name="figure", rgb=True, translate=(0, 700))
+    panel = open_panel(viewer, "Compare")
+    panel._layers.value = ["original", "figure"]
+    assert panel.run() is not None
+    wait_idle(panel)
+    assert panel.result.decision.verdict == "same"
+    assert "differs locally" in panel._verdict.value
+    edits = viewer.layers["BTA local edits: original"]
+    (rect,) = edits.data
+    (y0, x0), (y1, x1) = rect.min(axis=0), rect.max(axis=0)
+    assert x0 < 360 and x1 > 300 and y0 < 260 and y1 > 200
