@@ -137,18 +137,24 @@ def test_collection_similarity_gates_model_only_suspects():
         Policy(threshold=0.9, collection_threshold=float("nan"))
 
 
+def _microtissue_fields(shared_data: Path, n: int = 24) -> list[str]:
+    """The first ``n`` phase-contrast microtissue files of one camera, one per field-of-view
+    group (no two show the same field)."""
+    with open(shared_data / "phase_culture" / "splits.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["modality"] == "phase-contrast-microtissue"]
+    first_of_group: dict[str, str] = {}
+    for r in rows:
+        first_of_group.setdefault(r["group_id"], r["file"])
+    return sorted(first_of_group.values())[:n]
+
+
 def test_scan_records_collection_similarity_and_spares_look_alikes(shared_data, tmp_path):
     """The bundled model on 24 real phase-contrast microtissues of one camera (one image per
     field-of-view group, no copies): the score alone flags look-alikes, the collection evidence
     flags fewer; pairs.csv carries the collection similarity."""
     from bta_core.checkpoint import load_checkpoint
 
-    with open(shared_data / "phase_culture" / "splits.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["modality"] == "phase-contrast-microtissue"]
-    first_of_group: dict[str, str] = {}
-    for r in rows:
-        first_of_group.setdefault(r["group_id"], r["file"])
-    files = sorted(first_of_group.values())[:24]
+    files = _microtissue_fields(shared_data)
     assert len(files) == 24
     for f in files:
         shutil.copy(shared_data / "phase_culture" / f, tmp_path / Path(f).name)
@@ -172,12 +178,7 @@ def test_a_small_folder_looked_up_in_an_index_borrows_its_statistics(shared_data
     from bta_core.checkpoint import load_checkpoint
     from bta_core.index import build_index
 
-    with open(shared_data / "phase_culture" / "splits.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["modality"] == "phase-contrast-microtissue"]
-    first_of_group: dict[str, str] = {}
-    for r in rows:
-        first_of_group.setdefault(r["group_id"], r["file"])
-    files = sorted(first_of_group.values())[:24]
+    files = _microtissue_fields(shared_data)
     refs, folder = tmp_path / "published", tmp_path / "manuscript"
     refs.mkdir()
     folder.mkdir()

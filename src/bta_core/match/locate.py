@@ -248,7 +248,8 @@ def match_images(
         if on_progress is not None:
             on_progress(step, total, {"stage": stage})
 
-    ga_full, gb_full = to_grey(a), to_grey(b)
+    levels_a, levels_b = to_grey(a, clip=False), to_grey(b, clip=False)  # for local edits
+    ga_full, gb_full = np.clip(levels_a, 0, 1), np.clip(levels_b, 0, 1)  # = to_grey(a), (b)
     ga, to_a = resize_by(ga_full, work_factor(ga_full.shape, max_side))
     gb, to_b = resize_by(gb_full, work_factor(gb_full.shape, max_side))
     check_cancel(should_stop, "matching")
@@ -289,14 +290,13 @@ def match_images(
     }
     if best is not None:
         m_full = np.linalg.inv(to_a) @ best.matrix @ to_b
-        scaled = common_scale(ga_full, gb_full)
         if heatmaps:
+            scaled = common_scale(ga_full, gb_full)
             heat_a, heat_b, m_full = full_size_heatmaps(scaled, m_full, gb_full.shape, grid)
         else:
             heat_a = np.zeros(grid_shape(shape_a, grid), dtype=np.float32)
             heat_b = np.zeros(grid_shape(shape_b, grid), dtype=np.float32)
-        levels = common_scale(to_grey(a, clip=False), to_grey(b, clip=False))
-        edits = local_edits(levels, m_full, grid)
+        edits = local_edits(common_scale(levels_a, levels_b), m_full, grid)
         transform = MatchTransform.from_matrix(m_full)
         mask_a = polygon_mask(shape_a, map_points(m_full, image_corners(shape_b)))
         mask_b = polygon_mask(shape_b, map_points(np.linalg.inv(m_full), image_corners(shape_a)))
