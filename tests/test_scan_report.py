@@ -172,3 +172,12 @@ def test_stage_bars_draw_stages_without_their_own_bar(capsys):
     bars.close()
     err = capsys.readouterr().err
     assert "keypoint check" in err and "3/3" in err and "embed" not in err
+
+
+def test_stage_bars_rate_counts_only_work_done_while_shown(capsys):
+    """A resumed stage first reported at 280/300 shows no rate yet, not 280 steps in 0 s."""
+    bars = StageBars()
+    bars(280, 300, {"stage": "verify"})
+    bars.close()
+    shown = [line for line in capsys.readouterr().err.split("\r") if "280/300" in line]
+    assert shown and all("?pair/s" in line for line in shown), shown

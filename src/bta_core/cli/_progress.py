@@ -39,8 +39,11 @@ class StageBars:
             from tqdm.auto import tqdm
 
             self._stage = stage
+            # steps already done when the stage is first reported (resumed or cached work)
+            # count as the start, so the rate is that of the work done while the bar shows
             self._bar = tqdm(
                 total=total,
+                initial=step,
                 desc=STAGE_LABELS.get(stage, stage),
                 unit=STAGE_UNITS.get(stage, "step"),
                 dynamic_ncols=True,
