@@ -267,3 +267,45 @@ def test_an_index_of_no_images_is_refused(cosine_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="no images found"):
         build_index([empty], tmp_path / "idx", cosine_model, workers=0)
     assert not (tmp_path / "idx").exists()
+
+
+def test_a_deleted_indexed_file_is_reported_and_pruned(
+    refs, cosine_model, tmp_path, capsys, monkeypatch
+):
+    """An indexed reference deleted after indexing: its crop is still listed, the pair says it
+    was not keypoint-checked and why, skipped.csv names the file, and prune retires it."""
+    from bta_core.cli import main
+    from bta_core.cli import scan as scan_cli
+    from bta_core.scan import scan
+
+    archive = tmp_path / "archive"
+    shutil.copytree(refs, archive)
+    files = sorted(archive.iterdir())
+    out = tmp_path / "idx"
+    build_index(files, out, cosine_model, workers=0)
+    q = tmp_path / "manuscript"
+    q.mkdir()
+    _save(load_image(files[2])[40:400, 60:560], q / "fig2_crop.png")
+    kw = dict(model=cosine_model, index=out, cache_dir=None, faiss_k=4, verify_per_image=2)
+    before = scan(q, **kw)
+    assert before.pairs[0].verdict == "same" and before.stats["index_missing"] == 0
+    files[2].unlink()  # the archive loses the source after indexing
+    assert index_info(out)["missing_files"] == 1
+    after = scan(q, **kw)
+    assert after.stats["index_missing"] == 1
+    assert [s.path for s in after.skipped] == [str(files[2].resolve())]
+    assert "indexed file missing" in after.skipped[0].problem
+    pair = next(p for p in after.pairs if p.path_b == str(files[2].resolve()))
+    assert pair.verdict != "same" and "is missing" in pair.decision.evidence.not_checked
+    assert "not keypoint-checked" in pair.decision.explain()
+    monkeypatch.setattr(scan_cli, "load_checkpoint", lambda *a, **k: cosine_model)
+    argv = ["scan", str(q), "--index", str(out), "--device", "cpu"]
+    assert main([*argv, "--no-cache", "--out", str(tmp_path / "s")]) == 0
+    assert "1 indexed image nearest to the scanned files is missing" in capsys.readouterr().err
+    assert main(["index", "prune", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["retired"] == [str(files[2].resolve())] and res["images"] == len(files) - 1
+    assert index_info(out)["missing_files"] == 0
+    pruned = scan(q, **kw)
+    assert pruned.stats["index_missing"] == 0
+    assert str(files[2].resolve()) not in {p.path_b for p in pruned.pairs}

@@ -86,6 +86,9 @@ class Evidence:
     local_edits: int | None = None
     """Cells of the verified overlap where B differs locally from A (pasted or erased content,
     ``match.edits``); None without a verified overlap."""
+    not_checked: str | None = None
+    """Why the keypoint check of a chosen pair could not run (a file gone or changed since it
+    was embedded or indexed); None when it ran or was not chosen."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,6 +164,8 @@ class Decision:
             )
             if ev.collection_similarity is not None:
                 why += f"; collection similarity {ev.collection_similarity:.2f}"
+        if ev.not_checked and self.verdict != SAME:
+            why += f"; not keypoint-checked: {ev.not_checked}"
         if ev.local_edits:
             cells = "cell" if ev.local_edits == 1 else "cells"
             why += (

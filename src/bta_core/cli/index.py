@@ -32,6 +32,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a = sub.add_parser("add", parents=[common], help=what, description=what, **fmt)
     a.add_argument("index", metavar="INDEX", help="index folder to update")
     a.add_argument("paths", nargs="+", metavar="NEW", help="folders or files")
+    what = "retire the images whose files were moved or deleted since indexing (no model)"
+    r = sub.add_parser("prune", help=what, description=what, **fmt)
+    r.add_argument("index", metavar="INDEX", help="index folder to update")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
     i = sub.add_parser("info", help="what an index holds", description="what an index holds", **fmt)
     i.add_argument("index", metavar="INDEX", help="index folder")
     i.add_argument("--json", action="store_true", help="print one JSON object")
@@ -66,8 +70,17 @@ def _bar(quiet: bool):
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..index import add_to_index, build_index, index_info
+    from ..index import add_to_index, build_index, index_info, prune_index
 
+    if args.action == "prune":
+        res = prune_index(args.index)
+        if args.json:
+            print(json.dumps(res))
+        else:
+            for path in res["retired"]:
+                print(f"  retired {path}: file missing")
+            print(f"{res['index']}: {len(res['retired'])} retired, {res['images']} images left")
+        return 0
     if args.action == "info":
         info = index_info(args.index)
         if args.json:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
+from ..dihedral import describe_d4
 from ..distributed import Rank, rank_device, torchrun_rank
 from ..fingerprint import PHASH_BITS
 from ..output_files import check_out_dir, json_dumps
@@ -288,31 +289,53 @@ def main(args: argparse.Namespace) -> int:
         if args.json:
             print(json_dumps({"shard": args.shard, "out": args.out, "stats": s}, default=str))
         return 0
+    # the summary is the command's result: stdout, unless stdout carries the --json document
+    tell = say if args.json else ((lambda *a: None) if args.quiet else print)
     origin = (
         f"from {s['n_shards']} shards"
         if "n_shards" in s
         else f"{s.get('n_embedded', 0)} embedded, {s.get('n_cached', 0)} from cache"
     )
-    say(
+    tell(
         f"{s['n_images']} image{'' if s['n_images'] == 1 else 's'} ({origin}), "
         f"{len(result.skipped)} skipped, "
         f"{s['n_pairs_scored']} pairs scored ({s['method']}), {s['n_checked']} checked by "
         f"keypoints; threshold {s['threshold']:.3f}{collection_fact(s)}"
     )
+    if s.get("index_missing"):
+        n = s["index_missing"]
+        say(
+            f"warning: {n} indexed image{'s' if n > 1 else ''} nearest to the scanned files "
+            f"{'are' if n > 1 else 'is'} missing (moved or deleted since indexing): compared by "
+            "the stored embedding and hashes only, not keypoint-checked (listed in skipped.csv; "
+            f"'bta-core index prune {s['index']}' retires them, 'index add' takes the new place)"
+        )
     root = common_root(result.items)
     items = {it.name: it for it in result.items}
-    say(summary_text(result.pairs) + (f" (paths relative to {root}):" if root else ":"))
+    tell(summary_text(result.pairs) + (f" (paths relative to {root}):" if root else ":"))
     review = [p for p in result.pairs if p.verdict != "different"]
     for p in review[:CONSOLE_PAIRS]:
-        detail = f"  {p.transform}" if p.verified and p.transform else ""
-        a, b = (display_name(n, items.get(n), root) for n in (p.path_a, p.path_b))
-        say(f"  {p.verdict:<8} {p.decided_by:<16} score {p.score:.3f}  {a}  <->  {b}{detail}")
+        tell(
+            f"  {p.verdict:<8} {p.decided_by:<16} score {p.score:.3f}  {console_pair(p, items, root)}"
+        )
     if len(review) > CONSOLE_PAIRS:
-        say(f"  ... {len(review) - CONSOLE_PAIRS} more in {args.out}/pairs.csv")
-    say(f"wrote {args.out}/pairs.csv, pairs.json, report.html, skipped.csv")
+        tell(f"  ... {len(review) - CONSOLE_PAIRS} more in {args.out}/pairs.csv")
+    tell(f"wrote {args.out}/pairs.csv, pairs.json, report.html, skipped.csv")
     if args.json:
         print(json_dumps(summary_dict(result, args.out), default=str))
     return 0
+
+
+def console_pair(p, items: dict, root: str | None) -> str:
+    """``A  <->  B`` with how B relates to A: the verified transform, or the orientation in
+    which the perceptual hashes matched."""
+    a, b = (display_name(n, items.get(n), root) for n in (p.path_a, p.path_b))
+    detail = ""
+    if p.verified and p.transform:
+        detail = f"  {p.transform}"
+    elif p.decision.hash_orientation not in (None, "identity"):
+        detail = f"  {describe_d4(p.decision.hash_orientation)}"
+    return f"{a}  <->  {b}{detail}"
 
 
 def summary_dict(result: ScanResult, out_dir: str, top: int = JSON_PAIRS) -> dict:

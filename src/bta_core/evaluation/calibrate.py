@@ -35,7 +35,7 @@ from ..calibration import (
 from ..checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
 from ..device import get_device
 from ..whitening import DEFAULT_SHRINKAGE, fit_whitening, pair_similarity
-from .datasets import EvalData, load_eval_data
+from .datasets import EvalData, describe_selection, load_eval_data
 from .methods import BackboneFeatures, ModelMethod
 from .metrics import (
     TARGET_FPR,
@@ -244,7 +244,7 @@ def calibrate(
     _stage(quiet, f"loading {resolve_checkpoint(checkpoint)}")
     model = load_checkpoint(checkpoint, dev)
     size = model.config.image_size
-    _stage(quiet, f"decoding the {split or 'all'} images of {len(data)} source(s)")
+    _stage(quiet, f"decoding {describe_selection(data, split or None)}")
     eval_data = load_eval_data(data, split or None, decode_size=2 * size, limit=limit)
     xa, xb, label = calibration_pairs(eval_data, size, repeats=repeats)
     n_pos = int(np.sum(label))

@@ -26,6 +26,18 @@ class EvalData:
     same_field: np.ndarray  # (K, 2) index pairs from same_source_edges.csv
 
 
+def describe_selection(data: Sequence[str | os.PathLike], split: str | None) -> str:
+    """Which images ``data`` gives for ``split``, in words: only ``splits.csv`` files have
+    splits; a folder gives every image it holds."""
+    n_csv = sum(Path(d).suffix.lower() == ".csv" for d in data)
+    csv_part = f"the {split} split" if split else "every image"
+    if n_csv == len(data):
+        return csv_part
+    if n_csv == 0:
+        return "every image of the folder" + ("s" if len(data) > 1 else "") + " (no split)"
+    return f"{csv_part} of the split files and every image of the folders"
+
+
 def load_eval_data(
     data: Sequence[str | os.PathLike],
     split: str | None,

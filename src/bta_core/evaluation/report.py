@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import atomic_write
+from .datasets import describe_selection
 from .metrics import roc_auc, roc_curve
 
 PAPER_ROWS = [
@@ -38,7 +39,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def markdown_report(results: dict) -> str:
     """metrics.md: one table per protocol, methods as columns, metrics as rows."""
-    parts = [f"# bta-core eval ({results['split'] or 'all'} split)\n"]
+    parts = [f"# bta-core eval ({describe_selection(results['data'], results['split'])})\n"]
     for proto, r in results["protocols"].items():
         names = list(r["methods"])
         meth = r["methods"]

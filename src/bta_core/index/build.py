@@ -235,6 +235,25 @@ def build_index(
     )
 
 
+def missing_rows(idx: ReferenceIndex) -> list[int]:
+    """Live rows whose file is no longer where it was indexed (moved or deleted)."""
+    return [i for i, r in enumerate(idx.rows) if i not in idx.dead and not os.path.exists(r.path)]
+
+
+def prune_index(index: str | os.PathLike) -> dict:
+    """Retire the rows of files that are gone (moved or deleted since indexing): a scan no
+    longer offers them as references. Their data stay on disk, like any retired row; a moved
+    archive is added again with ``add_to_index``. Needs no model."""
+    idx = store.load(index)
+    store.clean(idx.root, idx.manifest)
+    gone = missing_rows(idx)
+    rows = idx.rows
+    if gone:
+        manifest = dict(idx.manifest, dead=sorted(idx.dead | set(gone)))
+        idx.manifest = store.commit(idx.root, manifest, None)
+    return {"index": str(idx.root), "retired": [rows[i].path for i in gone], "images": idx.n_live}
+
+
 def index_info(index: str | os.PathLike) -> dict:
     """What an index holds: counts, model, search kind and memory per image."""
     idx = store.load(index)
@@ -246,6 +265,7 @@ def index_info(index: str | os.PathLike) -> dict:
         "images": idx.n_live,
         "rows": len(idx),
         "retired": len(idx.dead),
+        "missing_files": len(missing_rows(idx)),
         "segments": len(idx.segments),
         "model_id": idx.model_id,
         "model": idx.manifest.get("model_name"),

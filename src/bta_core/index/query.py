@@ -15,6 +15,12 @@ import torch
 from ..whitening import MIN_IMAGES
 from . import store
 
+MISSING_PROBLEM = (
+    "indexed file missing (moved or deleted since it was indexed): compared by its stored "
+    "embedding and hashes only, not keypoint-checked; 'bta-core index prune' retires it"
+)
+"""What skipped.csv says of an indexed image, nearest to a scanned one, whose file is gone."""
+
 BACKGROUND_SAMPLE = 4096
 """Indexed images a small folder's whitening borrows: mean and covariance of 1280-d embeddings
 are stable at this size, and the fit stays well under a second."""
@@ -54,7 +60,7 @@ def attach_index(emb, index: str | os.PathLike | store.ReferenceIndex, model, k:
     scoring gives query x query and query x index pairs. Refuses another model's index.
     """
     from ..scan.embed import Embedded
-    from ..scan.records import ScanImage
+    from ..scan.records import ScanImage, Skipped
 
     idx = open_for_scan(index, model, "d4" if emb.z.ndim != 2 else None)
     if len(emb.items) == 0 or idx.n_live == 0:
@@ -70,6 +76,8 @@ def attach_index(emb, index: str | os.PathLike | store.ReferenceIndex, model, k:
         )
         for i in chosen
     ]
+    missing = [r for r in refs if not os.path.exists(r.path)]
+    skipped = list(emb.skipped) + [Skipped(r.path, MISSING_PROBLEM) for r in missing]
     sel = np.array(chosen, np.int64)
     z_ref = torch.from_numpy(idx.embeddings(sel)).to(emb.z.dtype) if chosen else emb.z[:0]
     ph_ref = idx.phashes(sel) if chosen else np.zeros((0, *emb.phash.shape[1:]), np.uint8)
@@ -79,6 +87,7 @@ def attach_index(emb, index: str | os.PathLike | store.ReferenceIndex, model, k:
         index_images=idx.n_live,
         index_candidates=len(chosen),
         index_k=k,
+        index_missing=len(missing),
     )
     z = torch.cat([emb.z, z_ref])
     phash = np.concatenate([emb.phash, ph_ref.astype(emb.phash.dtype)])
@@ -89,7 +98,7 @@ def attach_index(emb, index: str | os.PathLike | store.ReferenceIndex, model, k:
     return Embedded(
         list(emb.items) + refs,
         z,
-        emb.skipped,
+        skipped,
         stats,
         phash,
         fit_rows=len(emb.items),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dihedral import describe_d4
 from .heatmaps import upsample_heatmap
 from .locate import MatchResult
 from .prepare import as_float_rgb, to_grey
@@ -37,7 +38,7 @@ def summary(result: MatchResult) -> str:
     if result.transform is None:
         return f"no matching region found (confidence {result.confidence:.2f}{score})"
     t = result.transform
-    what = t.dihedral if t.dihedral != "identity" else "no rotation/flip"
+    what = describe_d4(t.dihedral) if t.dihedral != "identity" else "no rotation/flip"
     extra = f" (+{t.residual_angle:.1f} deg)" if abs(t.residual_angle) >= 1 else ""
     edits = result.local_edits
     differs = ""

@@ -29,6 +29,7 @@ PAIR_COLUMNS = (
     "transform",
     "collection_similarity",
     "local_edits",
+    "not_checked",
 )
 """Columns of pairs.csv (plus ``orientation`` with TTA): the decision and its evidence."""
 
@@ -55,7 +56,7 @@ def pairs_csv_text(pairs: Sequence[Pair], tta: str | None = None) -> str:
         row += ["" if ev.match_confidence is None else f"{ev.match_confidence:.4f}"]
         row += [_cell(ev.transform)]
         row += ["" if ev.collection_similarity is None else f"{ev.collection_similarity:.3f}"]
-        row += [_cell(ev.local_edits)]
+        row += [_cell(ev.local_edits), _cell(ev.not_checked)]
         row += [p.orientation or ""] if tta else []
         rows.append(row)
     return csv_text(header, rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -138,6 +139,13 @@ def verify_pairs(
             raise
         except Exception:  # changed since embedding, or degenerate pixels: not verified
             evidence.verified = False
+            gone = [items[k] for k in (i, j) if not os.path.exists(items[k].path)]
+            if gone:
+                evidence.not_checked = f"{gone[0].path} is missing" + (
+                    " (moved or deleted since it was indexed)"
+                    if gone[0].role == "reference"
+                    else " (moved or deleted during the scan)"
+                )
         pairs[m].decision = decide(evidence, policy)
         if on_progress is not None:
             on_progress(step, len(todo), {"stage": "verify"})

@@ -1,0 +1,216 @@
+"""Can a different frozen-backbone descriptor lift the model-free reuse AUC? (issue 11)
+
+Training-free variants of the EfficientNet-Lite0 image descriptor, each scored on the reuse
+suite of every data set's test split (so every data set is unseen by construction; the
+variants' settings were chosen on bccd's val split). Positives: clean image vs its manipulated
+copy; negatives: clean image vs the same manipulation of up to 32 same-population images of
+other groups (the holdout protocol's hard negatives).
+
+* ``global``: cosine of the average-pooled features (what the model's projector sees);
+* ``global_whitened``: the same, whitened with the block's own images (a scan's collection);
+* ``global_whitened_ref``: whitened with the *other* data sets' val images instead (what a
+  single-pair score could carry with it);
+* ``regions_whitened``: besides the global vector, 7x7-cell windows of the 448 px and 320 px
+  feature maps (crop-sized regions, 80 per image), whitened with the block's regions; the
+  global and best-region similarities are each standardised by the median/MAD of all the
+  block's pairs and added;
+* ``grid3_whitened``: a 3x3 grid of per-cell vectors (layout), cell-whitened, best of the 8
+  rotations/flips of B's grid;
+* ``preblur_whitened``: ``global_whitened`` on inputs blurred with sigma 1 px first.
+
+    python benchmarks/descriptor_variants.py --out benchmarks/descriptor_variants_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bta_core.augment import gaussian_blur
+from bta_core.backbones import build_backbone
+from bta_core.data import decode_records, read_splits_csv
+from bta_core.evaluation.metrics import roc_auc, threshold_at_fpr
+from bta_core.evaluation.pairs import manipulate
+from bta_core.training.features import negative_partners
+from bta_core.whitening import Whitening, fit_whitening
+
+MANIPS = [
+    "hflip",
+    "rot90",
+    "crop50",
+    "crop25",
+    "jitter",
+    "blur",
+    "noise",
+    "jpeg30",
+    "gamma",
+    "combo",
+]
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+class Maps:
+    """Backbone feature maps of batches (``forward_features`` of the frozen network)."""
+
+    def __init__(self) -> None:
+        self.net = build_backbone("efficientnet-lite0").module.eval()
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, size: int = 224, blur: float = 0.0) -> torch.Tensor:
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+        if blur > 0:
+            x = gaussian_blur(x.contiguous(), torch.full((len(x),), blur))
+        chunks = [x[i : i + 16] for i in range(0, len(x), 16)]
+        return torch.cat([self.net.forward_features((c - MEAN) / STD) for c in chunks]).float()
+
+
+def whiten(w: Whitening | None, x: torch.Tensor) -> torch.Tensor:
+    x = F.normalize(x, dim=-1)
+    return x if w is None else F.normalize((x - w.mean) @ w.matrix, dim=-1)
+
+
+def robust_z(s: torch.Tensor) -> torch.Tensor:
+    """Standardise an all-pairs similarity matrix by its off-diagonal median and MAD."""
+    off = s[~torch.eye(len(s), dtype=torch.bool)]
+    med = off.median()
+    return (s - med) / (1.4826 * (off - med).abs().median() + 1e-6)
+
+
+def regions(m: torch.Tensor) -> torch.Tensor:
+    """Mean vectors of every 7x7-cell window of a map ``(N, C, h, w)`` -> ``(N, R, C)``."""
+    return F.avg_pool2d(m, 7, stride=1).flatten(2).transpose(1, 2)
+
+
+def d4_grids(g: torch.Tensor) -> torch.Tensor:
+    """The 8 rotations/flips of a grid batch ``(N, C, k, k)`` -> ``(8, N, C, k, k)``."""
+    out = []
+    for t in range(4):
+        r = torch.rot90(g, t, (2, 3))
+        out += [r, r.flip(3)]
+    return torch.stack(out)
+
+
+def similarity_matrices(clean: dict, manip: dict, ref: Whitening) -> dict[str, torch.Tensor]:
+    """All-pairs (clean x manipulated) similarity of every variant, ``{variant: (N, N)}``."""
+    ga, gb = clean["224"].mean((2, 3)), manip["224"].mean((2, 3))
+    w = fit_whitening(torch.cat([ga, gb]))
+    out = {
+        "global": whiten(None, ga) @ whiten(None, gb).T,
+        "global_whitened": whiten(w, ga) @ whiten(w, gb).T,
+        "global_whitened_ref": whiten(ref, ga) @ whiten(ref, gb).T,
+    }
+    ra = torch.cat([regions(clean["448"]), regions(clean["320"])], 1)
+    rb = torch.cat([regions(manip["448"]), regions(manip["320"])], 1)
+    wr = fit_whitening(torch.cat([ra.flatten(0, 1)[::7], rb.flatten(0, 1)[::7]]))
+    ra, rb, gar, gbr = whiten(wr, ra), whiten(wr, rb), whiten(wr, ga), whiten(wr, gb)
+    best_region = torch.maximum(
+        torch.einsum("arc,bc->abr", ra, gbr).amax(-1), torch.einsum("brc,ac->abr", rb, gar).amax(-1)
+    )
+    out["regions_whitened"] = robust_z(out["global_whitened"]) + robust_z(best_region)
+    ca, cb = F.adaptive_avg_pool2d(clean["224"], 3), F.adaptive_avg_pool2d(manip["224"], 3)
+    cells = torch.cat([ca, cb]).permute(0, 2, 3, 1).reshape(-1, ca.shape[1])
+    wc = fit_whitening(cells)
+    ca = whiten(wc, ca.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    cb = whiten(wc, cb.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    out["grid3_whitened"] = torch.einsum("acxy,obcxy->oab", ca, d4_grids(cb)).div(9).amax(0)
+    pa, pb = clean["224blur"].mean((2, 3)), manip["224blur"].mean((2, 3))
+    wp = fit_whitening(torch.cat([pa, pb]))
+    out["preblur_whitened"] = whiten(wp, pa) @ whiten(wp, pb).T
+    return out
+
+
+def all_maps(maps: Maps, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        "224": maps(x, 224),
+        "320": maps(x, 320),
+        "448": maps(x, 448),
+        "224blur": maps(x, 224, blur=1.0),
+    }
+
+
+def evaluate(maps: Maps, root: Path, name: str, ref: Whitening, log) -> dict:
+    recs = [r for r in read_splits_csv(root / name / "splits.csv") if r.split == "test"]
+    images, recs = decode_records(recs, 256)
+    groups = np.array([r.group for r in recs])
+    pop = np.array([r.modality or "" for r in recs])
+    ia, ib = negative_partners(groups, pop, np.random.default_rng(0))
+    clean = all_maps(maps, manipulate(images, "identity", 224))
+    res: dict[str, dict] = {}
+    for k, m in enumerate(MANIPS):
+        t0 = time.perf_counter()
+        manip = all_maps(maps, manipulate(images, m, 224, seed=1 + k))
+        for variant, s in similarity_matrices(clean, manip, ref).items():
+            pos, neg = s.diagonal().double().numpy(), s[ia, ib].double().numpy()
+            thr = threshold_at_fpr(neg, 0.01)
+            res.setdefault(variant, {})[m] = {
+                "auc": roc_auc(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]),
+                "recall@1%fpr": float((pos >= thr).mean()),
+            }
+        log(f"{name} {m}: {time.perf_counter() - t0:.0f}s")
+    for per in res.values():
+        per["mean"] = {k: float(np.mean([per[m][k] for m in MANIPS])) for k in per[MANIPS[0]]}
+    return {"n_test_images": len(recs), "n_negative_pairs": len(ia), "variants": res}
+
+
+def reference_whitening(maps: Maps, root: Path, names: list[str], per_set: int = 150):
+    """Whitening fitted on the val images (clean, noisy, jittered) of ``names``."""
+    recs = []
+    for n in names:
+        recs += [r for r in read_splits_csv(root / n / "splits.csv") if r.split == "val"][:per_set]
+    images, _ = decode_records(recs, 256)
+    feats = [
+        maps(manipulate(images, v, 224, seed=2)).mean((2, 3))
+        for v in ("identity", "noise", "jitter")
+    ]
+    return fit_whitening(torch.cat(feats))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data")
+    p.add_argument("--out", default="benchmarks/descriptor_variants_cpu.json")
+    p.add_argument("--only", nargs="*")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    root = Path(args.data)
+    names = sorted(c.parent.name for c in root.glob("*/splits.csv"))
+    maps = Maps()
+    out = {
+        "machine": f"{platform.machine()}, CPU, torch {torch.__version__}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "backbone": "efficientnet-lite0 (ImageNet, frozen)",
+        "split": "test",
+        "sets": {},
+    }
+    for name in args.only or names:
+        ref = reference_whitening(maps, root, [n for n in names if n != name])
+        out["sets"][name] = evaluate(maps, root, name, ref, lambda s: print(s, flush=True))
+        for variant, per in out["sets"][name]["variants"].items():
+            row = " ".join(f"{m}:{per[m]['auc']:.3f}" for m in MANIPS)
+            mean = per["mean"]
+            print(
+                f"{name:14s} {variant:20s} {row} | AUC {mean['auc']:.3f} "
+                f"recall@1% {mean['recall@1%fpr']:.2f}",
+                flush=True,
+            )
+    path = Path(args.out)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
