@@ -175,3 +175,23 @@ def test_scan_options_out_of_range_are_refused_in_the_core():
         with pytest.raises(ValueError, match=next(iter(bad))):
             ScanOptions(**bad)
     assert ScanOptions(phash_max_distance=256).phash_max_distance == 256
+
+
+def test_ctrl_c_in_scan_says_what_was_kept(tmp_path, capsys, monkeypatch, bccd_images):
+    """Exit 130 and one line on its own: the cache resumes, --out still holds the last run."""
+    import shutil
+
+    from bta_core.cli import scan as scan_cli
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_cli, "load_checkpoint", interrupt)
+    shutil.copy(bccd_images[0], tmp_path / "a.jpg")
+    out = tmp_path / "out"
+    assert cli_main(["scan", str(tmp_path), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "\ninterrupted: the embeddings finished so far are cached" in err
+    assert f"{out} was not changed" in err
+    assert cli_main(["scan", str(tmp_path), "--out", str(out), "--no-cache"]) == 130
+    assert "nothing was cached (--no-cache)" in capsys.readouterr().err

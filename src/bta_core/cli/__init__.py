@@ -122,7 +122,9 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        note = getattr(sys.modules.get(args._main.__module__), "interrupted_note", None)
+        # on a line of its own: a progress bar may have the cursor
+        print("\ninterrupted" + (f": {note(args)}" if note else ""), file=sys.stderr)
         return 130
     except UsageError as exc:
         print(

@@ -69,6 +69,13 @@ def _bar(quiet: bool):
     return bar, bar
 
 
+def interrupted_note(args: argparse.Namespace) -> str:
+    """What a Ctrl-C left behind (printed by the CLI's interrupt handler)."""
+    if args.action in ("build", "add"):
+        return "the images embedded so far are in the index; 'bta-core index add' with the same folders resumes"
+    return "the index was not changed"
+
+
 def main(args: argparse.Namespace) -> int:
     from ..index import add_to_index, build_index, index_info, prune_index
 

@@ -217,6 +217,18 @@ def _torchrun_rank(args: argparse.Namespace) -> Rank | None:
     return rank
 
 
+def interrupted_note(args: argparse.Namespace) -> str:
+    """What a Ctrl-C left behind (printed by the CLI's interrupt handler)."""
+    kept = (
+        "nothing was cached (--no-cache)"
+        if args.no_cache
+        else "the embeddings finished so far are cached, so the same command resumes"
+    )
+    return (
+        f"{kept}; {args.out} was not changed (its outputs, if any, are those of the previous run)"
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     if args.merge and (args.folders or args.shard):
         raise UsageError("--merge takes shard folders only (no FOLDER, no --shard)")

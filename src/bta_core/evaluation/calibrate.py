@@ -73,6 +73,10 @@ def calibration_pairs(
     return torch.cat(xa), torch.cat(xb), np.concatenate(labels)
 
 
+LOW_RECALL = 0.1
+"""Below this recall at the fitted threshold, ``calibrate`` warns that it is unusable."""
+
+
 def fit_threshold(labels, scores, target_fpr: float | None = None) -> dict:
     """Threshold maximising F1 (or the lowest meeting ``target_fpr``) and its metrics."""
     y = np.asarray(labels).astype(bool)
@@ -314,6 +318,17 @@ def calibrate(
                 f"{collection['negatives']} negative pairs, each of "
                 f"{', '.join(collection['collections'])} whitened with its own images)"
             )
+        low = [("model score", m["recall"])]
+        if collection is not None:
+            low.append(("collection similarity", collection["recall"]))
+        for what, recall in low:
+            if recall < LOW_RECALL:
+                print(
+                    f"warning: the {what} threshold keeps a recall of only {recall:.3f} on these "
+                    "pairs: almost no reuse would be called by it; calibrate on more images, or "
+                    "on images like the ones you will check",
+                    file=sys.stderr,
+                )
         if prob is not None:
             a, b = prob["platt"]
             print(
