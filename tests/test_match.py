@@ -426,3 +426,18 @@ def test_local_edits_of_a_small_crop_use_a_finer_grid(bccd_images):
     crop[40:80, 60:100] = a[400:440, 20:60]
     x0, y0, x1, y1 = match_images(a, crop, heatmaps=False).local_edits.box_a
     assert x0 < 250 + 100 and x1 > 250 + 60 and y0 < 150 + 80 and y1 > 150 + 40
+
+
+@pytest.mark.parametrize("fill", [0, 255])
+def test_a_panel_rotated_by_a_free_angle_with_filled_corners(bccd_images, fill):
+    """A crop rotated 17 degrees the way slide software does it: the corners filled with black
+    or white. The fill is not in A, so only the overlap within the matched keypoints is
+    compared; the rotation is recovered."""
+    from PIL import Image
+
+    a = np.asarray(Image.open(bccd_images[1]).convert("RGB"))
+    crop = Image.fromarray(a[80:380, 150:450])
+    b = np.asarray(crop.rotate(17, resample=Image.BICUBIC, fillcolor=(fill,) * 3))
+    r = match_images(a, b, heatmaps=False)
+    assert r.found and r.method == "keypoints", r.confidence
+    assert abs(abs(r.transform.angle) - 17) < 1.0 and not r.transform.flip, r.transform

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..runtime import check_cancel
-from .params import MIN_INLIERS, MIN_NCC_KEYPOINTS, STRONG_INLIERS
+from .params import MIN_INLIERS, MIN_NCC_COARSE, MIN_NCC_KEYPOINTS, STRONG_INLIERS
 from .prepare import pixel_ncc
 from .transform import image_corners, map_points, polygon_mask, warp_image
 
@@ -222,21 +222,27 @@ def _warp_b_onto_a(a: np.ndarray, b: np.ndarray, matrix: np.ndarray):
     return warp_image(b, inv, a.shape)
 
 
-def check_alignment(ha: np.ndarray, hb: np.ndarray, cand: Candidate) -> Candidate:
+def check_alignment(
+    ha: np.ndarray, hb: np.ndarray, cand: Candidate, region: np.ndarray | None = None
+) -> Candidate:
     """Pixel agreement and overlap of a candidate, on band-passed working images.
 
     ``ncc`` is the correlation of the aligned overlap; ``structure`` how much of each image's
     detail (variance) the overlap holds, so a match on empty background cannot pass.
+    ``region``: compare only these pixels of A (the overlap figures stay those of the whole).
     """
     aligned = _warp_b_onto_a(ha, hb, cand.matrix)
     if aligned is None:
         cand.ncc = 0.0
         return cand
     warped, valid = aligned
+    if region is not None:
+        valid = valid & region
     n = int(valid.sum())
-    scale2 = abs(np.linalg.det(cand.matrix[:2, :2]))
-    cand.overlap_a = n / ha.size
-    cand.overlap_b = min(1.0, n / max(1.0, hb.size * scale2))
+    if region is None:
+        scale2 = abs(np.linalg.det(cand.matrix[:2, :2]))
+        cand.overlap_a = n / ha.size
+        cand.overlap_b = min(1.0, n / max(1.0, hb.size * scale2))
     if n < 64:
         cand.ncc = 0.0
         return cand
@@ -257,7 +263,9 @@ def lowpass(g: np.ndarray, sigma: float = COARSE_SIGMA) -> np.ndarray:
     return gaussian_filter(np.asarray(g, np.float32), sigma)
 
 
-def coarse_agreement(la: np.ndarray, lb: np.ndarray, cand: Candidate) -> Candidate:
+def coarse_agreement(
+    la: np.ndarray, lb: np.ndarray, cand: Candidate, region: np.ndarray | None = None
+) -> Candidate:
     """Set ``cand.ncc_coarse``: do the aligned images also agree at a coarse scale?
 
     A reused region agrees at every scale. Two different fields taken through one camera share
@@ -269,7 +277,40 @@ def coarse_agreement(la: np.ndarray, lb: np.ndarray, cand: Candidate) -> Candida
         cand.ncc_coarse = 0.0
         return cand
     warped, valid = aligned
+    if region is not None:
+        valid = valid & region
     cand.ncc_coarse = pixel_ncc(la[valid], warped[valid]) if valid.sum() >= 64 else 0.0
+    return cand
+
+
+def inlier_hull(shape: tuple[int, ...], pts: np.ndarray) -> np.ndarray | None:
+    """Pixels of A inside the convex hull of the inlier points, or None when they span no area."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    try:
+        hull = ConvexHull(pts)
+    except (QhullError, ValueError):
+        return None
+    mask = polygon_mask(shape, pts[hull.vertices])
+    return mask if mask.sum() >= 64 else None
+
+
+def agree_within_inliers(
+    ha: np.ndarray, hb: np.ndarray, lows: tuple[np.ndarray, np.ndarray] | None, cand: Candidate
+) -> Candidate:
+    """Pixel agreement within the inliers' hull, for a strongly supported candidate whose
+    whole overlap disagrees: a panel rotated by a free angle carries filled corners (white or
+    black triangles) that B brings into the overlap but A does not hold. The overlap figures
+    and the structure measure stay those of the whole overlap."""
+    region = inlier_hull(ha.shape, cand.pts_a)
+    if region is None:
+        return cand
+    inner = Candidate(cand.matrix, cand.method)
+    check_alignment(ha, hb, inner, region)
+    cand.ncc = max(cand.ncc, inner.ncc)
+    if lows is not None:
+        coarse_agreement(*lows, inner, region)
+        cand.ncc_coarse = max(cand.ncc_coarse, inner.ncc_coarse)
     return cand
 
 
@@ -304,6 +345,10 @@ def keypoint_candidates(
         cand = check_alignment(ha, hb, Candidate(m, "keypoints", len(pa), n_matches, pa, pb))
         if lows is not None:
             coarse_agreement(*lows, cand)
+        if cand.inliers >= STRONG_INLIERS and (
+            cand.ncc < MIN_NCC_KEYPOINTS or cand.ncc_coarse < MIN_NCC_COARSE
+        ):
+            agree_within_inliers(ha, hb, lows, cand)
         out.append(cand)
         if cand.inliers >= STRONG_INLIERS and cand.ncc >= 0.5:
             break  # a clear answer: skip the mirrored attempt
