@@ -378,6 +378,8 @@ def test_an_exact_crop_agrees_everywhere_and_a_cloned_patch_shows_where(bccd_ima
     found = match_images(a, edited)
     x0, y0, x1, y1 = found.local_edits.box_a  # the pasted patch, and nothing else
     assert x0 < 360 and x1 > 300 and y0 < 260 and y1 > 200 and (x1 - x0) * (y1 - y0) < 4 * 3600
+    # the box follows the patch's pixels, not the 40 px grid cells it falls in
+    assert iou((x0, y0, x1, y1), (300, 200, 360, 260)) >= 0.75, (x0, y0, x1, y1)
     heat = found.heatmap_a
     rows, cols = np.nonzero(heat < 0.9)
     cell_h, cell_w = a.shape[0] / heat.shape[0], a.shape[1] / heat.shape[1]

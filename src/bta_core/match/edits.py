@@ -112,13 +112,29 @@ def _local_edits(
     rc = [(int(i) // gshape[1], int(i) % gshape[1]) for i in flagged]
     box = None
     if rc:
-        ch, cw = grey_a.shape[0] / gshape[0], grey_a.shape[1] / gshape[1]
-        rows = [r for r, _ in rc]
-        cols = [c for _, c in rc]
-        box = (
-            int(min(cols) * cw),
-            int(min(rows) * ch),
-            int(np.ceil((max(cols) + 1) * cw)),
-            int(np.ceil((max(rows) + 1) * ch)),
-        )
+        limit = max(EDIT_MIN_DIFFERENCE, EDIT_FACTOR * typical)
+        box = _edit_box(diff.reshape(grey_a.shape) * full.reshape(grey_a.shape), rc, gshape, limit)
     return LocalEdits(tuple(rc), tuple(gshape), box, float(mean[whole].max()), typical)
+
+
+def _edit_box(
+    diff: np.ndarray, cells: list[tuple[int, int]], gshape: tuple[int, int], limit: float
+) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` around the pixels that differ by more than ``limit`` within the
+    flagged cells and their neighbours (an edit rarely follows the grid), else the cells' box."""
+    h, w = diff.shape
+    ch, cw = h / gshape[0], w / gshape[1]
+    rows = [r for r, _ in cells]
+    cols = [c for _, c in cells]
+    x0, y0 = int(min(cols) * cw), int(min(rows) * ch)
+    x1, y1 = int(np.ceil((max(cols) + 1) * cw)), int(np.ceil((max(rows) + 1) * ch))
+    near = np.zeros_like(diff, dtype=bool)
+    for r, c in cells:
+        near[
+            max(0, int((r - 1) * ch)) : int(np.ceil((r + 2) * ch)),
+            max(0, int((c - 1) * cw)) : int(np.ceil((c + 2) * cw)),
+        ] = True
+    ys, xs = np.nonzero(near & (diff > limit))
+    if len(xs) == 0:
+        return (x0, y0, x1, y1)
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
