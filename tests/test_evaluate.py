@@ -241,3 +241,17 @@ def test_calibrate_keeps_threshold_and_stores_anchored_probability(
     assert rec["pairs"] == 48 and rec["platt"][0] > 0 and "bccd, dsb2018" in rec["fitted_on"]
     assert score_probability(cfg.calibration, cfg.threshold) == pytest.approx(0.5)
     assert 0 <= rec["ece_at_prior"] <= 1 and 0 <= rec["ece_score"] <= 1
+
+
+def test_eval_without_checkpoint_scores_the_bundled_model(monkeypatch, tmp_path):
+    """As every other command: no --checkpoint means the bundled model; 'none' the baselines."""
+    from bta_core.cli import eval as eval_cli
+    from bta_core.cli import main
+
+    seen = []
+    monkeypatch.setattr(eval_cli, "evaluate", lambda data, **kw: seen.append(kw["checkpoints"]))
+    argv = ["eval", str(tmp_path), "--out", str(tmp_path / "e"), "--quiet"]
+    assert main(argv) == 0
+    assert main([*argv, "--checkpoint", "none"]) == 0
+    assert main([*argv, "--checkpoint", "a.safetensors"]) == 0
+    assert seen == [["default"], [], ["a.safetensors"]]

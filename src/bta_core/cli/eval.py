@@ -27,7 +27,8 @@ manipulation) is decoded, augmented and represented once per method, then reused
 resample, pair and protocol; methods sharing a frozen backbone share its forward pass. Progress
 bars per stage; metrics.json records the seconds per stage.
 
-Methods: every ``--checkpoint`` (labelled by its file name) and the training-free baselines
+Methods: every ``--checkpoint`` (labelled by its file name; none given: the bundled model) and
+the training-free baselines
 ``phash``, ``crhash`` (imagehash's crop-resistant hash) and ``backbone-cosine`` (cosine of the
 frozen backbone's pooled features). Checkpoints sharing a frozen backbone share its features,
 so adding a method costs only its projector and head.
@@ -56,7 +57,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help=f"comma-separated, from {', '.join(PROTOCOLS)}; or holdout (leave one data set out, alone)",
     )
     p.add_argument(
-        "--checkpoint", action="append", default=[], help="checkpoint to evaluate (repeatable)"
+        "--checkpoint",
+        action="append",
+        default=[],
+        help="checkpoint to evaluate (repeatable); none given = the bundled model "
+        "(--checkpoint none: the baselines only)",
     )
     p.add_argument(
         "--baselines",
@@ -79,8 +84,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_device(p)
     p.add_argument(
         "--cache",
-        default="/work/cache/bta_views",
-        help="holdout protocol: folder of cached backbone features (DATA: the data sets' root)",
+        default=None,
+        help="holdout protocol: folder of cached backbone features (DATA: the data sets' root; "
+        "default: 'views' beside the scan's embedding cache, ~/.cache/bta/views)",
     )
     p.add_argument(
         "--no-view-cache",
@@ -102,14 +108,17 @@ def main(args: argparse.Namespace) -> int:
         from ..evaluation.holdout import evaluate_holdout
 
         log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
-        evaluate_holdout(args.data[0], args.cache, args.out, log=log)
+        from ..scan.cache import default_cache_dir
+
+        cache = args.cache or default_cache_dir().parent / "views"
+        evaluate_holdout(args.data[0], cache, args.out, log=log)
         protocols.remove("holdout")
         if not protocols:
             return 0
     evaluate(
         args.data,
         protocols=protocols,
-        checkpoints=args.checkpoint,
+        checkpoints=[c for c in args.checkpoint or ["default"] if c.lower() != "none"],
         baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
         split=args.split or None,
         out=args.out,
