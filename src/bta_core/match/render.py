@@ -11,7 +11,7 @@ from ..dihedral import describe_d4
 from .heatmaps import upsample_heatmap
 from .locate import MatchResult
 from .prepare import as_float_rgb, to_grey
-from .transform import warp_image
+from .transform import map_points, warp_image
 
 
 def warp_b_to_a(image_b: np.ndarray, result: MatchResult, shape_a: tuple[int, ...]) -> np.ndarray:
@@ -49,6 +49,24 @@ def summary(result: MatchResult) -> str:
         f"{_px(t.translation[1])}) px, {result.inliers} inliers [{result.method}], "
         f"confidence {result.confidence:.2f}{score}{differs}"
     )
+
+
+def overlap_agreement(result: MatchResult, min_cover: float = 0.25) -> np.ma.MaskedArray:
+    """The alignment heatmap of A as drawn: each cell's agreement over the part of it inside
+    the overlap (the heatmap holds agreement x covered fraction), shown only inside the overlap
+    and only for cells at least ``min_cover`` covered. A smoothed grid glowed past the overlap
+    and faded its edge cells as if they disagreed."""
+    from .heatmaps import cell_index
+
+    gshape = result.heatmap_a.shape
+    cells = cell_index(result.mask_a.shape, gshape)
+    counts = np.bincount(cells.ravel(), minlength=gshape[0] * gshape[1])
+    inside = np.bincount(cells.ravel(), weights=result.mask_a.ravel(), minlength=counts.size)
+    cover = (inside / np.maximum(counts, 1)).reshape(gshape)
+    agree = np.where(cover >= min_cover, result.heatmap_a / np.maximum(cover, 1e-6), 0.0)
+    heat = upsample_heatmap(np.clip(agree, 0, 1), result.mask_a.shape, smooth=False)
+    shown = result.mask_a & (cover >= min_cover).ravel()[cells]
+    return np.ma.masked_where(~shown, heat)
 
 
 def panel_titles(result: MatchResult) -> tuple[str, str, str]:
@@ -112,6 +130,8 @@ def render_match_png(
             box = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]) - 0.5
             for ax in (axes[0], axes[2]):
                 ax.plot(box[:, 0], box[:, 1], color="#ff2d2d", lw=2)
+            in_b = map_points(result.transform.inverse, box + 0.5) - 0.5  # the place in B
+            axes[1].plot(in_b[:, 0], in_b[:, 1], color="#ff2d2d", lw=2)
         if len(result.points_a):
             axes[0].scatter(*result.points_a.T, s=8, c="#ffd400", edgecolors="k", linewidths=0.3)
             axes[1].scatter(*result.points_b.T, s=8, c="#ffd400", edgecolors="k", linewidths=0.3)
@@ -133,7 +153,10 @@ def render_match_png(
         )
         axes[2].set_title(titles[2])
     axes[3].imshow(to_grey(a), cmap="gray")
-    heat = upsample_heatmap(result.heatmap_a, a.shape, smooth=True)
+    if result.heatmap_source == "alignment":
+        heat = overlap_agreement(result)
+    else:
+        heat = upsample_heatmap(result.heatmap_a, a.shape, smooth=True)
     im = axes[3].imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
     axes[3].set_title(heatmap_title(result))
     fig.colorbar(im, ax=axes[3], fraction=0.046, pad=0.02)
