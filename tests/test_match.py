@@ -443,3 +443,16 @@ def test_a_panel_rotated_by_a_free_angle_with_filled_corners(bccd_images, fill):
     r = match_images(a, b, heatmaps=False)
     assert r.found and r.method == "keypoints", r.confidence
     assert abs(abs(r.transform.angle) - 17) < 1.0 and not r.transform.flip, r.transform
+
+
+def test_the_drawn_agreement_of_an_exact_crop_is_full_inside_and_absent_outside(bccd_images):
+    """The figure's agreement panel: an exact crop agrees in every shown pixel, edge cells
+    included, and nothing is drawn outside the overlap."""
+    from bta_core.match.render import overlap_agreement
+
+    a = load_image(bccd_images[7])
+    r = match_images(a, a[80:400, 100:460])
+    heat = overlap_agreement(r)
+    assert heat.mask[~r.mask_a].all()  # nothing outside the overlap
+    shown = heat.compressed()
+    assert shown.size > 0.8 * r.mask_a.sum() and shown.min() >= 0.9, shown.min()
