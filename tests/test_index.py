@@ -298,6 +298,9 @@ def test_a_deleted_indexed_file_is_reported_and_pruned(
     pair = next(p for p in after.pairs if p.path_b == str(files[2].resolve()))
     assert pair.verdict != "same" and "is missing" in pair.decision.evidence.not_checked
     assert "not keypoint-checked" in pair.decision.explain()
+    from bta_core.scan.report import evidence_lines
+
+    assert any("not keypoint-checked" in line for line in evidence_lines(pair, 0.5))
     monkeypatch.setattr(scan_cli, "load_checkpoint", lambda *a, **k: cosine_model)
     argv = ["scan", str(q), "--index", str(out), "--device", "cpu"]
     assert main([*argv, "--no-cache", "--out", str(tmp_path / "s")]) == 0

@@ -128,6 +128,8 @@ def evidence_lines(p: Pair, threshold: float | None) -> list[str]:
                 f"cell{'s' if ev.local_edits > 1 else ''} of the overlap (pasted or erased "
                 "content?), boxed in red on A in the match figure"
             )
+    elif ev.not_checked:
+        lines.append(f"<b>not keypoint-checked</b>: {_esc(ev.not_checked)}")
     elif ev.verified is False:
         lines.append("keypoint check: no shared region located")
     if ev.model_score is not None:
