@@ -181,3 +181,12 @@ def test_stage_bars_rate_counts_only_work_done_while_shown(capsys):
     bars.close()
     shown = [line for line in capsys.readouterr().err.split("\r") if "280/300" in line]
     assert shown and all("?pair/s" in line for line in shown), shown
+
+
+def test_stage_bars_in_a_log_file_draw_a_few_states_not_one_per_step(capsys):
+    """stderr redirected to a file: 200 quick steps leave the opening and closing states only."""
+    bars = StageBars()
+    for step in range(1, 201):
+        bars(step, 200, {"stage": "verify"})
+    err = capsys.readouterr().err
+    assert "200/200" in err and err.count("keypoint check") <= 4, err.count("keypoint check")

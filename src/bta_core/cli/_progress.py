@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,6 +14,17 @@ STAGE_UNITS = {
     "embed": "file",
     "keypoints": "image",
 }
+LOG_INTERVAL = 10.0
+"""Seconds between redraws of a stage bar when stderr is not a terminal (a log file)."""
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 STAGE_LABELS = {"verify": "keypoint check", "report": "report", "keypoints": "local features"}
 
 
@@ -29,6 +41,10 @@ class StageBars:
         self.enabled = enabled
         self._stage: str | None = None
         self._bar: Any = None
+        # a log file, not a terminal: redraw a bar at most every LOG_INTERVAL seconds, so the
+        # log gets a few states per stage instead of one per step
+        self._interval = 0.0 if _is_terminal(sys.stderr) else LOG_INTERVAL
+        self._drawn = 0.0
 
     def __call__(self, step: int, total: int, info: dict | None = None) -> None:
         stage = str((info or {}).get("stage", "work"))
@@ -50,9 +66,12 @@ class StageBars:
             )
         self._bar.total = total
         self._bar.n = step
-        self._bar.refresh()
+        now = time.monotonic()
         if step >= total:
             self.close()
+        elif now - self._drawn >= self._interval:
+            self._bar.refresh()
+            self._drawn = now
 
     def close(self) -> None:
         if self._bar is not None:
