@@ -602,3 +602,25 @@ def test_keypoint_votes_find_a_crop_and_skip_cleanly_without_faiss(bccd_images, 
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
     with pytest.warns(RuntimeWarning, match="need FAISS"):
         assert keypoint_votes.keypoint_candidates(items, True, 1, images) == {}
+
+
+def test_a_rescan_reuses_the_keypoint_checks_of_the_same_pixels(corpus, tiny_model, tmp_path):
+    """Checks are kept in the cache: a second scan repeats none and decides every pair the
+    same; a damaged entry is checked again."""
+    cache = tmp_path / "cache"
+    kw = dict(model=tiny_model, cache_dir=cache, verify_per_image=2)
+    first = scan(corpus["q"], **kw)
+    assert first.stats["n_checked"] > 0 and first.stats["n_checked_from_cache"] == 0
+    entries = sorted((cache / "verify").rglob("*.json"))
+    assert len(entries) == first.stats["n_checked"]
+    again = scan(corpus["q"], **kw)
+    assert again.stats["n_checked_from_cache"] == again.stats["n_checked"] == len(entries)
+
+    def decided(r):
+        return {(p.path_a, p.path_b): (p.verdict, p.decided_by, p.transform) for p in r.pairs}
+
+    assert decided(again) == decided(first)
+    entries[0].write_text("{not json", encoding="utf-8")
+    third = scan(corpus["q"], **kw)
+    assert third.stats["n_checked_from_cache"] == len(entries) - 1
+    assert decided(third) == decided(first)

@@ -43,6 +43,7 @@ from .outputs import write_outputs
 from .records import Pair, ScanResult
 from .shards import read_shards, write_shard
 from .verify import iter_scan_images, verify_pairs
+from .verify_cache import VerifyCache
 
 DEFAULT_VERIFY_PER_IMAGE = 3
 """Candidates per image checked by keypoint matching (about 0.1-0.3 s per pair on a CPU)."""
@@ -130,8 +131,11 @@ def score_and_report(
     options: ScanOptions,
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> ScanResult:
-    """Gather the evidence cascade for the candidate pairs, decide each, write the outputs."""
+    """Gather the evidence cascade for the candidate pairs, decide each, write the outputs.
+
+    ``cache_dir``: where keypoint-check results are kept between scans (None: not kept)."""
     o = options
     thr = float(model.config.threshold if o.threshold is None else o.threshold)
     whitening = collection_whitening(emb.z, emb.fit_rows, emb.background) if o.collection else None
@@ -189,8 +193,9 @@ def score_and_report(
                 orientation_name(code),
             )
         )
+    checks = VerifyCache(cache_dir) if cache_dir is not None else None
     n_checked = verify_pairs(
-        pairs, keys, emb.items, o.verify_per_image, policy, on_progress, should_stop, local
+        pairs, keys, emb.items, o.verify_per_image, policy, on_progress, should_stop, local, checks
     )
     t_verify = time.perf_counter()
     pairs.sort(key=lambda p: (*(-v for v in rank_key(p.decision)), p.path_a, p.path_b))
@@ -215,6 +220,7 @@ def score_and_report(
         n_suspect=sum(p.verdict == SUSPECT for p in pairs),
         n_verified=sum(bool(p.verified) for p in pairs),
         n_checked=n_checked,
+        n_checked_from_cache=checks.hits if checks is not None else 0,
         decided_by={k: by[k] for k in sorted(by)},
         seconds_fingerprints=round(t_hash - t0, 3),
         seconds_score=round(t_score - t_hash, 3),
@@ -268,7 +274,8 @@ def scan(
 
     Args:
         model: a loaded model; else ``checkpoint`` (None: the bundled default) on ``device``.
-        cache_dir: embedding cache folder; ``"auto"`` = ``default_cache_dir()``, None = no cache.
+        cache_dir: embedding cache folder, also keeping keypoint-check results (``verify/``);
+            ``"auto"`` = ``default_cache_dir()``, None = no cache.
         shard: ``"i/n"``: only embed shard i of n and write it to ``out_dir`` (no scoring);
             combine the shard folders with ``merge``.
         index: a reference index (``bta_core.index``): also pair each query with its
@@ -333,7 +340,7 @@ def scan(
         from ..index import attach_index
 
         emb = attach_index(emb, ref_index, model, k=opts.faiss_k)
-    return score_and_report(model, emb, opts, on_progress, should_stop)
+    return score_and_report(model, emb, opts, on_progress, should_stop, cache_dir)
 
 
 def merge(

@@ -14,6 +14,7 @@ from ..runtime import ProgressFn, StopFn, check_cancel
 from ..verdict import PERCEPTUAL_HASH, Policy, decide
 from .evidence import PairKey
 from .records import Pair, ScanImage
+from .verify_cache import VerifyCache
 
 IMAGES_KEPT = 64
 """Decoded images kept in memory while verifying (pairs are visited image by image)."""
@@ -107,11 +108,13 @@ def verify_pairs(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     extra: Mapping[PairKey, object] | None = None,
+    checks: VerifyCache | None = None,
 ) -> int:
     """Check each query image's best candidates by keypoint matching and re-decide them in place.
 
     ``extra``: more pairs to check (``select_for_verification``). A verified overlap makes a pair
-    ``same`` whatever its score. Returns how many were checked.
+    ``same`` whatever its score. ``checks``: results of earlier scans, reused for pairs of the
+    same pixels and filled with the new ones. Returns how many were checked (cached included).
     """
     from ..match import match_images
 
@@ -132,9 +135,13 @@ def verify_pairs(
         check_cancel(should_stop, "scan")
         i, j = keys[m]
         evidence = pairs[m].evidence
+        hashes = (items[i].pixel_hash, items[j].pixel_hash)
         try:
-            found = match_images(image(i), image(j), heatmaps=False, should_stop=should_stop)
-            add_match(evidence, found)
+            if checks is None or not checks.load(*hashes, evidence):
+                found = match_images(image(i), image(j), heatmaps=False, should_stop=should_stop)
+                add_match(evidence, found)
+                if checks is not None:
+                    checks.store(*hashes, evidence)
         except InterruptedError:  # cancelled: stop the scan
             raise
         except Exception:  # changed since embedding, or degenerate pixels: not verified
