@@ -16,6 +16,7 @@ import numpy as np
 
 from .heatmaps import cell_index, grid_shape
 from .params import EDIT_FACTOR, EDIT_MIN_DIFFERENCE, EDIT_SMOOTHING
+from .prepare import corner_fill, is_free_rotation
 from .transform import warp_image
 
 
@@ -83,6 +84,12 @@ def _local_edits(
     from scipy.ndimage import gaussian_filter
 
     warped, valid = warp_image(grey_b, np.linalg.inv(m_b_to_a), grey_a.shape)
+    sigma = max(1.0, min(grey_a.shape) * EDIT_SMOOTHING)
+    if is_free_rotation(m_b_to_a):  # B's filled corners are not in A: not an edit
+        fill = corner_fill(np.clip(grey_b, 0, 1), margin=int(np.ceil(3 * sigma)) + 2)
+        if fill is not None:
+            moved, _ = warp_image(fill.astype(np.float32), np.linalg.inv(m_b_to_a), grey_a.shape)
+            valid &= moved < 0.5
     if valid.sum() < 64:
         return None
     # levels matched unclipped, then both clipped at A's range: one saturation for both (each
@@ -92,7 +99,6 @@ def _local_edits(
         _match_levels(warped.astype(np.float64), grey_a.astype(np.float64), valid), 0, 1
     )
     grey_a = np.clip(grey_a.astype(np.float64), 0, 1)
-    sigma = max(1.0, min(grey_a.shape) * EDIT_SMOOTHING)
     inside = gaussian_filter(valid.astype(np.float64), sigma)
     smooth_a = gaussian_filter(grey_a * valid, sigma)
     smooth_b = gaussian_filter(warped * valid, sigma)

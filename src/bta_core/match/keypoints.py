@@ -10,7 +10,7 @@ import numpy as np
 
 from ..runtime import check_cancel
 from .params import MIN_INLIERS, MIN_NCC_COARSE, MIN_NCC_KEYPOINTS, STRONG_INLIERS
-from .prepare import pixel_ncc
+from .prepare import corner_fill, is_free_rotation, pixel_ncc
 from .transform import image_corners, map_points, polygon_mask, warp_image
 
 
@@ -252,6 +252,11 @@ def check_alignment(
     return cand
 
 
+FILL_MARGIN = 8
+"""Working pixels added around B's filled corners: the band-pass and low-pass filters spread
+the edge between fill and content this far (sigma 4)."""
+
+
 COARSE_SIGMA = 4.0
 """Gaussian sigma (working pixels) of the low-passed images :func:`coarse_agreement` compares."""
 
@@ -283,28 +288,29 @@ def coarse_agreement(
     return cand
 
 
-def inlier_hull(shape: tuple[int, ...], pts: np.ndarray) -> np.ndarray | None:
-    """Pixels of A inside the convex hull of the inlier points, or None when they span no area."""
-    from scipy.spatial import ConvexHull, QhullError
-
-    try:
-        hull = ConvexHull(pts)
-    except (QhullError, ValueError):
-        return None
-    mask = polygon_mask(shape, pts[hull.vertices])
-    return mask if mask.sum() >= 64 else None
-
-
-def agree_within_inliers(
-    ha: np.ndarray, hb: np.ndarray, lows: tuple[np.ndarray, np.ndarray] | None, cand: Candidate
+def agree_outside_fill(
+    ha: np.ndarray,
+    hb: np.ndarray,
+    lows: tuple[np.ndarray, np.ndarray] | None,
+    cand: Candidate,
+    fill_b: np.ndarray,
 ) -> Candidate:
-    """Pixel agreement within the inliers' hull, for a strongly supported candidate whose
-    whole overlap disagrees: a panel rotated by a free angle carries filled corners (white or
-    black triangles) that B brings into the overlap but A does not hold. The overlap figures
-    and the structure measure stay those of the whole overlap."""
-    region = inlier_hull(ha.shape, cand.pts_a)
-    if region is None:
+    """Pixel agreement without B's filled corners (``prepare.corner_fill``), for a strongly
+    supported candidate turned by a free angle whose whole overlap disagrees: the fill is in B
+    but not in A. Everything else of the overlap must still agree; the overlap figures and the
+    structure measure stay those of the whole overlap."""
+    moved = _warp_b_onto_a(ha, fill_b.astype(np.float32), cand.matrix)
+    if moved is None:
         return cand
+    warped_fill, valid = moved
+    region = valid & (warped_fill < 0.5)
+    inner = Candidate(cand.matrix, cand.method)
+    check_alignment(ha, hb, inner, region)
+    cand.ncc = max(cand.ncc, inner.ncc)
+    if lows is not None:
+        coarse_agreement(*lows, inner, region)
+        cand.ncc_coarse = max(cand.ncc_coarse, inner.ncc_coarse)
+    return cand
     inner = Candidate(cand.matrix, cand.method)
     check_alignment(ha, hb, inner, region)
     cand.ncc = max(cand.ncc, inner.ncc)
@@ -345,10 +351,14 @@ def keypoint_candidates(
         cand = check_alignment(ha, hb, Candidate(m, "keypoints", len(pa), n_matches, pa, pb))
         if lows is not None:
             coarse_agreement(*lows, cand)
-        if cand.inliers >= STRONG_INLIERS and (
-            cand.ncc < MIN_NCC_KEYPOINTS or cand.ncc_coarse < MIN_NCC_COARSE
+        if (
+            cand.inliers >= STRONG_INLIERS
+            and (cand.ncc < MIN_NCC_KEYPOINTS or cand.ncc_coarse < MIN_NCC_COARSE)
+            and is_free_rotation(m)
         ):
-            agree_within_inliers(ha, hb, lows, cand)
+            fill_b = corner_fill(gb, margin=FILL_MARGIN)
+            if fill_b is not None:
+                agree_outside_fill(ha, hb, lows, cand, fill_b)
         out.append(cand)
         if cand.inliers >= STRONG_INLIERS and cand.ncc >= 0.5:
             break  # a clear answer: skip the mirrored attempt

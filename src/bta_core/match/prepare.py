@@ -91,3 +91,37 @@ def common_scale(
     ga, to_a = resize_by(grey_a, factor)
     gb, to_b = resize_by(grey_b, factor)
     return ga, gb, to_a, to_b
+
+
+FILL_TOLERANCE = 0.02
+"""Grey levels (0-1) within which a filled corner counts as one constant colour (JPEG ringing)."""
+FREE_ROTATION_DEGREES = 1.0
+"""A transform this far or more from a plain quarter turn is a free rotation."""
+
+
+def is_free_rotation(matrix: np.ndarray) -> bool:
+    """Is the similarity ``matrix`` turned by a free angle (not a multiple of 90 degrees)?"""
+    from .transform import MatchTransform
+
+    return abs(MatchTransform.from_matrix(matrix).residual_angle) >= FREE_ROTATION_DEGREES
+
+
+def corner_fill(g: np.ndarray, margin: int = 0) -> np.ndarray | None:
+    """The filled corners of a grey image turned by a free angle: each corner's connected region
+    of its own constant grey, widened by ``margin`` pixels; None when they cover under 1 % of it.
+
+    Slide and image software fill the corners of a rotated panel with one colour (black, white):
+    pixels that are in the copy but not in its source. Only meaningful for a free rotation
+    (``is_free_rotation``); elsewhere a corner region is real content."""
+    from scipy.ndimage import binary_dilation, label
+
+    h, w = g.shape
+    fill = np.zeros(g.shape, dtype=bool)
+    for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)):
+        if fill[y, x]:
+            continue
+        regions, _ = label(np.abs(g - g[y, x]) <= FILL_TOLERANCE)
+        fill |= regions == regions[y, x]
+    if fill.mean() < 0.01:
+        return None
+    return binary_dilation(fill, iterations=margin) if margin > 0 else fill
