@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from .calibration import collection_threshold, score_probability
-from .dihedral import describe_d4
 from .fingerprint import fingerprint, pair_phash
 from .runtime import ProgressFn, StopFn, check_cancel
 from .verdict import Decision, Evidence, Policy, decide
@@ -62,7 +61,7 @@ def add_match(evidence: Evidence, found: Any) -> Evidence:
     evidence.inliers = int(found.inliers)
     if found.found and found.transform is not None:
         t = found.transform
-        evidence.transform = f"{describe_d4(t.dihedral)}, scale {t.scale:.2f}"
+        evidence.transform = f"{t.describe()}, scale {t.scale:.2f}"
         edits = getattr(found, "local_edits", None)
         evidence.local_edits = None if edits is None else len(edits.cells)
     return evidence

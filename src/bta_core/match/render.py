@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dihedral import describe_d4
 from .heatmaps import upsample_heatmap
 from .locate import MatchResult
 from .prepare import as_float_rgb, to_grey
@@ -38,8 +37,9 @@ def summary(result: MatchResult) -> str:
     if result.transform is None:
         return f"no matching region found (confidence {result.confidence:.2f}{score})"
     t = result.transform
-    what = describe_d4(t.dihedral) if t.dihedral != "identity" else "no rotation/flip"
-    extra = f" (+{t.residual_angle:.1f} deg)" if abs(t.residual_angle) >= 1 else ""
+    what = t.describe() if t.dihedral != "identity" or abs(t.residual_angle) >= 1 else None
+    what = what or "no rotation/flip"
+    extra = ""
     edits = result.local_edits
     differs = ""
     if edits is not None and edits.cells:

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..dihedral import D4_NAMES, apply_d4
+from ..dihedral import D4_NAMES, apply_d4, describe_d4
 
 
 @dataclass
@@ -54,6 +54,18 @@ class MatchTransform:
             scale=scale,
             translation=(float(m[0, 2]), float(m[1, 2])),
         )
+
+    def describe(self) -> str:
+        """How B looks relative to A in words, the free part of the angle included:
+        ``"B is A turned 90 degrees clockwise, then 17.0 degrees counter-clockwise"``."""
+        words = describe_d4(self.dihedral)
+        r = self.residual_angle
+        if abs(r) < 1.0:
+            return words
+        turn = f"{abs(r):.1f} degrees {'counter-clockwise' if r > 0 else 'clockwise'}"
+        if self.dihedral == "identity":
+            return f"B is A turned {turn}"
+        return f"{words}, then turned {turn}"
 
     @property
     def inverse(self) -> np.ndarray:

@@ -126,7 +126,7 @@ def evidence_lines(p: Pair, threshold: float | None) -> list[str]:
             lines.append(
                 f"<b>local difference</b>: B differs from A in {ev.local_edits} grid "
                 f"cell{'s' if ev.local_edits > 1 else ''} of the overlap (pasted or erased "
-                "content?), boxed in red on A in the match figure"
+                "content?), boxed in red on A and B in the match figure"
             )
     elif ev.not_checked:
         lines.append(f"<b>not keypoint-checked</b>: {_esc(ev.not_checked)}")
