@@ -191,7 +191,7 @@ def test_ctrl_c_in_scan_says_what_was_kept(tmp_path, capsys, monkeypatch, bccd_i
     out = tmp_path / "out"
     assert cli_main(["scan", str(tmp_path), "--out", str(out)]) == 130
     err = capsys.readouterr().err
-    assert "\ninterrupted: the embeddings finished so far are cached" in err
+    assert "\ninterrupted: the embeddings and keypoint checks finished so far are cached" in err
     assert f"{out} was not changed" in err
     assert cli_main(["scan", str(tmp_path), "--out", str(out), "--no-cache"]) == 130
     assert "nothing was cached (--no-cache)" in capsys.readouterr().err

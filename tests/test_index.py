@@ -290,7 +290,8 @@ def test_a_deleted_indexed_file_is_reported_and_pruned(
     before = scan(q, **kw)
     assert before.pairs[0].verdict == "same" and before.stats["index_missing"] == 0
     files[2].unlink()  # the archive loses the source after indexing
-    assert index_info(out)["missing_files"] == 1
+    assert index_info(out, check_files=True)["missing_files"] == 1
+    assert index_info(out)["missing_files"] is None  # not checked unless asked
     after = scan(q, **kw)
     assert after.stats["index_missing"] == 1
     assert [s.path for s in after.skipped] == [str(files[2].resolve())]
@@ -305,10 +306,19 @@ def test_a_deleted_indexed_file_is_reported_and_pruned(
     argv = ["scan", str(q), "--index", str(out), "--device", "cpu"]
     assert main([*argv, "--no-cache", "--out", str(tmp_path / "s")]) == 0
     assert "1 indexed image nearest to the scanned files is missing" in capsys.readouterr().err
+    # an unmounted archive looks like every file gone: refused, nothing retired
+    from bta_core.index import prune_index
+
+    moved = tmp_path / "archive_elsewhere"
+    archive.rename(moved)
+    with pytest.raises(ValueError, match="is the archive's drive mounted"):
+        prune_index(out)
+    assert load(out).n_live == len(files)
+    moved.rename(archive)
     assert main(["index", "prune", str(out), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["retired"] == [str(files[2].resolve())] and res["images"] == len(files) - 1
-    assert index_info(out)["missing_files"] == 0
+    assert index_info(out, check_files=True)["missing_files"] == 0
     pruned = scan(q, **kw)
     assert pruned.stats["index_missing"] == 0
     assert str(files[2].resolve()) not in {p.path_b for p in pruned.pairs}

@@ -35,9 +35,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     what = "retire the images whose files were moved or deleted since indexing (no model)"
     r = sub.add_parser("prune", help=what, description=what, **fmt)
     r.add_argument("index", metavar="INDEX", help="index folder to update")
+    r.add_argument(
+        "--force", action="store_true", help="retire even when more than half the files are missing"
+    )
     r.add_argument("--json", action="store_true", help="print one JSON object")
     i = sub.add_parser("info", help="what an index holds", description="what an index holds", **fmt)
     i.add_argument("index", metavar="INDEX", help="index folder")
+    i.add_argument(
+        "--check-files",
+        action="store_true",
+        help="also count indexed files that were moved or deleted (one stat per image)",
+    )
     i.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -72,7 +80,15 @@ def _bar(quiet: bool):
 def interrupted_note(args: argparse.Namespace) -> str:
     """What a Ctrl-C left behind (printed by the CLI's interrupt handler)."""
     if args.action in ("build", "add"):
-        return "the images embedded so far are in the index; 'bta-core index add' with the same folders resumes"
+        from ..index.store import is_index
+
+        target = args.out if args.action == "build" else args.index
+        if not is_index(target):
+            return "no index was written"
+        return (
+            f"the images embedded so far are in {target}; 'bta-core index add {target}' with "
+            "the same folders resumes"
+        )
     return "the index was not changed"
 
 
@@ -80,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
     from ..index import add_to_index, build_index, index_info, prune_index
 
     if args.action == "prune":
-        res = prune_index(args.index)
+        res = prune_index(args.index, force=args.force)
         if args.json:
             print(json.dumps(res))
         else:
@@ -89,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"{res['index']}: {len(res['retired'])} retired, {res['images']} images left")
         return 0
     if args.action == "info":
-        info = index_info(args.index)
+        info = index_info(args.index, check_files=args.check_files)
         if args.json:
             print(json.dumps(info))
         else:

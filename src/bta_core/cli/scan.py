@@ -219,11 +219,12 @@ def _torchrun_rank(args: argparse.Namespace) -> Rank | None:
 
 def interrupted_note(args: argparse.Namespace) -> str:
     """What a Ctrl-C left behind (printed by the CLI's interrupt handler)."""
-    kept = (
-        "nothing was cached (--no-cache)"
-        if args.no_cache
-        else "the embeddings finished so far are cached, so the same command resumes"
-    )
+    if args.merge:
+        kept = "the shard folders are unchanged, so the same command starts again"
+    elif args.no_cache:
+        kept = "nothing was cached (--no-cache)"
+    else:
+        kept = "the embeddings and keypoint checks finished so far are cached, so the same command resumes"
     return (
         f"{kept}; {args.out} was not changed (its outputs, if any, are those of the previous run)"
     )
@@ -320,7 +321,8 @@ def main(args: argparse.Namespace) -> int:
             f"warning: {n} indexed image{'s' if n > 1 else ''} nearest to the scanned files "
             f"{'are' if n > 1 else 'is'} missing (moved or deleted since indexing): compared by "
             "the stored embedding and hashes only, not keypoint-checked (listed in skipped.csv; "
-            f"'bta-core index prune {s['index']}' retires them, 'index add' takes the new place)"
+            f"'bta-core index prune {s['index']}' retires them, 'bta-core index add "
+            f"{s['index']} NEW_FOLDER' indexes them where they are now)"
         )
     root = common_root(result.items)
     items = {it.name: it for it in result.items}

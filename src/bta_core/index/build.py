@@ -240,22 +240,37 @@ def missing_rows(idx: ReferenceIndex) -> list[int]:
     return [i for i, r in enumerate(idx.rows) if i not in idx.dead and not os.path.exists(r.path)]
 
 
-def prune_index(index: str | os.PathLike) -> dict:
+PRUNE_MAX_SHARE = 0.5
+"""``prune_index`` refuses to retire more than this share of an index without ``force``."""
+
+
+def prune_index(index: str | os.PathLike, force: bool = False) -> dict:
     """Retire the rows of files that are gone (moved or deleted since indexing): a scan no
     longer offers them as references. Their data stay on disk, like any retired row; a moved
-    archive is added again with ``add_to_index``. Needs no model."""
+    archive is added again with ``add_to_index``. Needs no model.
+
+    More than half of the index missing looks like an archive drive that is not mounted:
+    refused unless ``force``."""
     idx = store.load(index)
-    store.clean(idx.root, idx.manifest)
     gone = missing_rows(idx)
     rows = idx.rows
+    if gone and len(gone) > PRUNE_MAX_SHARE * idx.n_live and not force:
+        raise ValueError(
+            f"{idx.root}: {len(gone)} of {idx.n_live} indexed files are missing (first: "
+            f"{rows[gone[0]].path}); is the archive's drive mounted? Nothing was retired; "
+            "pass --force to retire them all"
+        )
     if gone:
+        store.clean(idx.root, idx.manifest)
         manifest = dict(idx.manifest, dead=sorted(idx.dead | set(gone)))
         idx.manifest = store.commit(idx.root, manifest, None)
     return {"index": str(idx.root), "retired": [rows[i].path for i in gone], "images": idx.n_live}
 
 
-def index_info(index: str | os.PathLike) -> dict:
-    """What an index holds: counts, model, search kind and memory per image."""
+def index_info(index: str | os.PathLike, check_files: bool = False) -> dict:
+    """What an index holds: counts, model, search kind and memory per image; with
+    ``check_files``, how many indexed files are no longer where they were (one ``stat`` per
+    image: slow for a large archive on a network drive)."""
     idx = store.load(index)
     dim = int(idx.manifest["dim"])
     per_vec = ann.bytes_per_vector(idx.search_index, dim) if idx.search_index else 0
@@ -265,7 +280,7 @@ def index_info(index: str | os.PathLike) -> dict:
         "images": idx.n_live,
         "rows": len(idx),
         "retired": len(idx.dead),
-        "missing_files": len(missing_rows(idx)),
+        "missing_files": len(missing_rows(idx)) if check_files else None,
         "segments": len(idx.segments),
         "model_id": idx.model_id,
         "model": idx.manifest.get("model_name"),

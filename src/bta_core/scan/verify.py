@@ -144,15 +144,15 @@ def verify_pairs(
                     checks.store(*hashes, evidence)
         except InterruptedError:  # cancelled: stop the scan
             raise
-        except Exception:  # changed since embedding, or degenerate pixels: not verified
+        except Exception as exc:  # changed since embedding, or degenerate pixels: not verified
             evidence.verified = False
-            gone = [items[k] for k in (i, j) if not os.path.exists(items[k].path)]
+            gone = [items[k].path for k in (i, j) if not os.path.exists(items[k].path)]
             if gone:
-                evidence.not_checked = f"{gone[0].path} is missing" + (
-                    " (moved or deleted since it was indexed)"
-                    if gone[0].role == "reference"
-                    else " (moved or deleted during the scan)"
+                evidence.not_checked = (
+                    f"{gone[0]} is missing (moved or deleted since it was embedded or indexed)"
                 )
+            elif isinstance(exc, ImageReadError):
+                evidence.not_checked = f"could not be read again: {exc}"
         pairs[m].decision = decide(evidence, policy)
         if on_progress is not None:
             on_progress(step, len(todo), {"stage": "verify"})
