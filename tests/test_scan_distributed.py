@@ -83,7 +83,7 @@ def test_two_ranks_on_cpu_equal_a_single_scan(folder, tiny_model, tmp_path):
     out = tmp_path / "ranks"
     run = _torchrun_scan(root, out, opts)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stderr.count("wrote ") == 1  # only rank 0 reports
+    assert run.stdout.count("wrote ") == 1  # only rank 0 reports (the summary is on stdout)
     sizes = []
     for r in range(2):
         with open(shard_dir(out, r) / "items.json", encoding="utf-8") as fh:

@@ -75,7 +75,7 @@ def test_compare_gives_the_core_verdict_on_a_rotated_crop(
     assert (decision.verdict, decision.decided_by) == (cli["verdict"], cli["decided_by"])
     assert decision.verdict == "same" and decision.decided_by == "verified overlap"
     text = panel._verdict.value
-    assert f"Verdict: {decision.explain()}" in text and "rot90" in text
+    assert f"Verdict: {decision.explain()}" in text and "turned 90 degrees" in text
     assert (
         text.count("Verdict:") == 1 and "decided by" not in text
     )  # said once, in the core's words
