@@ -298,6 +298,7 @@ def test_a_deleted_indexed_file_is_reported_and_pruned(
     assert "indexed file missing" in after.skipped[0].problem
     pair = next(p for p in after.pairs if p.path_b == str(files[2].resolve()))
     assert pair.verdict != "same" and "is missing" in pair.decision.evidence.not_checked
+    assert pair.decision.evidence.verified is None  # not checked: an empty cell, not a 0
     assert "not keypoint-checked" in pair.decision.explain()
     from bta_core.scan.report import evidence_lines
 

@@ -110,6 +110,8 @@ def main(args: argparse.Namespace) -> int:
             print(json.dumps(info))
         else:
             for k, v in info.items():
+                if k == "missing_files" and v is None:
+                    v = "not checked (--check-files)"
                 print(f"{k:>24}: {v}")
         return 0
     from pathlib import Path

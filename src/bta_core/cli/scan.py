@@ -313,14 +313,15 @@ def main(args: argparse.Namespace) -> int:
         f"{s['n_images']} image{'' if s['n_images'] == 1 else 's'} ({origin}), "
         f"{len(result.skipped)} skipped, "
         f"{s['n_pairs_scored']} pairs scored ({s['method']}), {s['n_checked']} checked by "
-        f"keypoints; threshold {s['threshold']:.3f}{collection_fact(s)}"
+        f"keypoints{cached_checks(s)}; threshold {s['threshold']:.3f}{collection_fact(s)}"
     )
     if s.get("index_missing"):
         n = s["index_missing"]
         say(
             f"warning: {n} indexed image{'s' if n > 1 else ''} nearest to the scanned files "
-            f"{'are' if n > 1 else 'is'} missing (moved or deleted since indexing): compared by "
-            "the stored embedding and hashes only, not keypoint-checked (listed in skipped.csv; "
+            f"{'are' if n > 1 else 'is'} missing (moved or deleted since indexing; is the "
+            "archive's drive mounted?): compared by the stored embedding and hashes, and by "
+            "keypoint checks cached while the files were there (listed in skipped.csv; "
             f"'bta-core index prune {s['index']}' retires them, 'bta-core index add "
             f"{s['index']} NEW_FOLDER' indexes them where they are now)"
         )
@@ -338,6 +339,12 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json_dumps(summary_dict(result, args.out), default=str))
     return 0
+
+
+def cached_checks(stats: dict) -> str:
+    """`` (N from the cache)`` when earlier scans' keypoint checks were reused."""
+    n = stats.get("n_checked_from_cache") or 0
+    return f" ({n} from the cache)" if n else ""
 
 
 def console_pair(p, items: dict, root: str | None) -> str:
@@ -363,7 +370,10 @@ def summary_dict(result: ScanResult, out_dir: str, top: int = JSON_PAIRS) -> dic
             "images": s.get("n_images"),
             "skipped": len(result.skipped),
             "pairs_scored": s.get("n_pairs_scored"),
+            "embedded": s.get("n_embedded"),
+            "from_cache": s.get("n_cached"),
             "pairs_checked_by_keypoints": s.get("n_checked"),
+            "keypoint_checks_from_cache": s.get("n_checked_from_cache"),
             "pairs_listed": len(result.pairs),
             "same": s.get("n_same"),
             "same_by": dict(same_by),

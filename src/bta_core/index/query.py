@@ -17,7 +17,8 @@ from . import store
 
 MISSING_PROBLEM = (
     "indexed file missing (moved or deleted since it was indexed): compared by its stored "
-    "embedding and hashes only, not keypoint-checked; 'bta-core index prune' retires it"
+    "embedding and hashes, and by keypoint checks cached while it was there, not checked "
+    "again; 'bta-core index prune' retires it"
 )
 """What skipped.csv says of an indexed image, nearest to a scanned one, whose file is gone."""
 

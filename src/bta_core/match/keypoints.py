@@ -295,8 +295,8 @@ def agree_outside_fill(
     cand: Candidate,
     fill_b: np.ndarray,
 ) -> Candidate:
-    """Pixel agreement without B's filled corners (``prepare.corner_fill``), for a strongly
-    supported candidate turned by a free angle whose whole overlap disagrees: the fill is in B
+    """Pixel agreement without B's filled corners (``prepare.corner_fill``), for a candidate
+    with enough inliers turned by a free angle whose whole overlap disagrees: the fill is in B
     but not in A. Everything else of the overlap must still agree; the overlap figures and the
     structure measure stay those of the whole overlap."""
     moved = _warp_b_onto_a(ha, fill_b.astype(np.float32), cand.matrix)
@@ -352,7 +352,7 @@ def keypoint_candidates(
         if lows is not None:
             coarse_agreement(*lows, cand)
         if (
-            cand.inliers >= STRONG_INLIERS
+            cand.inliers >= MIN_INLIERS
             and (cand.ncc < MIN_NCC_KEYPOINTS or cand.ncc_coarse < MIN_NCC_COARSE)
             and is_free_rotation(m)
         ):

@@ -56,16 +56,18 @@ class MatchTransform:
         )
 
     def describe(self) -> str:
-        """How B looks relative to A in words, the free part of the angle included:
-        ``"B is A turned 90 degrees clockwise, then 17.0 degrees counter-clockwise"``."""
+        """How B looks relative to A in words; a free angle whole: ``"B is A turned 60.0
+        degrees counter-clockwise"``, ``"B is A mirrored left-right, then turned 17.0 degrees
+        clockwise"``."""
         words = describe_d4(self.dihedral)
-        r = self.residual_angle
-        if abs(r) < 1.0:
+        if abs(self.residual_angle) < 1.0:
             return words
-        turn = f"{abs(r):.1f} degrees {'counter-clockwise' if r > 0 else 'clockwise'}"
-        if self.dihedral == "identity":
-            return f"B is A turned {turn}"
-        return f"{words}, then turned {turn}"
+        # a free turn: the whole angle, -180..180 (positive: counter-clockwise as displayed)
+        angle = (self.angle + 180.0) % 360.0 - 180.0
+        turn = f"{abs(angle):.1f} degrees {'counter-clockwise' if angle > 0 else 'clockwise'}"
+        if self.flip:
+            return f"B is A mirrored left-right, then turned {turn}"
+        return f"B is A turned {turn}"
 
     @property
     def inverse(self) -> np.ndarray:

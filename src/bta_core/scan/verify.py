@@ -148,6 +148,7 @@ def verify_pairs(
             evidence.verified = False
             gone = [items[k].path for k in (i, j) if not os.path.exists(items[k].path)]
             if gone:
+                evidence.verified = evidence.match_confidence = evidence.inliers = None
                 evidence.not_checked = (
                     f"{gone[0]} is missing (moved or deleted since it was embedded or indexed)"
                 )
