@@ -446,6 +446,15 @@ def test_a_panel_rotated_by_a_free_angle_with_filled_corners(bccd_images, fill):
     assert r.local_edits is not None and r.local_edits.cells == ()  # the fill is no edit
     # PIL turns counter-clockwise as displayed; the words say so
     assert "turned 17.0 degrees counter-clockwise" in r.transform.describe()
+    # the figure's agreement panel leaves the fill out: every shown cell of the copy agrees
+    from bta_core.match.prepare import as_float_rgb, to_grey
+    from bta_core.match.render import aligned_grey_b, overlap_agreement
+
+    full = match_images(a, b)
+    grey = [to_grey(as_float_rgb(x, "x")) for x in (a, b)]
+    _, content = aligned_grey_b(*grey, full.transform)
+    shown = overlap_agreement(full, overlap=content).compressed()
+    assert shown.size > 0 and shown.min() >= 0.9, shown.min()
 
 
 def test_the_drawn_agreement_of_an_exact_crop_is_full_inside_and_absent_outside(bccd_images):

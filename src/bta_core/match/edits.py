@@ -45,7 +45,7 @@ class LocalEdits:
         }
 
 
-def _match_levels(src: np.ndarray, ref: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def match_levels(src: np.ndarray, ref: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """``src`` mapped onto ``ref``'s grey levels by matching 65 quantiles over ``valid``."""
     q = np.linspace(0, 1, 65)
     sq = np.quantile(src[valid], q)
@@ -96,7 +96,7 @@ def _local_edits(
     # image's own clipping differs when a crop changes the histogram; unclipped bright specks
     # differ after resampling)
     warped = np.clip(
-        _match_levels(warped.astype(np.float64), grey_a.astype(np.float64), valid), 0, 1
+        match_levels(warped.astype(np.float64), grey_a.astype(np.float64), valid), 0, 1
     )
     grey_a = np.clip(grey_a.astype(np.float64), 0, 1)
     inside = gaussian_filter(valid.astype(np.float64), sigma)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .edits import match_levels
 from .heatmaps import upsample_heatmap
 from .locate import MatchResult
-from .prepare import as_float_rgb, to_grey
-from .transform import map_points, warp_image
+from .prepare import FREE_ROTATION_DEGREES, as_float_rgb, corner_fill, to_grey
+from .transform import MatchTransform, map_points, warp_image
 
 
 def warp_b_to_a(image_b: np.ndarray, result: MatchResult, shape_a: tuple[int, ...]) -> np.ndarray:
@@ -51,21 +52,42 @@ def summary(result: MatchResult) -> str:
     )
 
 
-def overlap_agreement(result: MatchResult, min_cover: float = 0.25) -> np.ma.MaskedArray:
+def aligned_grey_b(
+    ga: np.ndarray, gb: np.ndarray, t: MatchTransform
+) -> tuple[np.ndarray, np.ndarray]:
+    """B's grey image warped onto A with B's grey levels matched to A's over the overlap, and
+    where it is B's content: the filled corners of a panel turned by a free angle are left out
+    (each image's own contrast stretch, thrown off by the fill, tinted a true copy)."""
+    warped, valid = warp_image(gb, t.inverse, ga.shape[:2])
+    if abs(t.residual_angle) >= FREE_ROTATION_DEGREES:
+        fill = corner_fill(gb, margin=2)
+        if fill is not None:
+            moved, _ = warp_image(fill.astype(np.float32), t.inverse, ga.shape[:2])
+            valid = valid & (moved < 0.5)
+    if valid.sum() >= 64:
+        warped = np.clip(match_levels(warped, ga, valid), 0, 1).astype(np.float32)
+    return warped, valid
+
+
+def overlap_agreement(
+    result: MatchResult, min_cover: float = 0.25, overlap: np.ndarray | None = None
+) -> np.ma.MaskedArray:
     """The alignment heatmap of A as drawn: each cell's agreement over the part of it inside
     the overlap (the heatmap holds agreement x covered fraction), shown only inside the overlap
     and only for cells at least ``min_cover`` covered. A smoothed grid glowed past the overlap
-    and faded its edge cells as if they disagreed."""
+    and faded its edge cells as if they disagreed. ``overlap``: the pixels of A that B's
+    content covers (default ``result.mask_a``; without the filled corners of a free turn)."""
     from .heatmaps import cell_index
 
+    mask = result.mask_a if overlap is None else overlap
     gshape = result.heatmap_a.shape
-    cells = cell_index(result.mask_a.shape, gshape)
+    cells = cell_index(mask.shape, gshape)
     counts = np.bincount(cells.ravel(), minlength=gshape[0] * gshape[1])
-    inside = np.bincount(cells.ravel(), weights=result.mask_a.ravel(), minlength=counts.size)
+    inside = np.bincount(cells.ravel(), weights=mask.ravel(), minlength=counts.size)
     cover = (inside / np.maximum(counts, 1)).reshape(gshape)
     agree = np.where(cover >= min_cover, result.heatmap_a / np.maximum(cover, 1e-6), 0.0)
-    heat = upsample_heatmap(np.clip(agree, 0, 1), result.mask_a.shape, smooth=False)
-    shown = result.mask_a & (cover >= min_cover).ravel()[cells]
+    heat = upsample_heatmap(np.clip(agree, 0, 1), mask.shape, smooth=False)
+    shown = mask & (cover >= min_cover).ravel()[cells]
     return np.ma.masked_where(~shown, heat)
 
 
@@ -136,7 +158,8 @@ def render_match_png(
             axes[0].scatter(*result.points_a.T, s=8, c="#ffd400", edgecolors="k", linewidths=0.3)
             axes[1].scatter(*result.points_b.T, s=8, c="#ffd400", edgecolors="k", linewidths=0.3)
         ga = to_grey(a)
-        gb, valid = warp_image(to_grey(b), result.transform.inverse, a.shape[:2])
+        gb, valid = aligned_grey_b(ga, to_grey(b), result.transform)
+        content = valid.copy()
         gb[~valid] = 0
         overlay = np.stack([ga, gb, ga], axis=-1)
         axes[2].imshow(overlay)
@@ -154,7 +177,7 @@ def render_match_png(
         axes[2].set_title(titles[2])
     axes[3].imshow(to_grey(a), cmap="gray")
     if result.heatmap_source == "alignment":
-        heat = overlap_agreement(result)
+        heat = overlap_agreement(result, overlap=content if found else None)
     else:
         heat = upsample_heatmap(result.heatmap_a, a.shape, smooth=True)
     im = axes[3].imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
