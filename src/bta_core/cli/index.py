@@ -140,9 +140,10 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    tell = (lambda *a: None) if args.quiet else print  # the result: stdout, as prune's
     for path, problem in res["skipped"]:
-        say(f"  skipped {path}: {problem}")
-    say(
+        tell(f"  skipped {path}: {problem}")
+    tell(
         f"{res['index']}: {res['added'] - res['replaced']} new, "
         f"{res['replaced']} changed and re-embedded, "
         f"{res['unchanged']} unchanged, {len(res['skipped'])} skipped ({res['seconds']:.1f} s)"
