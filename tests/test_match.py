@@ -444,6 +444,8 @@ def test_a_panel_rotated_by_a_free_angle_with_filled_corners(bccd_images, fill):
     assert r.found and r.method == "keypoints", r.confidence
     assert abs(abs(r.transform.angle) - 17) < 1.0 and not r.transform.flip, r.transform
     assert r.local_edits is not None and r.local_edits.cells == ()  # the fill is no edit
+    # the shared region is the crop, not B's whole frame with its filled corners
+    assert iou(r.box_a, (150, 80, 450, 380)) >= 0.95, r.box_a
     # PIL turns counter-clockwise as displayed; the words say so
     assert "turned 17.0 degrees counter-clockwise" in r.transform.describe()
     # the figure's agreement panel leaves the fill out: every shown cell of the copy agrees
