@@ -306,7 +306,9 @@ def test_a_deleted_indexed_file_is_reported_and_pruned(
     monkeypatch.setattr(scan_cli, "load_checkpoint", lambda *a, **k: cosine_model)
     argv = ["scan", str(q), "--index", str(out), "--device", "cpu"]
     assert main([*argv, "--no-cache", "--out", str(tmp_path / "s")]) == 0
-    assert "1 indexed image nearest to the scanned files is missing" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "1 indexed image nearest to the scanned files is missing" in captured.err
+    assert "1 skipped (1 of them indexed file that is missing)" in captured.out
     # an unmounted archive looks like every file gone: refused, nothing retired
     from bta_core.index import prune_index
 

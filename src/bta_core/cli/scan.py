@@ -311,7 +311,7 @@ def main(args: argparse.Namespace) -> int:
     )
     tell(
         f"{s['n_images']} image{'' if s['n_images'] == 1 else 's'} ({origin}), "
-        f"{len(result.skipped)} skipped, "
+        f"{len(result.skipped)} skipped{missing_part(s)}, "
         f"{s['n_pairs_scored']} pairs scored ({s['method']}), {s['n_checked']} checked by "
         f"keypoints{cached_checks(s)}; threshold {s['threshold']:.3f}{collection_fact(s)}"
     )
@@ -339,6 +339,16 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json_dumps(summary_dict(result, args.out), default=str))
     return 0
+
+
+def missing_part(stats: dict) -> str:
+    """`` (N of them indexed files that are missing)`` when an index lookup met such files."""
+    n = stats.get("index_missing") or 0
+    return (
+        f" ({n} of them indexed file{'s' if n > 1 else ''} that {'are' if n > 1 else 'is'} missing)"
+        if n
+        else ""
+    )
 
 
 def cached_checks(stats: dict) -> str:
