@@ -237,7 +237,8 @@ def build_index(
 
 def missing_rows(idx: ReferenceIndex) -> list[int]:
     """Live rows whose file is no longer where it was indexed (moved or deleted)."""
-    return [i for i, r in enumerate(idx.rows) if i not in idx.dead and not os.path.exists(r.path)]
+    dead = idx.dead  # a set built per access: once, not per row
+    return [i for i, r in enumerate(idx.rows) if i not in dead and not os.path.exists(r.path)]
 
 
 PRUNE_MAX_SHARE = 0.5

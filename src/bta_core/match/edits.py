@@ -16,7 +16,7 @@ import numpy as np
 
 from .heatmaps import cell_index, grid_shape
 from .params import EDIT_FACTOR, EDIT_MIN_DIFFERENCE, EDIT_SMOOTHING
-from .prepare import corner_fill, is_free_rotation
+from .prepare import fill_of_free_turn
 from .transform import warp_image
 
 
@@ -85,11 +85,9 @@ def _local_edits(
 
     warped, valid = warp_image(grey_b, np.linalg.inv(m_b_to_a), grey_a.shape)
     sigma = max(1.0, min(grey_a.shape) * EDIT_SMOOTHING)
-    if is_free_rotation(m_b_to_a):  # B's filled corners are not in A: not an edit
-        fill = corner_fill(np.clip(grey_b, 0, 1), margin=int(np.ceil(3 * sigma)) + 2)
-        if fill is not None:
-            moved, _ = warp_image(fill.astype(np.float32), np.linalg.inv(m_b_to_a), grey_a.shape)
-            valid &= moved < 0.5
+    fill = fill_of_free_turn(grey_b, m_b_to_a, grey_a.shape, margin=int(np.ceil(3 * sigma)) + 2)
+    if fill is not None:  # B's filled corners are not in A: not an edit
+        valid &= ~fill[1]
     if valid.sum() < 64:
         return None
     # levels matched unclipped, then both clipped at A's range: one saturation for both (each

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..runtime import StopFn
 from .params import GRID, MIN_IMAGE_SIDE, SNAP_DEGREES, SNAP_SCALE
-from .prepare import as_float_rgb, corner_fill, is_free_rotation
+from .prepare import as_float_rgb, fill_of_free_turn
 from .transform import warp_image
 
 if TYPE_CHECKING:  # torch is imported lazily: keypoint matching does not need it
@@ -153,12 +153,9 @@ def alignment_heatmaps(
     inv = np.linalg.inv(m_small)
     wb, va = warp_image(gb, inv, ga.shape)
     wa, vb = warp_image(ga, m_small, gb.shape)
-    if is_free_rotation(m_small):  # B's filled corners are not part of the copy
-        fill = corner_fill(np.clip(gb, 0, 1), margin=2)
-        if fill is not None:
-            moved, _ = warp_image(fill.astype(np.float32), inv, ga.shape)
-            va = va & (moved < 0.5)
-            vb = vb & ~fill
+    fill = fill_of_free_turn(gb, m_small, ga.shape, margin=2)
+    if fill is not None:  # B's filled corners are not part of the copy
+        va, vb = va & ~fill[1], vb & ~fill[0]
     return (
         _agreement_grid(ga, wb, va, grid_shape(ga.shape, grid)),
         _agreement_grid(gb, wa, vb, grid_shape(gb.shape, grid)),

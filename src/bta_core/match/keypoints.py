@@ -10,7 +10,7 @@ import numpy as np
 
 from ..runtime import check_cancel
 from .params import MIN_INLIERS, MIN_NCC_COARSE, MIN_NCC_KEYPOINTS, STRONG_INLIERS
-from .prepare import corner_fill, is_free_rotation, pixel_ncc
+from .prepare import fill_of_free_turn, pixel_ncc
 from .transform import image_corners, map_points, polygon_mask, warp_image
 
 
@@ -293,29 +293,18 @@ def agree_outside_fill(
     hb: np.ndarray,
     lows: tuple[np.ndarray, np.ndarray] | None,
     cand: Candidate,
-    fill_b: np.ndarray,
+    fill_a: np.ndarray,
 ) -> Candidate:
-    """Pixel agreement without B's filled corners (``prepare.corner_fill``), for a candidate
-    with enough inliers turned by a free angle whose whole overlap disagrees: the fill is in B
-    but not in A. Everything else of the overlap must still agree; the overlap figures and the
-    structure measure stay those of the whole overlap."""
-    moved = _warp_b_onto_a(ha, fill_b.astype(np.float32), cand.matrix)
-    if moved is None:
-        return cand
-    warped_fill, valid = moved
-    region = valid & (warped_fill < 0.5)
+    """Pixel agreement without the pixels of A under B's filled corners (``fill_a``, from
+    ``prepare.fill_of_free_turn``), for a candidate with enough inliers turned by a free angle
+    whose whole overlap disagrees: the fill is in B but not in A. Everything else of the
+    overlap must still agree; the overlap figures and the structure measure stay those of the
+    whole overlap."""
     inner = Candidate(cand.matrix, cand.method)
-    check_alignment(ha, hb, inner, region)
+    check_alignment(ha, hb, inner, ~fill_a)
     cand.ncc = max(cand.ncc, inner.ncc)
     if lows is not None:
-        coarse_agreement(*lows, inner, region)
-        cand.ncc_coarse = max(cand.ncc_coarse, inner.ncc_coarse)
-    return cand
-    inner = Candidate(cand.matrix, cand.method)
-    check_alignment(ha, hb, inner, region)
-    cand.ncc = max(cand.ncc, inner.ncc)
-    if lows is not None:
-        coarse_agreement(*lows, inner, region)
+        coarse_agreement(*lows, inner, ~fill_a)
         cand.ncc_coarse = max(cand.ncc_coarse, inner.ncc_coarse)
     return cand
 
@@ -351,14 +340,12 @@ def keypoint_candidates(
         cand = check_alignment(ha, hb, Candidate(m, "keypoints", len(pa), n_matches, pa, pb))
         if lows is not None:
             coarse_agreement(*lows, cand)
-        if (
-            cand.inliers >= MIN_INLIERS
-            and (cand.ncc < MIN_NCC_KEYPOINTS or cand.ncc_coarse < MIN_NCC_COARSE)
-            and is_free_rotation(m)
+        if cand.inliers >= MIN_INLIERS and (
+            cand.ncc < MIN_NCC_KEYPOINTS or cand.ncc_coarse < MIN_NCC_COARSE
         ):
-            fill_b = corner_fill(gb, margin=FILL_MARGIN)
-            if fill_b is not None:
-                agree_outside_fill(ha, hb, lows, cand, fill_b)
+            fill = fill_of_free_turn(gb, m, ha.shape, margin=FILL_MARGIN)
+            if fill is not None:
+                agree_outside_fill(ha, hb, lows, cand, fill[1])
         out.append(cand)
         if cand.inliers >= STRONG_INLIERS and cand.ncc >= 0.5:
             break  # a clear answer: skip the mirrored attempt

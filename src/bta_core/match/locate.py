@@ -43,23 +43,15 @@ from .params import (
     MIN_STRUCTURE,
 )
 from .prepare import (
-    FREE_ROTATION_DEGREES,
     as_float_rgb,
     bandpass,
     common_scale,
-    corner_fill,
+    fill_of_free_turn,
     resize_by,
     to_grey,
     work_factor,
 )
-from .transform import (
-    MatchTransform,
-    image_corners,
-    map_points,
-    mask_box,
-    polygon_mask,
-    warp_image,
-)
+from .transform import MatchTransform, image_corners, map_points, mask_box, polygon_mask
 
 if TYPE_CHECKING:
     from ..model import BTAModel
@@ -220,18 +212,6 @@ def _accept(cand: Candidate) -> bool:
     )
 
 
-def _without_fill(
-    mask_a: np.ndarray, mask_b: np.ndarray, gb: np.ndarray, m_full: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The shared region without B's filled corners (a panel turned by a free angle): the
-    fill is in B's frame but holds nothing of A."""
-    fill = corner_fill(gb)
-    if fill is None:
-        return mask_a, mask_b
-    content, valid = warp_image((~fill).astype(np.float32), np.linalg.inv(m_full), mask_a.shape)
-    return mask_a & valid & (content >= 0.5), mask_b & ~fill
-
-
 def match_images(
     image_a: np.ndarray,
     image_b: np.ndarray,
@@ -328,9 +308,9 @@ def match_images(
         transform = MatchTransform.from_matrix(m_full)
         mask_a = polygon_mask(shape_a, map_points(m_full, image_corners(shape_b)))
         mask_b = polygon_mask(shape_b, map_points(np.linalg.inv(m_full), image_corners(shape_a)))
-        if transform_is_free := abs(transform.residual_angle) >= FREE_ROTATION_DEGREES:
-            mask_a, mask_b = _without_fill(mask_a, mask_b, gb_full, m_full)
-        info["free_rotation"] = transform_is_free
+        fill = fill_of_free_turn(gb_full, m_full, shape_a)
+        if fill is not None:  # the shared region holds B's content, not its filled corners
+            mask_a, mask_b = mask_a & ~fill[1], mask_b & ~fill[0]
         heat_src = "alignment" if heatmaps else "none"
         pts_a = map_points(np.linalg.inv(to_a), best.pts_a) if len(best.pts_a) else np.zeros((0, 2))
         pts_b = map_points(np.linalg.inv(to_b), best.pts_b) if len(best.pts_b) else np.zeros((0, 2))

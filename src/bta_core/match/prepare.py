@@ -125,3 +125,21 @@ def corner_fill(g: np.ndarray, margin: int = 0) -> np.ndarray | None:
     if fill.mean() < 0.01:
         return None
     return binary_dilation(fill, iterations=margin) if margin > 0 else fill
+
+
+def fill_of_free_turn(
+    gb: np.ndarray, m_b_to_a: np.ndarray, shape_a: tuple[int, ...], margin: int = 0
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """B's filled corners (:func:`corner_fill` of grey ``gb``, widened by ``margin``) and the
+    pixels of A they land on under ``m_b_to_a`` (B -> A); None unless the transform is a free
+    turn (:func:`is_free_rotation`) and B has such corners. What every comparison of a turned
+    panel with its source leaves out: the fill is in B but holds nothing of A."""
+    from .transform import warp_image
+
+    if not is_free_rotation(m_b_to_a):
+        return None
+    fill_b = corner_fill(np.clip(gb, 0, 1), margin=margin)
+    if fill_b is None:
+        return None
+    moved, _ = warp_image(fill_b.astype(np.float32), np.linalg.inv(m_b_to_a), shape_a[:2])
+    return fill_b, moved >= 0.5

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dihedral import describe_d4
 from .edits import match_levels
 from .heatmaps import upsample_heatmap
 from .locate import MatchResult
-from .prepare import FREE_ROTATION_DEGREES, as_float_rgb, corner_fill, to_grey
+from .prepare import as_float_rgb, fill_of_free_turn, to_grey
 from .transform import MatchTransform, map_points, warp_image
 
 
@@ -38,15 +39,14 @@ def summary(result: MatchResult) -> str:
     if result.transform is None:
         return f"no matching region found (confidence {result.confidence:.2f}{score})"
     t = result.transform
-    what = t.describe() if t.dihedral != "identity" or abs(t.residual_angle) >= 1 else None
-    what = what or "no rotation/flip"
-    extra = ""
+    what = t.describe()
+    what = "no rotation/flip" if what == describe_d4("identity") else what
     edits = result.local_edits
     differs = ""
     if edits is not None and edits.cells:
         differs = f"; B differs locally in {len(edits.cells)} cell(s) at {list(edits.box_a)} px"
     return (
-        f"match: {what}{extra}, scale {t.scale:.2f}, shift ({_px(t.translation[0])}, "
+        f"match: {what}, scale {t.scale:.2f}, shift ({_px(t.translation[0])}, "
         f"{_px(t.translation[1])}) px, {result.inliers} inliers [{result.method}], "
         f"confidence {result.confidence:.2f}{score}{differs}"
     )
@@ -59,11 +59,9 @@ def aligned_grey_b(
     where it is B's content: the filled corners of a panel turned by a free angle are left out
     (each image's own contrast stretch, thrown off by the fill, tinted a true copy)."""
     warped, valid = warp_image(gb, t.inverse, ga.shape[:2])
-    if abs(t.residual_angle) >= FREE_ROTATION_DEGREES:
-        fill = corner_fill(gb, margin=2)
-        if fill is not None:
-            moved, _ = warp_image(fill.astype(np.float32), t.inverse, ga.shape[:2])
-            valid = valid & (moved < 0.5)
+    fill = fill_of_free_turn(gb, t.matrix, ga.shape, margin=2)
+    if fill is not None:
+        valid = valid & ~fill[1]
     if valid.sum() >= 64:
         warped = np.clip(match_levels(warped, ga, valid), 0, 1).astype(np.float32)
     return warped, valid
