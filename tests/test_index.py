@@ -325,3 +325,34 @@ def test_a_deleted_indexed_file_is_reported_and_pruned(
     pruned = scan(q, **kw)
     assert pruned.stats["index_missing"] == 0
     assert str(files[2].resolve()) not in {p.path_b for p in pruned.pairs}
+
+
+def test_a_second_writer_is_refused_while_one_writes(refs, cosine_model, tmp_path, capsys):
+    """Two writers at once would delete each other's half-written segments: while one holds the
+    index (another process, here another open file), add, prune, build and the CLI refuse at
+    once, naming the index and the holder, and the index stays as it was."""
+    from bta_core.cli import main
+    from bta_core.index import IndexBusyError, prune_index
+    from bta_core.index.store import writer_lock
+
+    files = sorted(refs.iterdir())
+    out = tmp_path / "idx"
+    build_index(files[:3], out, cosine_model, workers=0)
+    before = json.loads((out / "manifest.json").read_text())
+    with writer_lock(out):
+        with pytest.raises(IndexBusyError, match=r"idx: another bta-core command .*pid \d+"):
+            add_to_index(out, [refs], cosine_model, workers=0)
+        with pytest.raises(IndexBusyError, match="wait for it to finish"):
+            prune_index(out)
+        assert main(["index", "prune", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert "idx: another bta-core command is writing this index" in err
+        assert "Traceback" not in err
+        assert json.loads((out / "manifest.json").read_text()) == before
+    # released when the holder ends: the same add now goes through
+    assert add_to_index(out, [refs], cosine_model, workers=0)["added"] == len(files) - 3
+    # the lock file does not make a fresh folder look used, nor survive as index content
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ".lock").write_text("pid 1")
+    assert build_index(files[:2], fresh, cosine_model, workers=0)["added"] == 2

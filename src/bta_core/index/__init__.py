@@ -7,9 +7,10 @@ nearest indexed images of its queries; the scan's ``loader`` decodes images in w
 
 from .build import add_to_index, build_index, index_info, list_images, prune_index
 from .query import attach_index, nearest, open_for_scan
-from .store import IndexFormatError, ModelMismatchError, ReferenceIndex, load
+from .store import IndexBusyError, IndexFormatError, ModelMismatchError, ReferenceIndex, load
 
 __all__ = [
+    "IndexBusyError",
     "IndexFormatError",
     "ModelMismatchError",
     "ReferenceIndex",

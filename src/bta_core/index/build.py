@@ -132,9 +132,33 @@ def add_to_index(
 ) -> dict:
     """Add new and changed image files below ``paths``; returns a summary of what was done:
     ``added`` rows written (new files and changed ones), ``replaced`` (the changed files among
-    them, whose old rows were retired), ``unchanged``, ``skipped`` ``[(path, problem)]``."""
+    them, whose old rows were retired), ``unchanged``, ``skipped`` ``[(path, problem)]``.
+    Raises ``IndexBusyError`` while another process writes the index."""
+    store.load(index)  # a clear error first if it is not an index
+    with store.writer_lock(index):
+        return _add_locked(
+            index,
+            paths,
+            model,
+            batch_size=batch_size,
+            workers=workers,
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+
+
+def _add_locked(
+    index: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    model,
+    *,
+    batch_size: int,
+    workers: int | None,
+    on_progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> dict:
     t0 = time.perf_counter()
-    idx = store.load(index)
+    idx = store.load(index)  # read under the lock: what the last writer committed
     _check_model(idx, model)
     store.clean(idx.root, idx.manifest)  # left-overs of an interrupted write
     live = idx.live_by_path()
@@ -209,9 +233,24 @@ def build_index(
         raise FileNotFoundError(f"no images found in {', '.join(map(str, paths))}")
     if store.is_index(root):
         raise ValueError(f"{root}: already an index; use 'bta-core index add' to grow it")
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+    if root.exists() and (not root.is_dir() or any(e.name != store.LOCK for e in root.iterdir())):
         raise ValueError(f"{root}: exists and is not an empty folder; choose a new --out")
     root.mkdir(parents=True, exist_ok=True)
+    with store.writer_lock(root):
+        if store.is_index(root):  # another build got there first
+            raise ValueError(f"{root}: already an index; use 'bta-core index add' to grow it")
+        return _build_locked(root, files, model, batch_size, workers, on_progress, should_stop)
+
+
+def _build_locked(
+    root: Path,
+    files: list[Path],
+    model,
+    batch_size: int,
+    workers: int | None,
+    on_progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> dict:
     manifest = {
         "format": store.FORMAT,
         "model_id": _model_identity(model),
@@ -224,7 +263,7 @@ def build_index(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     store.commit(root, manifest, ann.new_flat(int(model.embed_dim)))
-    return add_to_index(
+    return _add_locked(
         root,
         files,
         model,
@@ -252,6 +291,12 @@ def prune_index(index: str | os.PathLike, force: bool = False) -> dict:
 
     More than half of the index missing looks like an archive drive that is not mounted:
     refused unless ``force``."""
+    store.load(index)  # a clear error first if it is not an index
+    with store.writer_lock(index):
+        return _prune_locked(index, force)
+
+
+def _prune_locked(index: str | os.PathLike, force: bool) -> dict:
     idx = store.load(index)
     gone = missing_rows(idx)
     rows = idx.rows

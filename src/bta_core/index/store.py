@@ -5,7 +5,8 @@
 identities) is never changed once written. Adding images writes a new segment and a new FAISS
 file under fresh names, then replaces the manifest atomically: a reader (or a crash) sees the
 old index or the new one, never a mix. Files no manifest names are left-overs of an interrupted
-write and are removed by the next writer.
+write and are removed by the next writer. One writer at a time: ``writer_lock`` holds an OS
+file lock on ``INDEX/.lock`` (released by the OS when the process ends, so it never goes stale).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from . import ann
 
 FORMAT = "bta-index/1"
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 
 
 class IndexFormatError(ValueError):
@@ -32,6 +37,55 @@ class IndexFormatError(ValueError):
 
 class ModelMismatchError(ValueError):
     """The index was built with another model than the one given."""
+
+
+class IndexBusyError(RuntimeError):
+    """Another process is writing the index."""
+
+
+def _try_lock(fh) -> bool:
+    """Take an exclusive, non-blocking lock on the open file ``fh``; False if it is held."""
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        try:
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextmanager
+def writer_lock(root: str | os.PathLike) -> Iterator[None]:
+    """Hold the index's writer lock for the ``with`` block, or raise ``IndexBusyError`` at once.
+
+    Two writers at once (an ``add`` and a ``prune``, two ``add`` runs) would remove each
+    other's half-written segments and overwrite each other's manifest."""
+    path = Path(root) / LOCK
+    fh = open(path, "a+", encoding="utf-8")
+    try:
+        if not _try_lock(fh):
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise IndexBusyError(
+                f"{root}: another bta-core command is writing this index ({holder}); "
+                "wait for it to finish, then run this command again"
+            )
+        fh.seek(0)
+        fh.truncate()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        fh.write(f"pid {os.getpid()}, since {stamp}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
 
 
 @dataclass
