@@ -69,7 +69,9 @@ def test_ctrl_c_mid_epoch_then_resume_is_bit_identical(shared_data, tmp_path, re
     assert _same_tensors(reference, cfg.out)
 
 
-def test_sigterm_during_cli_train_saves_like_ctrl_c(shared_data, tmp_path, monkeypatch, reference):
+def test_sigterm_during_cli_train_saves_like_ctrl_c(
+    shared_data, tmp_path, monkeypatch, reference, capsys
+):
     from bta_core.cli import main as cli_main
 
     original, calls = train_mod.train_one_epoch, {"n": 0}
@@ -91,8 +93,22 @@ def test_sigterm_during_cli_train_saves_like_ctrl_c(shared_data, tmp_path, monke
     assert state_path(out).exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
     monkeypatch.setattr(train_mod, "train_one_epoch", original)
+    capsys.readouterr()
+    # resuming with other settings would silently change the schedule: refused, each one named
+    saved = state_path(out).read_bytes()
+    changed = [*argv, "--resume", "--epochs", "5", "--image-size", "64", "--backbone", "resnet18"]
+    assert cli_main(changed) == 1
+    err = capsys.readouterr().err
+    assert "started with --backbone efficientnet-lite0, --epochs 3, --image-size 48" in err
+    assert "asks for --backbone resnet18, --epochs 5, --image-size 64" in err
+    assert "Traceback" not in err and "size mismatch" not in err
+    assert state_path(out).read_bytes() == saved
     assert cli_main([*argv, "--resume"]) == 0
     assert _same_tensors(reference, out)
+    # a freshly trained model says it is not calibrated, and how to calibrate it
+    assert "not calibrated yet: its threshold is 0.5 and its P is the raw score" in (
+        capsys.readouterr().out
+    )
 
 
 def test_resume_with_nothing_saved_says_so(shared_data, tmp_path, capsys):

@@ -16,7 +16,7 @@ from bta_core.assess import assess_pair
 from bta_core.cli import main as cli_main
 from bta_core.imageio import load_image, to_uint8
 from bta_core.scan import scan
-from bta_core.verdict import DEFAULT_PHASH_MAX_DISTANCE
+from bta_core.verdict import DEFAULT_PHASH_MAX_DISTANCE, Evidence, Policy, decide
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +263,17 @@ def invert(name: str) -> int:
     from bta_core.dihedral import D4_NAMES, invert_d4
 
     return invert_d4(D4_NAMES.index(name))
+
+
+def test_a_never_calibrated_checkpoint_shows_no_probability(tiny_model):
+    """A checkpoint without a Platt mapping has no P(same source): the raw score stands in for
+    ranking, and the verdict line says the model is not calibrated instead of printing a P."""
+    from bta_core.assess import set_model_score
+
+    ev = set_model_score(Evidence(), tiny_model, 0.83)
+    assert ev.model_score == 0.83 and ev.model_probability is None
+    d = decide(ev, Policy(threshold=0.5))
+    assert d.verdict == "suspect" and d.probability == 0.83  # ranks by the raw score
+    assert "model not calibrated: no P" in d.explain() and "P 0.83" not in d.explain()
+    calibrated = decide(Evidence(model_score=0.83, model_probability=0.7), Policy(threshold=0.5))
+    assert "(P 0.70)" in calibrated.explain() and "not calibrated" not in calibrated.explain()

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import collection_threshold, score_probability
+from .calibration import collection_threshold, probability_mapping, score_probability
 from .fingerprint import fingerprint, pair_phash
 from .runtime import ProgressFn, StopFn, check_cancel
 from .verdict import Decision, Evidence, Policy, decide
@@ -36,10 +36,12 @@ def policy_for(model: Any) -> Policy:
 
 
 def set_model_score(evidence: Evidence, model: Any, score: float | None) -> Evidence:
-    """Record the model's raw score and its calibrated probability (the checkpoint's mapping)."""
+    """Record the model's raw score and its calibrated probability (the checkpoint's mapping;
+    left None for a checkpoint that was never calibrated: the verdict line then says so)."""
     evidence.model_score = None if score is None else float(score)
-    if score is not None and model is not None:
-        evidence.model_probability = score_probability(model.config.calibration, float(score))
+    calibration = None if model is None else model.config.calibration
+    if score is not None and probability_mapping(calibration) is not None:
+        evidence.model_probability = score_probability(calibration, float(score))
     return evidence
 
 

@@ -133,6 +133,12 @@ class Decision:
     def is_same(self) -> bool:
         return self.verdict == SAME
 
+    def _p(self) -> str:
+        """The probability as shown, or why there is none (a checkpoint never calibrated)."""
+        if self.evidence.model_probability is None:
+            return "model not calibrated: no P; run bta-core calibrate"
+        return f"P {self.probability:.2f}"
+
     def explain(self) -> str:
         """One line for people: the verdict and why."""
         ev = self.evidence
@@ -145,7 +151,7 @@ class Decision:
             why = "verified overlap" + (f": {ev.transform}" if ev.transform else "")
         elif self.decided_by == MODEL_SCORE:
             why = (
-                f"model score {ev.model_score:.3f} above threshold (P {self.probability:.2f}), "
+                f"model score {ev.model_score:.3f} above threshold ({self._p()}), "
                 "no geometric confirmation"
             )
             if ev.collection_similarity is not None:
@@ -154,11 +160,11 @@ class Decision:
             why = (
                 f"a look-alike of the scanned images: model score {ev.model_score:.3f} reaches "
                 f"the threshold, but the pair is only {ev.collection_similarity:.2f} alike once "
-                f"what all of them share is taken out (P {self.probability:.2f})"
+                f"what all of them share is taken out ({self._p()})"
             )
         else:
             why = "no evidence of reuse" + (
-                f" (model score {ev.model_score:.3f}, P {self.probability:.2f})"
+                f" (model score {ev.model_score:.3f}, {self._p()})"
                 if ev.model_score is not None
                 else ""
             )

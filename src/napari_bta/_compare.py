@@ -233,11 +233,13 @@ def verdict_text(names: Sequence[str], decision: Any, threshold: float, match: A
     """The core's verdict and why, then the model score and the localisation."""
     a, b = names
     ev = decision.evidence
+    uncalibrated = ev.model_probability is None and ev.model_score is not None
     lines = [
         f"{a} vs {b}",
         f"Verdict: {decision.explain()}",
         f"Model score {fmt(ev.model_score)} (threshold {fmt(threshold)}), "
-        f"P(same source) {fmt(decision.probability)}",
+        f"P(same source) {fmt(decision.probability)}"
+        + (" (raw score: model not calibrated)" if uncalibrated else ""),
     ]
     if match is not None:
         from bta_core.match import summary

@@ -274,9 +274,17 @@ class TrainPanel(Panel):
         path, model = value
         self.checkpoint = path
         MODEL.set(model, str(path))
-        self._status.value = f"Training: done; saved to {path} and loaded in every panel"
+        from bta_core.calibration import probability_mapping
+
+        note = ""
+        if probability_mapping(model.config.calibration) is None:
+            note = (
+                f"; not calibrated yet (threshold {model.config.threshold:g}, P = raw score): "
+                f"run bta-core calibrate {path} VAL_FOLDER before trusting its verdicts"
+            )
+        self._status.value = f"Training: done; saved to {path} and loaded in every panel{note}"
         self._status.tooltip = str(path)
-        show_info(f"Trained model saved to {path} and loaded")
+        show_info(f"Trained model saved to {path} and loaded{note}")
         self._out.value = default_output()  # the next run writes a new file
 
     def _cancelled(self, exc: Cancelled) -> None:

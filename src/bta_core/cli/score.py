@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..assess import assess_pair
+from ..calibration import probability_mapping
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
 from ..imageio import load_image
@@ -69,6 +70,7 @@ def main(args: argparse.Namespace) -> int:
         "same": decision.is_same,
         "score": decision.evidence.model_score,
         "threshold": float(model.config.threshold),
+        "calibrated": probability_mapping(model.config.calibration) is not None,
         "decision": decision.to_dict(),
         "checkpoint": model.checkpoint_path,
         "device": describe_device(device),
@@ -88,8 +90,11 @@ def main(args: argparse.Namespace) -> int:
         print(decision.explain())
         if found.note:
             print(f"note: {found.note}")
+        raw = (
+            "" if result["calibrated"] else " (the raw score: this checkpoint was never calibrated)"
+        )
         print(
-            f"probability {decision.probability:.4f}; model score {result['score']:.4f} "
+            f"probability {decision.probability:.4f}{raw}; model score {result['score']:.4f} "
             f"(threshold {result['threshold']:.3f})"
         )
         if "match" in result:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 
 from ..augment import VIEW_RECIPES
+from ..calibration import probability_mapping
 from ..checkpoint import load_checkpoint
 from ..heads import HEAD_TYPES
 from ..training.config import DEFAULT_EPOCHS, TrainConfig
@@ -202,4 +203,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     model = load_checkpoint(path)
     print(f"wrote {path} ({model.config.backbone}, projector {model.config.projector_sizes})")
+    if probability_mapping(model.config.calibration) is None:
+        print(
+            f"not calibrated yet: its threshold is {model.config.threshold:g} and its P is the raw "
+            "score. Calibrate it on images it was not trained on before trusting its verdicts: "
+            f"bta-core calibrate {path} VAL_FOLDER"
+        )
     return 0

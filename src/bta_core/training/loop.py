@@ -43,6 +43,7 @@ from ..runtime import Cancelled, ProgressFn
 from .config import DEFAULT_EPOCHS, TrainConfig, cosine_lr, recipe_dict
 from .log import TrainLogger
 from .state import (
+    check_resume_options,
     epoch_snapshot,
     load_training_state,
     remove_stale_outputs,
@@ -371,6 +372,8 @@ def train(
             f"{state_path(cfg.out)}: nothing to resume (no training state saved for {cfg.out}); "
             "run without --resume to start"
         )
+    if cfg.resume:
+        check_resume_options(state_path(cfg.out), cfg)
     records = list_records(cfg.data, split=cfg.split, limit=cfg.limit)  # bad data fails first
     remove_stale_outputs(cfg.out)  # temp files left by a run killed while writing
     world, rank, device = _setup_distributed(cfg)
@@ -407,7 +410,8 @@ def train(
     log = TrainLogger(cfg, rank == 0 and not cfg.quiet, write=rank == 0)
     log.info(
         f"training {cfg.mode} on {len(records)} images ({len(skipped)} skipped) with {cfg.backbone} "
-        f"on {describe_device(device)}; stages {stages}"
+        f"on {describe_device(device)}; stages: "
+        + ", ".join(f"{name} {n} epoch{'s' * (n != 1)}" for name, n in stages)
     )
     for path, why in skipped:
         log.info(f"skipped {path}: {why}")
@@ -429,7 +433,7 @@ def train(
         if si == start_stage and resume_meta is not None:
             first = start_epoch
             restore_optimizer(opt, "optim", resume_tensors, resume_meta["optimizer"])
-            log.info(f"resumed {stage} at epoch {first}/{epochs}")
+            log.info(f"resumed {stage} at epoch {first + 1}/{epochs} ({first} done)")
         done_steps += first * max(1, len(records) // (cfg.batch_size * world))
         epoch = first
         snapshot = None

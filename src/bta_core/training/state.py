@@ -62,6 +62,47 @@ def restore_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict, me
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+RESUME_FREE = frozenset({"out", "resume", "quiet", "device", "save_every", "compile"})
+"""Options that may differ between a run and its ``--resume``: they do not change the result."""
+
+
+def _flag(name: str, value) -> str:
+    flag = "--" + name.rstrip("_").replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    if isinstance(value, list):
+        value = " ".join(map(str, value))
+    return f"{flag} {value}"
+
+
+def check_resume_options(path: Path, cfg: TrainConfig) -> None:
+    """Refuse ``--resume`` with options that differ from the interrupted run's, naming each one.
+
+    A changed number of epochs, image size, data or backbone would silently change the learning-
+    rate schedule or fail deep inside PyTorch; the run must be resumed as it was started."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            saved = json.loads(fh.metadata()["state"])["config"]
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{path}: unreadable training state ({exc}); run without --resume"
+        ) from exc
+    now = asdict(cfg)
+    if saved.get("data") is not None:  # the same folders, however they were spelled
+        saved["data"] = [os.path.normpath(os.path.abspath(d)) for d in saved["data"]]
+    now["data"] = [os.path.normpath(os.path.abspath(d)) for d in now["data"]]
+    diff = [k for k in now if k not in RESUME_FREE and k in saved and saved[k] != now[k]]
+    if diff:
+        was = ", ".join(_flag(k, saved[k]) for k in diff)
+        asked = ", ".join(_flag(k, now[k]) for k in diff)
+        raise ValueError(
+            f"{path}: the interrupted run was started with {was}; this one asks for {asked}. "
+            "Resume with the same options, or start afresh without --resume"
+        )
+
+
 def save_training_state(
     model: BTAModel,
     opt: torch.optim.Optimizer,
