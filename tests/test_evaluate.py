@@ -144,13 +144,17 @@ def test_end_to_end_writes_all_outputs(eval_run):
     assert "ROC AUC" in md and "| crop25 |" in md
 
 
-def test_calibrate_round_trip(shared_data, tiny_model, tmp_path):
+def test_calibrate_round_trip(shared_data, tiny_model, tmp_path, capsys):
     from bta_core.checkpoint import read_config, save_checkpoint
 
     ckpt = save_checkpoint(tiny_model, tmp_path / "tiny.safetensors", half=True)
     data = [shared_data / "bccd" / "splits.csv", shared_data / "dsb2018" / "splits.csv"]
     out = tmp_path / "tiny-cal.safetensors"
-    info = calibrate(ckpt, data, split="val", out=out, limit=5, repeats=2, quiet=True)
+    info = calibrate(ckpt, data, split="val", out=out, limit=5, repeats=2, quiet=False)
+    # a random head cannot tell images apart: max-F1 lets most unrelated pairs through, and
+    # calibrate says so instead of storing the threshold silently
+    assert info["fpr"] > 0.05
+    assert "of the unrelated pairs through" in capsys.readouterr().err
     cfg = read_config(out)
     assert cfg.threshold == pytest.approx(info["threshold"]) and cfg.threshold != 0.5
     assert cfg.calibration["method"] == "max-f1" and cfg.calibration["split"] == "val"
@@ -255,3 +259,30 @@ def test_eval_without_checkpoint_scores_the_bundled_model(monkeypatch, tmp_path)
     assert main([*argv, "--checkpoint", "none"]) == 0
     assert main([*argv, "--checkpoint", "a.safetensors"]) == 0
     assert seen == [["default"], [], ["a.safetensors"]]
+
+
+def test_eval_and_calibrate_name_the_files_they_skip(bccd_images, tiny_model, tmp_path, capsys):
+    """An unreadable file in the evaluated folder is left out and named, with its problem, on
+    stderr and in metrics.json; calibrate names it too (image-io.md's batch-job rule)."""
+    import json
+    import shutil
+
+    from bta_core.checkpoint import save_checkpoint
+    from bta_core.cli import main as cli_main
+
+    folder = tmp_path / "figs"
+    folder.mkdir()
+    for p in bccd_images[:6]:
+        shutil.copy(p, folder / p.name)
+    (folder / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 40)
+    out = tmp_path / "eval"
+    argv = ["eval", str(folder), "--checkpoint", "none", "--baselines", "phash"]
+    assert cli_main([*argv, "--protocol", "reuse", "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {folder / 'broken.tif'}: " in err
+    saved = json.loads((out / "metrics.json").read_text())
+    assert [s["path"] for s in saved["skipped"]] == [str(folder / "broken.tif")]
+    assert saved["n_images"] == 6
+    ckpt = save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
+    calibrate(ckpt, [folder], split=None, out=tmp_path / "cal.safetensors", repeats=1)
+    assert f"skipped {folder / 'broken.tif'}: " in capsys.readouterr().err

@@ -334,3 +334,19 @@ def test_in_memory_arrays_follow_the_same_missing_value_rule(real_rgb):
     assert np.isfinite(rgb).all() and (rgb[:10] == 0).all()
     with pytest.raises(ImageReadError, match="layer A: every pixel"):
         to_float_rgb(np.full((8, 8), np.nan), "layer A")
+
+
+def test_truncated_tiff_stack_is_named_without_tifffile_log_lines(tmp_path, real_rgb, caplog):
+    """A cut multi-page TIFF: one clear error naming the file, and no raw tifffile log line
+    ("<tifffile.TiffPages @8> invalid page offset ...") before it."""
+    import logging
+
+    import tifffile
+
+    path = tmp_path / "cut stack.tif"
+    plane = real_rgb[:256, :256, 0].astype(np.uint16) * 257
+    tifffile.imwrite(path, np.stack([plane] * 4), photometric="minisblack")
+    path.write_bytes(path.read_bytes()[:300])  # the header, not the data
+    with caplog.at_level(logging.DEBUG), pytest.raises(ImageReadError, match="cut stack.tif"):
+        load_image(path)
+    assert [r for r in caplog.records if r.name.startswith("tifffile")] == []

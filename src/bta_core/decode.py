@@ -113,10 +113,11 @@ _NOT_IMAGES = (
 
 @contextlib.contextmanager
 def quiet_tifffile() -> Iterator[None]:
-    """Silence tifffile's log warnings about odd metadata while a file is read (errors still raise)."""
+    """Silence tifffile's log lines about odd or damaged structure while a file is read; a file
+    that cannot be read still raises, and the caller names it and the problem."""
     logger = logging.getLogger("tifffile")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:

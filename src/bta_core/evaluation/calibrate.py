@@ -35,7 +35,7 @@ from ..calibration import (
 from ..checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
 from ..device import get_device
 from ..whitening import DEFAULT_SHRINKAGE, fit_whitening, pair_similarity
-from .datasets import EvalData, describe_selection, load_eval_data
+from .datasets import EvalData, describe_selection, load_eval_data, report_skipped
 from .methods import BackboneFeatures, ModelMethod
 from .metrics import (
     TARGET_FPR,
@@ -75,6 +75,8 @@ def calibration_pairs(
 
 LOW_RECALL = 0.1
 """Below this recall at the fitted threshold, ``calibrate`` warns that it is unusable."""
+HIGH_FPR = 0.05
+"""Above this false-positive rate at the fitted threshold, ``calibrate`` warns likewise."""
 
 
 def fit_threshold(labels, scores, target_fpr: float | None = None) -> dict:
@@ -250,6 +252,7 @@ def calibrate(
     size = model.config.image_size
     _stage(quiet, f"decoding {describe_selection(data, split or None)}")
     eval_data = load_eval_data(data, split or None, decode_size=2 * size, limit=limit)
+    report_skipped(eval_data.skipped, quiet)
     xa, xb, label = calibration_pairs(eval_data, size, repeats=repeats)
     n_pos = int(np.sum(label))
     _stage(quiet, f"{len(label)} pairs ({n_pos} same source) of {len(eval_data.images)} images")
@@ -321,6 +324,14 @@ def calibrate(
         low = [("model score", m["recall"])]
         if collection is not None:
             low.append(("collection similarity", collection["recall"]))
+        if m["fpr"] > HIGH_FPR:
+            print(
+                f"warning: the model score threshold lets {m['fpr']:.0%} of the unrelated pairs "
+                "through: most unrelated images would be called suspect. The model does not tell "
+                "these images apart; train it longer or on more images"
+                + ("" if target_fpr is not None else ", or pass --target-fpr 0.01"),
+                file=sys.stderr,
+            )
         for what, recall in low:
             if recall < LOW_RECALL:
                 print(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ class EvalData:
     population: np.ndarray
     population_names: list[str]
     same_field: np.ndarray  # (K, 2) index pairs from same_source_edges.csv
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, problem)`` of every file that could not be read (left out, not fatal)."""
 
 
 def describe_selection(data: Sequence[str | os.PathLike], split: str | None) -> str:
@@ -36,6 +39,14 @@ def describe_selection(data: Sequence[str | os.PathLike], split: str | None) -> 
     if n_csv == 0:
         return "every image of the folder" + ("s" if len(data) > 1 else "") + " (no split)"
     return f"{csv_part} of the split files and every image of the folders"
+
+
+def report_skipped(skipped: Sequence[tuple[str, str]], quiet: bool = False) -> None:
+    """One warning line on stderr per file left out (unless ``quiet``)."""
+    if quiet:
+        return
+    for path, problem in skipped:
+        print(f"warning: skipped {path}: {problem}", file=sys.stderr)
 
 
 def load_eval_data(
@@ -71,7 +82,8 @@ def load_eval_data(
             with open(edge_file, newline="", encoding="utf-8") as fh:
                 for row in csv.DictReader(fh):
                     edges.append((str(base / row["a"]), str(base / row["b"])))
-    images, kept = _decode(records, decode_size, on_progress, decoded)
+    skipped: list[tuple[str, str]] = []
+    images, kept = _decode(records, decode_size, on_progress, decoded, skipped)
     dataset_of = {r.path: d for r, d in zip(records, datasets, strict=True)}
     groups_map: dict[str, int] = {}
     groups = np.array([groups_map.setdefault(r.group, len(groups_map)) for r in kept])
@@ -85,7 +97,7 @@ def load_eval_data(
         if os.path.normpath(a) in index and os.path.normpath(b) in index
     ]
     same_field = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    return EvalData(images, kept, groups, population, names, same_field)
+    return EvalData(images, kept, groups, population, names, same_field, skipped)
 
 
 def _decode(
@@ -93,12 +105,16 @@ def _decode(
     size: int,
     on_progress: ProgressFn | None,
     decoded: dict[tuple[str, int], torch.Tensor] | None,
+    skipped: list[tuple[str, str]],
 ) -> tuple[torch.Tensor, list[ImageRecord]]:
+    def skip(rec: ImageRecord, problem: str) -> None:
+        skipped.append((rec.path, problem))
+
     if decoded is None:
-        return decode_records(records, size, on_progress=on_progress)
+        return decode_records(records, size, on_progress=on_progress, on_skip=skip)
     todo = [r for r in records if (r.path, size) not in decoded]
     if todo:
-        images, kept = decode_records(todo, size, on_progress=on_progress)
+        images, kept = decode_records(todo, size, on_progress=on_progress, on_skip=skip)
         decoded.update({(r.path, size): im for r, im in zip(kept, images, strict=True)})
         if len(todo) == len(records):  # nothing was decoded before: no copy
             return images, kept

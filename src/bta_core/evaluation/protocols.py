@@ -16,7 +16,7 @@ from ..augment import PAPER_VIEWS, apply_view
 from ..checkpoint import atomic_write_text
 from ..model import BTAModel
 from .calibrate import calibration_pairs, fit_threshold
-from .datasets import EvalData, load_eval_data
+from .datasets import EvalData, load_eval_data, report_skipped
 from .methods import BASELINES, Method, ModelMethod, build_methods
 from .metrics import (
     TARGET_FPR,
@@ -405,8 +405,10 @@ def evaluate(
         data, split, 2 * size, limit, _decode_progress("decode", quiet), decoded
     )
     t = stage("decode", t)
+    report_skipped(eval_data.skipped, quiet)
     log(
         f"{len(eval_data.groups)} images ({', '.join(eval_data.population_names)}), views at {size} px"
+        + (f"; {len(eval_data.skipped)} unreadable files skipped" if eval_data.skipped else "")
     )
     if calibration_split and any(m.calibrated is None for m in methods):
         try:
@@ -419,6 +421,7 @@ def evaluate(
         "split": split,
         "image_size": size,
         "n_images": len(eval_data.groups),
+        "skipped": [{"path": p, "problem": why} for p, why in eval_data.skipped],
         "populations": eval_data.population_names,
         "methods": [m.name for m in methods],
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
