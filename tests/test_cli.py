@@ -62,7 +62,24 @@ def test_scan_of_a_folder_without_images_is_an_error(tmp_path, capsys):
     assert cli_main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == f"bta-core scan: error: no images found in {empty}"
-    assert not (tmp_path / "out" / "pairs.csv").exists()
+    assert not (tmp_path / "out").exists()  # checked, not created, before the inputs
+
+
+def test_failed_inputs_leave_no_output_folder_and_one_file_scan_says_why(
+    tmp_path, capsys, bccd_images
+):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    out = tmp_path / "runs" / "match"
+    assert cli_main(["match", str(bad), str(bccd_images[0]), "--out", str(out)]) == 1
+    assert str(bad) in capsys.readouterr().err and not (tmp_path / "runs").exists()
+    argv = ["scan", str(bccd_images[0]), "--no-cache", "--out", str(tmp_path / "s")]
+    assert cli_main([*argv, "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "note: 1 readable image, so nothing to compare" in err and "bta-core score A B" in err
+    (tmp_path / "file").write_text("x")
+    assert cli_main(["scan", str(tmp_path), "--out", str(tmp_path / "file" / "sub")]) == 1
+    assert "cannot create the --out folder" in capsys.readouterr().err
 
 
 def test_warnings_print_one_line_once_and_nothing_when_quiet(capsys):

@@ -114,15 +114,25 @@ def short_name(*parts: str, limit: int = 120) -> str:
     return f"{short}-{digest}"
 
 
-def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+def check_out_dir(path: str | os.PathLike, flag: str = "--out", create: bool = True) -> Path:
     """Make sure ``path`` is (or can become) a writable folder; raise ``ValueError`` otherwise.
 
     Called before a run starts its work, so a wrong ``--out`` fails in a second, not after
-    an hour of embedding.
+    an hour of embedding. ``create=False`` only checks (the nearest existing parent must be a
+    writable folder), so a run that then fails on its inputs leaves no empty folder behind.
     """
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: {flag} must be a folder, but a file of that name exists")
+    if not create and not out.exists():
+        parent = out.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ValueError(f"{out}: cannot create the {flag} folder ({parent} is a file)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"{out}: cannot create the {flag} folder ({parent} is not writable)")
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     from ..scan.report import summary_text
     from ._progress import StageBars
 
-    check_out_dir(args.out)
+    check_out_dir(args.out, create=False)
     device = get_device(args.device)
     model = load_checkpoint(args.checkpoint, device=device)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a))

@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
     from ..output_files import check_out_dir
 
     if args.out:
-        check_out_dir(args.out)
+        check_out_dir(args.out, create=False)
     a = load_image(args.image_a)
     b = load_image(args.image_b)
     from ._progress import StepBar

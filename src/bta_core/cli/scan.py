@@ -244,7 +244,7 @@ def main(args: argparse.Namespace) -> int:
     rank = _torchrun_rank(args)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     bars = StageBars(skip=("embed", "score"), enabled=not args.quiet)
-    check_out_dir(args.out)  # a wrong --out fails before the model is loaded
+    check_out_dir(args.out, create=False)  # a wrong --out fails before the model is loaded
     if not args.merge:
         _check_folders([*args.folders, *args.reference])
     device = get_device(args.device) if rank is None else rank_device(rank, args.device)
@@ -315,6 +315,12 @@ def main(args: argparse.Namespace) -> int:
         f"{s['n_pairs_scored']} pairs scored ({s['method']}), {s['n_checked']} checked by "
         f"keypoints{cached_checks(s)}; threshold {s['threshold']:.3f}{collection_fact(s)}"
     )
+    if s["n_images"] < 2 and not args.index:
+        say(
+            f"note: {s['n_images']} readable image{'' if s['n_images'] == 1 else 's'}, so "
+            "nothing to compare: a scan compares the images of its folders with each other (or "
+            "with an --index); to compare two files, use 'bta-core score A B'"
+        )
     if s.get("index_missing"):
         n = s["index_missing"]
         say(

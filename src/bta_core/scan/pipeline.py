@@ -298,7 +298,7 @@ def scan(
         raise ValueError("scan needs at least one folder")
     shard_t = parse_shard(shard)
     if opts.out_dir is not None:
-        check_out_dir(opts.out_dir)  # a wrong --out fails now, not after the embedding
+        check_out_dir(opts.out_dir, create=False)  # a wrong --out fails now, not later
     if shard_t is not None and opts.out_dir is None:
         raise ValueError("a shard scan needs out_dir to write its embeddings to")
     if model is None:
@@ -360,7 +360,7 @@ def merge(
     ``options`` are the fields of :class:`ScanOptions` (``tta`` comes from the shards).
     """
     if options.get("out_dir") is not None:
-        check_out_dir(options["out_dir"])
+        check_out_dir(options["out_dir"], create=False)
     emb, settings = read_shards(shard_dirs, allow_partial=allow_partial)
     opts = _options(**{**options, "tta": settings.get("tta")})
     if model is None:
