@@ -4,7 +4,7 @@ Protocols (``--protocol``, several may be given comma-separated):
 
 * ``paper``: section 4 of the paper. Every image x_i gives x_i^A through the paper's first view
   pipeline; with p_same = 0.4 its partner is x_i through the second pipeline, otherwise another
-  image through it. Accuracy, precision, recall, F1 at the default threshold (0.5 for models)
+  image through it. Accuracy, precision, recall, F1 at the fixed threshold (0.5 for models)
   and at the calibrated one, and ROC AUC, as mean and std over 10 resamples with fixed seeds.
   Each image has one view A and one view B, drawn once; the resamples redraw the partners.
   Fix against the paper's code: a "different" partner is drawn among images of *other*

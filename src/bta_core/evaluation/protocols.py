@@ -34,7 +34,7 @@ from .pairs import (
     resize_batch,
     sample_partners,
 )
-from .report import json_ready, markdown_report, plot_reuse_bars, plot_roc
+from .report import POOLED_NOTES, json_ready, markdown_report, plot_reuse_bars, plot_roc
 from .views import ViewStore
 
 PROTOCOLS = ("paper", "reuse", "scan")
@@ -457,7 +457,8 @@ def evaluate(
         results["protocols"][proto] = r
         if out_dir is not None:
             curves = {n: v["_roc"] for n, v in r["methods"].items()}
-            plot_roc(curves, out_dir / f"roc_{proto}.png", f"{proto} protocol ({split or 'all'})")
+            title = f"{proto} protocol ({split or 'all'})"
+            plot_roc(curves, out_dir / f"roc_{proto}.png", title, POOLED_NOTES.get(proto, ""))
             if proto == "reuse":
                 plot_reuse_bars(r, out_dir / "reuse_recall.png")
         t = stage(proto, t)
