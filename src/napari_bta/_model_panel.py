@@ -50,15 +50,23 @@ class ModelPanel(Panel):
             "Loading model",
         )
         self._info.native.setWordWrap(True)
+        self._fit_height()
         self._load.changed.connect(lambda *_: self.load(str(self._file.value)))
         self._default.changed.connect(lambda *_: self.load(None))
         MODEL.changed.connect(self._update_info)
         self.on_close(lambda: MODEL.changed.disconnect(self._update_info))
 
+    def _fit_height(self) -> None:
+        """No taller than its few controls: the dock's spare height goes to the other panels."""
+        height = self.sizeHint().height()
+        self.setMaximumHeight(height + 40)  # room for a longer status line
+        self.setMinimumHeight(min(height, 240))  # its buttons and status, without scrolling
+
     def _update_info(self, *_: Any) -> None:
         try:
             self._info.value = MODEL.describe()
             self._info.tooltip = f"The model every panel uses: {MODEL.source or 'none'}"
+            self._fit_height()
         except RuntimeError:  # widget already deleted
             pass
 

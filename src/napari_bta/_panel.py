@@ -8,11 +8,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
-from qtpy.QtCore import QEvent, Qt
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
 
 from ._layers import GradualLayers
 from ._workers import WorkerControls
+
+
+MIN_VISIBLE_HEIGHT = 140
+"""Height (px) a docked panel keeps however many panels share the dock area."""
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -89,6 +93,21 @@ class Panel(QScrollArea):
         self.controls = WorkerControls(
             list(run_buttons), self._cancel, self._status, self._progress, description
         )
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
+        """The form's own size, so a dock area shares its height by what each panel holds."""
+        form = self.widget()
+        if form is None:
+            return super().sizeHint()
+        hint = form.sizeHint()
+        return QSize(max(self.minimumWidth(), hint.width()), hint.height() + 2 * self.frameWidth())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt name)
+        """At least ``MIN_VISIBLE_HEIGHT`` (or the whole form, if smaller): docked beside other
+        panels, a panel is never squeezed to a strip that shows none of its controls."""
+        form = self.widget()
+        height = 0 if form is None else form.sizeHint().height()
+        return QSize(self.minimumWidth(), min(height, MIN_VISIBLE_HEIGHT))
 
     def on_close(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` when the panel is closed."""

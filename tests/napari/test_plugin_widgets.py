@@ -45,8 +45,10 @@ def test_all_panels_fit_a_1280x800_window(make_napari_viewer, qtbot, open_panel)
     assert window.width() <= 1280 and window.height() <= 800
     table = panels["Scan"]._table.native
     assert table.minimumHeight() >= 150  # reachable by scrolling, never squeezed to 0 rows
-    for panel in panels.values():
+    for name, panel in panels.items():
         assert panel.widgetResizable()  # a scroll area: content scrolls instead of growing
+        # docked together, none is squeezed to a strip that hides its controls
+        assert panel.height() >= 120, f"{name} panel only {panel.height()} px high"
 
 
 def test_menu_name_is_the_manifest_display_name():
