@@ -14,7 +14,6 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
 from ._layers import GradualLayers
 from ._workers import WorkerControls
 
-
 MIN_VISIBLE_HEIGHT = 140
 """Height (px) a docked panel keeps however many panels share the dock area."""
 
