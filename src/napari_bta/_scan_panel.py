@@ -32,7 +32,8 @@ MAX_ROWS = 500
 VERIFY_PER_IMAGE = 3
 """``bta_core.scan.pipeline.DEFAULT_VERIFY_PER_IMAGE`` (a test checks they agree): importing the
 pipeline here would load torch when the panel opens."""
-COLUMNS = ["verdict", "decided by", "P(same)", "A", "B"]
+COLUMNS = ["A", "B", "verdict", "decided by", "P(same)"]
+"""File names first: in a narrow dock they are what a reader looks for."""
 
 
 def pair_verdict(pair: Any) -> tuple[str, str]:
@@ -185,7 +186,11 @@ class ScanPanel(Panel):
 
         folder = folder or str(self._folder.value)
         if folder in ("", ".") or not Path(folder).is_dir():
-            show_error(f"Choose a folder of images to scan (got {folder!r})")
+            problem = "Choose a folder of images to scan" + (
+                "" if folder in ("", ".") else f": {folder} is not a folder"
+            )
+            self._status.value = problem  # not the last run's result
+            show_error(problem)
             return None
         out = str(self._out.value)
         if out in ("", "."):
@@ -195,7 +200,9 @@ class ScanPanel(Panel):
         reference = None
         if ref not in ("", "."):
             if not Path(ref).is_dir():
-                show_error(f"Reference folder not found: {ref} (clear the field to scan without)")
+                problem = f"Reference folder not found: {ref} (clear the field to scan without)"
+                self._status.value = problem
+                show_error(problem)
                 return None
             reference = [ref]
         self._folder_scanned = folder
@@ -220,10 +227,10 @@ class ScanPanel(Panel):
         self._table.value = {
             "data": [
                 [
-                    *pair_verdict(p),
-                    fmt(p.decision.probability),
                     Path(p.path_a).name,
                     Path(p.path_b).name,
+                    *pair_verdict(p),
+                    fmt(p.decision.probability),
                 ]
                 for p in shown
             ],
@@ -232,7 +239,7 @@ class ScanPanel(Panel):
         }
         table = self._table.native
         for row, p in enumerate(shown):
-            for col, path in ((3, p.path_a), (4, p.path_b)):
+            for col, path in ((0, p.path_a), (1, p.path_b)):
                 cell = table.item(row, col)
                 if cell is not None:
                     cell.setToolTip(str(path))

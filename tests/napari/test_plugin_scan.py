@@ -74,9 +74,10 @@ def test_scan_panel_shows_the_core_pairs_in_its_order_and_opens_them(
     table = panel._table.native
     assert table.rowCount() == len(core_pairs)
     for row, pair in enumerate(core_pairs[:5]):
-        assert [table.item(row, c).text() for c in range(2)] == list(pair_verdict(pair))
-        assert table.item(row, 2).text() == f"{pair.decision.probability:.3f}"  # fixed point
-        assert table.item(row, 3).toolTip() == pair.path_a  # the full path
+        assert table.item(row, 0).text() == Path(pair.path_a).name  # the files come first
+        assert [table.item(row, c).text() for c in (2, 3)] == list(pair_verdict(pair))
+        assert table.item(row, 4).text() == f"{pair.decision.probability:.3f}"  # fixed point
+        assert table.item(row, 0).toolTip() == pair.path_a  # the full path
     assert pair_verdict(core_pairs[0])[0] == "same"
     n_same = sum(p.verdict == "same" for p in core_pairs)
     assert f": {n_same} same, " in panel._status.value  # counts by verdict, not only "listed"
@@ -123,6 +124,12 @@ def test_scan_panel_says_when_a_folder_has_no_images(
     wait_idle(panel)
     assert f"no images found in {empty}" in panel._status.value.lower()
     assert panel._table.native.rowCount() == 0
+    # a folder that does not exist: refused at once, and the status no longer shows the last run
+    assert panel.run(folder=str(tmp_path / "nope")) is None
+    assert (
+        panel._status.value
+        == f"Choose a folder of images to scan: {tmp_path / 'nope'} is not a folder"
+    )
 
 
 def test_panel_defaults_follow_the_core():
