@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from skimage import io as skio
 
-from bta_core.imageio import ImageReadError, find_images, iter_images, load_image
+from bta_core.imageio import ImageReadError, ImageReadWarning, find_images, iter_images, load_image
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,8 @@ def test_two_channel_tiff_is_grey_composite(tmp_path, real_rgb):
         photometric="minisblack",
         metadata={"axes": "CYX"},
     )
-    img = load_image(path)
+    with pytest.warns(ImageReadWarning, match=r"two.tif: 2 channels, each scaled .* --planes"):
+        img = load_image(path)  # averaged, and it says so (a copy of one channel scores low)
     assert np.array_equal(img[..., 0], img[..., 1])
     expected = (real_rgb[..., 0] / 255.0 + real_rgb[..., 2] / 255.0) / 2
     assert np.allclose(img[..., 0], expected, atol=1e-5)

@@ -15,7 +15,8 @@ Rules (also in docs/image-io.md):
   image, named ``file.tif[c=1,z=3]``.
 * Channels: 1 channel -> grey, replicated to RGB; grey + alpha -> grey; 3 -> RGB; 4 RGBA
   samples -> alpha dropped; CMYK -> RGB (ICC profile when embedded); 2, 4 (as a ``C`` axis) or
-  >= 5 channels -> each channel scaled on its own and averaged to grey, unless
+  >= 5 channels -> each channel scaled on its own and averaged to grey (with an
+  ``ImageReadWarning``), unless
   ``channels=[...]`` picks up to three channels (mapped to R, G, B) or ``split_channels`` makes
   each channel its own image.
 * Intensity: uint8 is divided by 255. Every other dtype (uint16, int, float) is scaled per
@@ -209,6 +210,14 @@ def _to_rgb(
         return np.stack([g, g, g], axis=-1)
     if n == 3 or (n == 4 and samples):
         return np.stack([scale_intensity(cyx[c], dtype) for c in range(3)], axis=-1)
+    warnings.warn(
+        ImageReadWarning(
+            path,
+            f"{n} channels, each scaled on its own and averaged to one grey image (to compare "
+            "the channels one by one: 'bta-core scan --planes', or the napari plugin)",
+        ),
+        stacklevel=3,
+    )
     g = np.mean([scale_intensity(cyx[c], dtype) for c in range(n)], axis=0)
     return np.stack([g, g, g], axis=-1)
 
