@@ -490,5 +490,4 @@ def train(
         resume_meta = None
         if rank == 0:
             save_training_state(model, opt, cfg, si + 1, 0, partial=False)
-    log.info(f"saved {cfg.out}")
-    return Path(cfg.out)
+    return Path(cfg.out)  # the caller reports it (the CLI's "wrote ..." line, the Train panel)
