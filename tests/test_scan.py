@@ -627,3 +627,36 @@ def test_a_rescan_reuses_the_keypoint_checks_of_the_same_pixels(corpus, tiny_mod
     third = scan(corpus["q"], **kw)
     assert third.stats["n_checked_from_cache"] == len(entries) - 1
     assert decided(third) == decided(first)
+
+
+def test_copies_of_one_image_form_one_group(tmp_path, bccd_images, dsb_images, cosine_model):
+    """Four versions of one smear (a PNG re-save, a JPEG, a quarter turn, a crop) make six
+    `same` pairs but one group of four images: pairs.csv numbers it, pairs.json lists it, the
+    report shows it once, and unrelated images stay out of it."""
+    import json
+
+    src = load_image(bccd_images[3])
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    _save(src, folder / "orig.png")
+    _save(src, folder / "resaved.jpg", quality=80)
+    _save(np.rot90(src).copy(), folder / "turned.png")
+    _save(src[60:420, 80:560], folder / "cropped.png")
+    for k, p in enumerate([bccd_images[40], dsb_images[7], dsb_images[200]]):
+        _save(load_image(p), folder / f"other_{k}.png")
+    out = tmp_path / "out"
+    result = scan(folder, model=cosine_model, out_dir=out, cache_dir=None, verify_per_image=3)
+    from bta_core.scan.groups import copy_groups
+
+    groups = copy_groups(result.pairs)
+    four = {str(folder / n) for n in ("orig.png", "resaved.jpg", "turned.png", "cropped.png")}
+    assert [set(g.members) for g in groups] == [four]
+    assert groups[0].n_same_pairs == sum(p.verdict == "same" for p in result.pairs) >= 3
+    rows = _read_csv(out / "pairs.csv")
+    assert {r["group"] for r in rows if r["verdict"] == "same"} == {"1"}
+    assert {r["group"] for r in rows if r["verdict"] != "same"} <= {""}
+    doc = json.loads((out / "pairs.json").read_text())
+    assert [set(g["files"]) for g in doc["groups"]] == [four]
+    page = (out / "report.html").read_text()
+    assert 'id="group-1"' in page and "4 images of one source" in page
+    assert page.count('href="#group-1"') == groups[0].n_same_pairs  # each card links to it

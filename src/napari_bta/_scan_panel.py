@@ -253,10 +253,14 @@ class ScanPanel(Panel):
                 if len(self.pairs) > MAX_ROWS
                 else ""
             )
+            from bta_core.scan.groups import copy_groups, groups_text
+
             verdicts = Counter(p.verdict for p in self.pairs)
+            groups = groups_text(copy_groups(self.pairs))
             self._status.value = (
-                f"Scanned {n_images} images: {verdicts['same']} same, "
-                f"{verdicts['suspect']} suspect; {len(self.pairs)} pairs listed{more}"
+                f"Scanned {n_images} images: {verdicts['same']} same"
+                + (f" ({groups})" if groups else "")
+                + f", {verdicts['suspect']} suspect; {len(self.pairs)} pairs listed{more}"
                 + (
                     f", {len(skipped)} file{'s' if len(skipped) > 1 else ''} skipped"
                     if skipped

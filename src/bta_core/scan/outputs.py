@@ -1,4 +1,6 @@
-"""Scan outputs written atomically: pairs.csv, pairs.json, skipped.csv and report.html."""
+"""Scan outputs written atomically: pairs.csv, pairs.json, skipped.csv and report.html.
+
+pairs.csv and pairs.json also say which group of copies each ``same`` pair belongs to."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from ..checkpoint import atomic_write
 from ..model import BTAModel
 from ..output_files import csv_text, json_text, output_set, write_text
 from ..runtime import ProgressFn
+from ..verdict import SAME
+from .groups import copy_groups, group_numbers
 from .records import Pair, ScanResult, Skipped
 from .report import render_report
 
@@ -30,8 +34,10 @@ PAIR_COLUMNS = (
     "collection_similarity",
     "local_edits",
     "not_checked",
+    "group",
 )
-"""Columns of pairs.csv (plus ``orientation`` with TTA): the decision and its evidence."""
+"""Columns of pairs.csv (plus ``orientation`` with TTA): the decision, its evidence, and the
+number of the group of copies a ``same`` pair belongs to (``groups.copy_groups``)."""
 
 
 def _cell(value) -> str | int:
@@ -47,6 +53,7 @@ def _cell(value) -> str | int:
 def pairs_csv_text(pairs: Sequence[Pair], tta: str | None = None) -> str:
     """One row per pair, best first (``verdict.rank_key``); empty cells: evidence not checked."""
     header = list(PAIR_COLUMNS) + (["orientation"] if tta else [])
+    group = group_numbers(copy_groups(pairs))
     rows = []
     for p in pairs:
         ev = p.evidence
@@ -57,6 +64,7 @@ def pairs_csv_text(pairs: Sequence[Pair], tta: str | None = None) -> str:
         row += [_cell(ev.transform)]
         row += ["" if ev.collection_similarity is None else f"{ev.collection_similarity:.3f}"]
         row += [_cell(ev.local_edits), _cell(ev.not_checked)]
+        row += [group.get(p.path_a, "") if p.verdict == SAME else ""]
         row += [p.orientation or ""] if tta else []
         rows.append(row)
     return csv_text(header, rows)
@@ -97,6 +105,7 @@ def write_outputs(
     doc = {
         "stats": result.stats,
         "pairs": [p.to_dict() for p in result.pairs],
+        "groups": [g.to_dict() for g in copy_groups(result.pairs)],
         "skipped": [asdict(s) for s in result.skipped],
     }
     page = render_report(

@@ -34,6 +34,7 @@ from ..verdict import (
     SUSPECT,
     VERIFIED_OVERLAP,
 )
+from .groups import CopyGroup, copy_groups, group_numbers, groups_text
 from .records import Pair, ScanImage, ScanResult
 from .verify import load_scan_image
 
@@ -41,6 +42,10 @@ THUMB_SIZE = 220
 REVIEW_CAP = 1000
 """At most this many same/suspect cards in one page (the CSV and JSON list every pair)."""
 MATCH_DPI = 100
+GROUP_MIN_SHOWN = 3
+"""Groups of copies with at least this many images get their own section (a pair is a card)."""
+GROUPS_SHOWN = 50
+GROUP_THUMB = 130
 
 SAME_KINDS = (IDENTICAL_PIXELS, PERCEPTUAL_HASH, VERIFIED_OVERLAP)
 
@@ -165,6 +170,33 @@ def _match_figure(rgb_a: np.ndarray, rgb_b: np.ndarray) -> str:
     )
 
 
+def shown_groups(groups: Sequence[CopyGroup]) -> list[CopyGroup]:
+    """The groups the report shows in their own section (the largest, of 3 or more images)."""
+    return [g for g in groups if len(g.members) >= GROUP_MIN_SHOWN][:GROUPS_SHOWN]
+
+
+def _groups_section(groups: Sequence[CopyGroup], figure) -> str:
+    """Each group of ``GROUP_MIN_SHOWN`` or more copies: its images side by side, once."""
+    big = shown_groups(groups)
+    if not big:
+        return ""
+    blocks = []
+    for g in big:
+        how = ", ".join(f"{n} by {_esc(kind)}" for kind, n in g.decided_by.items())
+        blocks.append(
+            f'<div class="copy-group" id="group-{g.number}"><b>Group {g.number}</b>: '
+            f"{len(g.members)} images of one source, joined by {g.n_same_pairs} same pairs "
+            f'({how})<div class="members">{"".join(figure(m) for m in g.members)}</div></div>'
+        )
+    rest = len(groups) - len(big)
+    tail = f"<p>{rest} more groups (the group column of pairs.csv numbers every pair's).</p>"
+    title = groups_text(groups)
+    return (
+        f'<section class="groups"><h2>{_esc(title[:1].upper() + title[1:])}</h2>'
+        f"{''.join(blocks)}{tail if rest else ''}</section>"
+    )
+
+
 def _legend(phash_max: int) -> str:
     return f"""<details class="legend" open><summary>How to read this report</summary>
 <dl>
@@ -180,7 +212,10 @@ model sees reuse where keypoints fail (strong blur, flat texture), and look-alik
 fool it.</dd>
 <dt><span class="badge v-different">different</span></dt><dd>No evidence of reuse (shown only
 with <code>--report-pairs N</code>).</dd>
-<dt>model score</dt><dd>P(same source image) from the BTA similarity head.</dd>
+<dt>model score</dt><dd>The BTA similarity head's raw score: it ranks the pairs and is
+compared with the model's threshold; pairs.csv also gives its calibrated probability.</dd>
+<dt>group</dt><dd>Images joined by "same" pairs are one group of copies of one source;
+groups of three or more images are shown once at the top.</dd>
 <dt>collection similarity</dt><dd>How alike the pair is once what all scanned images share
 (stain, camera, modality) is taken out: the cosine of the two embeddings after whitening them
 with this scan's own images. Look-alikes of one lab score near 0; copies score high.</dd>
@@ -245,12 +280,27 @@ def render_report(
         img = f'<img src="{thumbs[name]}" alt="{alt}">' if thumbs[name] else "(unreadable)"
         return f'<div class="img">{img}{path_line(name, label)}</div>'
 
+    def image_cell_small(name: str) -> str:
+        rgb = load(name)
+        uri = "" if rgb is None else thumbnail_uri(rgb, GROUP_THUMB)
+        shown_name = _esc(display_name(name, items.get(name), root))
+        img = f'<img src="{uri}" alt="{shown_name}">' if uri else "(unreadable)"
+        full = _esc(os.path.abspath(items[name].path) if name in items else name)
+        return f'<figure title="{full}">{img}<figcaption>{shown_name}</figcaption></figure>'
+
+    groups = copy_groups(result.pairs)
+    group_of = group_numbers(groups)
+    linked = {g.number for g in shown_groups(groups)}
     shown = select_pairs(result.pairs, extra_pairs)
     cards = []
     n_figures = 0
     for rank, p in enumerate(shown, 1):
         note = (notes or {}).get(frozenset((p.path_a, p.path_b)))
         verdict_by = "" if p.verdict == DIFFERENT else f" by {_esc(p.decided_by)}"
+        if p.verdict == SAME and p.path_a in group_of:
+            n = group_of[p.path_a]
+            if n in linked:  # a group of 3 or more: its section above shows all its images
+                verdict_by += f' <a class="group-tag" href="#group-{n}">group {n}</a>'
         ev = "".join(f"<li>{line}</li>" for line in evidence_lines(p, threshold))
         known = f'<p class="known">Known: {_esc(note)}</p>' if note else ""
         figure = ""
@@ -306,6 +356,7 @@ def render_report(
         )
         skipped_html = f'<h2 id="skipped">Skipped files ({len(result.skipped)})</h2><ul>{rows}</ul>'
     empty = "" if cards else '<p class="none">No pair is same or suspect.</p>'
+    groups_html = _groups_section(groups, image_cell_small)
     filters = "".join(
         f'<label><input type="checkbox" data-verdict="{v}" checked> {v}</label>'
         for v in (SAME, SUSPECT, DIFFERENT)
@@ -318,6 +369,6 @@ def render_report(
         f'<header><h1>{_esc(summary_text(result.pairs))}</h1><p class="meta">{facts}</p>'
         f"{_legend(int(stats.get('phash_max_distance', DEFAULT_PHASH_MAX_DISTANCE)))}"
         f'<p class="filters">Show: {filters}</p></header>'
-        f"<main>{''.join(cards)}{empty}</main>{skipped_html}"
+        f"<main>{groups_html}{''.join(cards)}{empty}</main>{skipped_html}"
         f"<script>{_asset('report.js')}</script></body></html>\n"
     )
