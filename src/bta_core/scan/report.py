@@ -201,7 +201,8 @@ def _legend(phash_max: int) -> str:
     return f"""<details class="legend" open><summary>How to read this report</summary>
 <dl>
 <dt><span class="badge v-same">same</span></dt><dd>Evidence of reuse, the strongest decides:
-<b>identical pixels</b>; <b>perceptual hash</b> (a near-exact copy, also rotated, mirrored,
+<b>identical pixels</b> (as decoded: 16-bit and float images after each channel's intensity
+scaling, so a linearly rescaled copy counts); <b>perceptual hash</b> (a near-exact copy, also rotated, mirrored,
 re-compressed or recoloured: at most {phash_max} of 256 hash bits differ);
 <b>verified overlap</b> (keypoints and pixel agreement locate a shared region: crops,
 rotations, partial retouching).</dd>
