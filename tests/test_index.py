@@ -327,10 +327,22 @@ def test_a_deleted_indexed_file_is_reported_and_pruned(
     assert str(files[2].resolve()) not in {p.path_b for p in pruned.pairs}
 
 
+HOLD_LOCK = """
+import sys
+from bta_core.index.store import writer_lock
+with writer_lock(sys.argv[1]):
+    print("holding", flush=True)
+    sys.stdin.read()
+"""
+
+
 def test_a_second_writer_is_refused_while_one_writes(refs, cosine_model, tmp_path, capsys):
     """Two writers at once would delete each other's half-written segments: while one holds the
-    index (another process, here another open file), add, prune, build and the CLI refuse at
+    index (another process, or another open file of this one), add, prune and the CLI refuse at
     once, naming the index and the holder, and the index stays as it was."""
+    import subprocess
+    import sys
+
     from bta_core.cli import main
     from bta_core.index import IndexBusyError, prune_index
     from bta_core.index.store import writer_lock
@@ -339,8 +351,17 @@ def test_a_second_writer_is_refused_while_one_writes(refs, cosine_model, tmp_pat
     out = tmp_path / "idx"
     build_index(files[:3], out, cosine_model, workers=0)
     before = json.loads((out / "manifest.json").read_text())
-    with writer_lock(out):
-        with pytest.raises(IndexBusyError, match=r"idx: another bta-core command .*pid \d+"):
+    holder = subprocess.Popen(  # another process writing the index, until its stdin closes
+        [sys.executable, "-c", HOLD_LOCK, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(
+            IndexBusyError, match=rf"idx: another bta-core command .*pid {holder.pid},"
+        ):
             add_to_index(out, [refs], cosine_model, workers=0)
         with pytest.raises(IndexBusyError, match="wait for it to finish"):
             prune_index(out)
@@ -349,10 +370,33 @@ def test_a_second_writer_is_refused_while_one_writes(refs, cosine_model, tmp_pat
         assert "idx: another bta-core command is writing this index" in err
         assert "Traceback" not in err
         assert json.loads((out / "manifest.json").read_text()) == before
-    # released when the holder ends: the same add now goes through
+    finally:
+        holder.communicate("", timeout=60)  # the holder ends: the OS releases its lock
     assert add_to_index(out, [refs], cosine_model, workers=0)["added"] == len(files) - 3
+    with writer_lock(out):
+        with pytest.raises(IndexBusyError):  # one process, two writers: refused too
+            prune_index(out)
     # the lock file does not make a fresh folder look used, nor survive as index content
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / ".lock").write_text("pid 1")
     assert build_index(files[:2], fresh, cosine_model, workers=0)["added"] == 2
+
+
+def test_a_file_system_without_locks_warns_and_writes(tmp_path, monkeypatch):
+    """Some network mounts refuse file locks (ENOLCK): the writer warns and goes on, instead of
+    making build, add and prune impossible there."""
+    import errno
+    import fcntl
+
+    from bta_core.index.store import writer_lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = []
+    with pytest.warns(UserWarning, match="cannot lock files; make sure no other bta-core"):
+        with writer_lock(tmp_path):
+            ran.append(True)
+    assert ran == [True] and (tmp_path / ".lock").read_text().startswith("pid ")

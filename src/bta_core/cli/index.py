@@ -117,13 +117,13 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..checkpoint import load_checkpoint
-    from ..index import load
+    from ..index.store import read_manifest
 
     for p in args.paths:  # fail before the model loads
         if not Path(p).exists():
             raise FileNotFoundError(f"{p}: not found")
     if args.action == "add":
-        load(args.index)  # a clear error if it is not an index
+        read_manifest(args.index)  # a clear error if it is not an index
     device = get_device(args.device)
     model = load_checkpoint(args.checkpoint, device=device)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))

@@ -134,7 +134,7 @@ def add_to_index(
     ``added`` rows written (new files and changed ones), ``replaced`` (the changed files among
     them, whose old rows were retired), ``unchanged``, ``skipped`` ``[(path, problem)]``.
     Raises ``IndexBusyError`` while another process writes the index."""
-    store.load(index)  # a clear error first if it is not an index
+    store.read_manifest(index)  # a clear error first if it is not an index
     with store.writer_lock(index):
         return _add_locked(
             index,
@@ -291,7 +291,7 @@ def prune_index(index: str | os.PathLike, force: bool = False) -> dict:
 
     More than half of the index missing looks like an archive drive that is not mounted:
     refused unless ``force``."""
-    store.load(index)  # a clear error first if it is not an index
+    store.read_manifest(index)  # a clear error first if it is not an index
     with store.writer_lock(index):
         return _prune_locked(index, force)
 

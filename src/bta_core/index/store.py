@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,23 +44,52 @@ class IndexBusyError(RuntimeError):
     """Another process is writing the index."""
 
 
-def _try_lock(fh) -> bool:
-    """Take an exclusive, non-blocking lock on the open file ``fh``; False if it is held."""
+_WIN_LOCK_OFFSET = 1 << 20
+"""Windows locks a byte range: one byte far past the holder text, so that text stays readable."""
+
+
+def _lock(fd: int) -> bool | None:
+    """Exclusive, non-blocking lock on ``fd``: True when taken, False when another process
+    holds it, None when this file system cannot lock (some network mounts)."""
     if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
         import msvcrt
 
+        os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
         try:
-            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except OSError:
             return False
         return True
     import fcntl
 
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError:  # ENOLCK, EOPNOTSUPP: no locks on this mount
+        return None
     return True
+
+
+def _unlock(fd: int) -> None:
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _holder(fd: int) -> str:
+    """The text the lock's holder wrote (its pid and start time), if it can be read."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 200).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
 
 
 @contextmanager
@@ -67,25 +97,40 @@ def writer_lock(root: str | os.PathLike) -> Iterator[None]:
     """Hold the index's writer lock for the ``with`` block, or raise ``IndexBusyError`` at once.
 
     Two writers at once (an ``add`` and a ``prune``, two ``add`` runs) would remove each
-    other's half-written segments and overwrite each other's manifest."""
+    other's half-written segments and overwrite each other's manifest. On a file system that
+    cannot lock, the block runs unlocked after a warning."""
     path = Path(root) / LOCK
-    fh = open(path, "a+", encoding="utf-8")
     try:
-        if not _try_lock(fh):
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ValueError(
+            f"{path}: cannot open the index's lock file ({exc.strerror or exc})"
+        ) from exc
+    locked = None
+    try:
+        locked = _lock(fd)
+        if locked is False:
+            holder = _holder(fd) or "another process"
             raise IndexBusyError(
                 f"{root}: another bta-core command is writing this index ({holder}); "
                 "wait for it to finish, then run this command again"
             )
-        fh.seek(0)
-        fh.truncate()
+        if locked is None:
+            warnings.warn(
+                f"{root}: this file system cannot lock files; make sure no other bta-core "
+                "command writes this index at the same time",
+                stacklevel=3,
+            )
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-        fh.write(f"pid {os.getpid()}, since {stamp}")
-        fh.flush()
+        text = f"pid {os.getpid()}, since {stamp}".encode()
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, text)
+        os.ftruncate(fd, len(text))
         yield
     finally:
-        fh.close()  # releases the lock
+        if locked:
+            _unlock(fd)
+        os.close(fd)
 
 
 @dataclass
@@ -170,8 +215,9 @@ def is_index(path: str | os.PathLike) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def load(path: str | os.PathLike, mmap: bool = True) -> ReferenceIndex:
-    """Open an index folder (embeddings memory-mapped); clear errors for anything else."""
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of the index folder ``path``; a clear error if it is not an index this
+    version reads (a cheap check: no segment or search file is opened)."""
     root = Path(path)
     mpath = root / MANIFEST
     if not root.exists():
@@ -184,6 +230,13 @@ def load(path: str | os.PathLike, mmap: bool = True) -> ReferenceIndex:
         raise IndexFormatError(f"{mpath}: unreadable manifest ({exc})") from exc
     if manifest.get("format") != FORMAT:
         raise IndexFormatError(f"{mpath}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def load(path: str | os.PathLike, mmap: bool = True) -> ReferenceIndex:
+    """Open an index folder (embeddings memory-mapped); clear errors for anything else."""
+    root = Path(path)
+    manifest = read_manifest(root)
     idx = ReferenceIndex(root, manifest)
     for name in manifest["segments"]:
         sdir = root / name
