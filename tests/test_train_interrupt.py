@@ -99,11 +99,14 @@ def test_sigterm_during_cli_train_saves_like_ctrl_c(
     changed = [*argv, "--resume", "--epochs", "5", "--image-size", "64", "--backbone", "resnet18"]
     assert cli_main(changed) == 1
     err = capsys.readouterr().err
-    assert "started with --backbone efficientnet-lite0, --epochs 3, --image-size 48" in err
-    assert "asks for --backbone resnet18, --epochs 5, --image-size 64" in err
+    assert "started with --backbone efficientnet-lite0, --image-size 48, stages combined 3" in err
+    assert "asks for --backbone resnet18, --image-size 64, stages combined 5 epochs" in err
     assert "Traceback" not in err and "size mismatch" not in err
     assert state_path(out).read_bytes() == saved
-    assert cli_main([*argv, "--resume"]) == 0
+    # the same folders spelled relative to another working directory: the same run, resumed
+    monkeypatch.chdir(shared_data)
+    relative = ["bccd/splits.csv", "dsb2018/splits.csv"]
+    assert cli_main(["train", *relative, *argv[1 + len(cfg.data) :], "--resume"]) == 0
     assert _same_tensors(reference, out)
     # a freshly trained model says it is not calibrated, and how to calibrate it
     assert "not calibrated yet: its threshold is 0.5 and its P is the raw score" in (
@@ -147,3 +150,22 @@ def test_write_killed_midway_leaves_a_temp_that_the_next_write_removes(tmp_path)
     assert target.read_bytes() == b"ok"
     assert sorted(tmp_path.glob(".*.tmp")) == [live]
     assert remove_stale_temps(target) == []
+
+
+def test_resume_accepts_the_same_run_spelled_differently(tmp_path):
+    """`--epochs 200` is the default of --mode combined, and --init-projector only seeds a fresh
+    run: neither makes a resume a different run. A different number of epochs does."""
+    import json
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    from bta_core.training.state import check_resume_options
+
+    started = TrainConfig(data=["a"], mode="combined", epochs=None, init_projector="p.safetensors")
+    state = tmp_path / "m.safetensors.state"
+    meta = {"state": json.dumps({"config": asdict(started)})}
+    save_file({"x": torch.zeros(1)}, str(state), metadata=meta)
+    check_resume_options(state, TrainConfig(data=["a"], mode="combined", epochs=200))
+    with pytest.raises(ValueError, match="stages combined 200 epochs; this one asks for stages"):
+        check_resume_options(state, TrainConfig(data=["a"], mode="combined", epochs=100))

@@ -62,8 +62,19 @@ def restore_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict, me
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-RESUME_FREE = frozenset({"out", "resume", "quiet", "device", "save_every", "compile"})
-"""Options that may differ between a run and its ``--resume``: they do not change the result."""
+RESUME_FREE = frozenset(
+    {"out", "resume", "quiet", "device", "save_every", "compile", "init_projector"}
+)
+"""Options that may differ between a run and its ``--resume``: they do not change the result
+(``init_projector`` only seeds a fresh run; the saved state replaces it). ``epochs`` and
+``head_epochs`` are compared through the stages they give (``--epochs 200`` = the default)."""
+_BY_STAGES = frozenset({"epochs", "head_epochs"})
+
+
+def _absolute(paths) -> list[str] | None:
+    if paths is None:
+        return None
+    return [os.path.normpath(os.path.abspath(p)) for p in paths]
 
 
 def _flag(name: str, value) -> str:
@@ -73,6 +84,10 @@ def _flag(name: str, value) -> str:
     if isinstance(value, list):
         value = " ".join(map(str, value))
     return f"{flag} {value}"
+
+
+def _stages_text(stages: list[tuple[str, int]]) -> str:
+    return "stages " + ", ".join(f"{name} {n} epochs" for name, n in stages)
 
 
 def check_resume_options(path: Path, cfg: TrainConfig) -> None:
@@ -89,16 +104,28 @@ def check_resume_options(path: Path, cfg: TrainConfig) -> None:
         raise ValueError(
             f"{path}: unreadable training state ({exc}); run without --resume"
         ) from exc
+    from .config import TrainConfig
+
     now = asdict(cfg)
-    if saved.get("data") is not None:  # the same folders, however they were spelled
-        saved["data"] = [os.path.normpath(os.path.abspath(d)) for d in saved["data"]]
-    now["data"] = [os.path.normpath(os.path.abspath(d)) for d in now["data"]]
-    diff = [k for k in now if k not in RESUME_FREE and k in saved and saved[k] != now[k]]
-    if diff:
-        was = ", ".join(_flag(k, saved[k]) for k in diff)
-        asked = ", ".join(_flag(k, now[k]) for k in diff)
+    now["data"], saved["data"] = _absolute(now["data"]), _absolute(saved.get("data"))
+    if now.get("backbone_weights") and saved.get("backbone_weights"):  # however spelled
+        now["backbone_weights"] = _absolute([now["backbone_weights"]])[0]
+        saved["backbone_weights"] = _absolute([saved["backbone_weights"]])[0]
+    skip = RESUME_FREE | _BY_STAGES
+    diff = [k for k in now if k not in skip and k in saved and saved[k] != now[k]]
+    was = [_flag(k, saved[k]) for k in diff]
+    asked = [_flag(k, now[k]) for k in diff]
+    try:
+        saved_stages = TrainConfig(**{k: v for k, v in saved.items() if k in now}).stages()
+    except (TypeError, ValueError):
+        saved_stages = None
+    if saved_stages is not None and saved_stages != cfg.stages():
+        was.append(_stages_text(saved_stages))
+        asked.append(_stages_text(cfg.stages()))
+    if was:
         raise ValueError(
-            f"{path}: the interrupted run was started with {was}; this one asks for {asked}. "
+            f"{path}: the interrupted run was started with {', '.join(was)}; this one asks for "
+            f"{', '.join(asked)}. "
             "Resume with the same options, or start afresh without --resume"
         )
 
@@ -129,7 +156,7 @@ def save_training_state(
         "stage": stage,
         "epoch": epoch,
         "partial": partial,
-        "config": asdict(cfg),
+        "config": {**asdict(cfg), "data": _absolute(cfg.data)},  # resumable from anywhere
         "optimizer": opt_meta,
     }
     atomic_write(
