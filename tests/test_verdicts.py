@@ -274,6 +274,7 @@ def test_a_never_calibrated_checkpoint_shows_no_probability(tiny_model):
     assert ev.model_score == 0.83 and ev.model_probability is None
     d = decide(ev, Policy(threshold=0.5))
     assert d.verdict == "suspect" and d.probability == 0.83  # ranks by the raw score
-    assert "model not calibrated: no P" in d.explain() and "P 0.83" not in d.explain()
+    assert "raw score, no calibrated P in this checkpoint" in d.explain()
+    assert "P 0.83" not in d.explain()
     calibrated = decide(Evidence(model_score=0.83, model_probability=0.7), Policy(threshold=0.5))
     assert "(P 0.70)" in calibrated.explain() and "not calibrated" not in calibrated.explain()

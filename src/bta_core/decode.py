@@ -112,16 +112,38 @@ _NOT_IMAGES = (
 
 
 @contextlib.contextmanager
-def quiet_tifffile() -> Iterator[None]:
-    """Silence tifffile's log lines about odd or damaged structure while a file is read; a file
-    that cannot be read still raises, and the caller names it and the problem."""
+def quiet_tifffile(path: str | os.PathLike | None = None) -> Iterator[None]:
+    """Keep tifffile's log lines about odd or damaged structure off the console while a file
+    is read. A file that cannot be read still raises (the caller names it and the problem); one
+    that reads despite such errors (a cut stack: planes lost) gives one ``ImageReadWarning``
+    naming ``path``."""
     logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    errors: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record.getMessage())
+
+    handler = _Keep(level=logging.ERROR)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
     try:
         yield
     finally:
+        logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
+    if path is not None and errors:  # reached only when the read succeeded
+        what = errors[0].split("> ", 1)[-1]  # "<tifffile.TiffPages @8> invalid page offset 9"
+        warnings.warn(
+            ImageReadWarning(
+                path,
+                f"damaged TIFF structure ({what}): read what could be read, planes may be missing",
+            ),
+            stacklevel=3,
+        )
 
 
 def first_series(path: str, tif) -> object:
@@ -136,7 +158,7 @@ def first_series(path: str, tif) -> object:
 def _read_tiff(path: str) -> tuple[np.ndarray, str]:
     import tifffile
 
-    with quiet_tifffile(), tifffile.TiffFile(path) as tif:
+    with quiet_tifffile(path), tifffile.TiffFile(path) as tif:
         series = first_series(path, tif)
         data = series.asarray()
         axes = series.axes

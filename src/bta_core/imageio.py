@@ -186,6 +186,10 @@ def scale_intensity(channel: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.nan_to_num(np.clip(out, 0.0, 1.0), nan=0.0)
 
 
+_AVERAGED_SAID: set[int] = set()
+"""Channel counts whose averaging was already reported in this process."""
+
+
 def _to_rgb(
     path: str,
     cyx: np.ndarray,
@@ -210,14 +214,17 @@ def _to_rgb(
         return np.stack([g, g, g], axis=-1)
     if n == 3 or (n == 4 and samples):
         return np.stack([scale_intensity(cyx[c], dtype) for c in range(3)], axis=-1)
-    warnings.warn(
-        ImageReadWarning(
-            path,
-            f"{n} channels, each scaled on its own and averaged to one grey image (to compare "
-            "the channels one by one: 'bta-core scan --planes', or the napari plugin)",
-        ),
-        stacklevel=3,
-    )
+    if n not in _AVERAGED_SAID:  # once per channel count and run: a folder of stacks, one line
+        _AVERAGED_SAID.add(n)
+        warnings.warn(
+            ImageReadWarning(
+                path,
+                f"{n} channels, each scaled on its own and averaged to one grey image (to "
+                "compare the channels one by one: 'bta-core scan --planes', or the napari "
+                f"plugin); said once for all {n}-channel files",
+            ),
+            stacklevel=3,
+        )
     g = np.mean([scale_intensity(cyx[c], dtype) for c in range(n)], axis=0)
     return np.stack([g, g, g], axis=-1)
 

@@ -134,9 +134,10 @@ class Decision:
         return self.verdict == SAME
 
     def _p(self) -> str:
-        """The probability as shown, or why there is none (a checkpoint never calibrated)."""
+        """The probability as shown, or why there is none (a checkpoint without a probability
+        mapping: never calibrated, or its mapping could not be fitted)."""
         if self.evidence.model_probability is None:
-            return "model not calibrated: no P; run bta-core calibrate"
+            return "raw score, no calibrated P in this checkpoint: bta-core calibrate adds one"
         return f"P {self.probability:.2f}"
 
     def explain(self) -> str:

@@ -178,7 +178,7 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
     if isinstance(path, (list, tuple)):
         path = path[0]
     path = str(path)
-    with quiet_tifffile(), tifffile.TiffFile(path) as tif:
+    with quiet_tifffile(path), tifffile.TiffFile(path) as tif:
         series = first_series(path, tif)
         data = series.asarray()
         axes = resolve_axes(series.axes, data.shape)

@@ -256,11 +256,13 @@ class ScanPanel(Panel):
             from bta_core.scan.groups import copy_groups, groups_text
 
             verdicts = Counter(p.verdict for p in self.pairs)
-            groups = groups_text(copy_groups(self.pairs))
+            groups = copy_groups(self.pairs)
+            if not any(len(g.members) > 2 for g in groups):
+                groups = []  # every group a pair: the pairs say it (as the console does)
             self._status.value = (
-                f"Scanned {n_images} images: {verdicts['same']} same"
-                + (f" ({groups})" if groups else "")
-                + f", {verdicts['suspect']} suspect; {len(self.pairs)} pairs listed{more}"
+                f"Scanned {n_images} images: {verdicts['same']} same, "
+                f"{verdicts['suspect']} suspect; {len(self.pairs)} pairs listed{more}"
+                + (f"; {groups_text(groups)}" if groups else "")
                 + (
                     f", {len(skipped)} file{'s' if len(skipped) > 1 else ''} skipped"
                     if skipped

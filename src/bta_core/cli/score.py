@@ -90,9 +90,7 @@ def main(args: argparse.Namespace) -> int:
         print(decision.explain())
         if found.note:
             print(f"note: {found.note}")
-        raw = (
-            "" if result["calibrated"] else " (the raw score: this checkpoint was never calibrated)"
-        )
+        raw = "" if result["calibrated"] else " (the raw score: no calibrated mapping stored)"
         print(
             f"probability {decision.probability:.4f}{raw}; model score {result['score']:.4f} "
             f"(threshold {result['threshold']:.3f})"

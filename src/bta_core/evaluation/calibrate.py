@@ -327,9 +327,14 @@ def calibrate(
         if m["fpr"] > HIGH_FPR:
             print(
                 f"warning: the model score threshold lets {m['fpr']:.0%} of the unrelated pairs "
-                "through: most unrelated images would be called suspect. The model does not tell "
-                "these images apart; train it longer or on more images"
-                + ("" if target_fpr is not None else ", or pass --target-fpr 0.01"),
+                f"through: {m['fpr']:.0%} of unrelated image pairs would be called suspect. "
+                "The model does not tell these images apart well; train it longer or on more "
+                "images"
+                + (
+                    ""
+                    if target_fpr is not None or keep_threshold
+                    else ", or pass --target-fpr 0.01"
+                ),
                 file=sys.stderr,
             )
         for what, recall in low:

@@ -173,7 +173,7 @@ def plot_reuse_bars(res: dict, path: Path) -> None:
         color="black",
         lw=0.8,
         ls="--",
-        label=f"target {MODEL_RECALL_TARGET} (learned model alone)",
+        label=f"goal for their mean: {MODEL_RECALL_TARGET} (learned model alone)",
     )
     ax.set_xticks(x, labels, rotation=45, ha="right")
     ax.set_ylim(0, 1.05)

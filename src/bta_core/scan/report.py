@@ -45,7 +45,8 @@ MATCH_DPI = 100
 GROUP_MIN_SHOWN = 3
 """Groups of copies with at least this many images get their own section (a pair is a card)."""
 GROUPS_SHOWN = 50
-GROUP_THUMB = 130
+GROUP_MEMBERS_SHOWN = 24
+"""Thumbnails per group (2,000 identical blank frames must not make a 50 MB page)."""
 
 SAME_KINDS = (IDENTICAL_PIXELS, PERCEPTUAL_HASH, VERIFIED_OVERLAP)
 
@@ -186,10 +187,16 @@ def _groups_section(groups: Sequence[CopyGroup], figure) -> str:
         blocks.append(
             f'<div class="copy-group" id="group-{g.number}"><b>Group {g.number}</b>: '
             f"{len(g.members)} images of one source, joined by {g.n_same_pairs} same pairs "
-            f'({how})<div class="members">{"".join(figure(m) for m in g.members)}</div></div>'
+            f'({how})<div class="members">{"".join(figure(m) for m in g.members[:GROUP_MEMBERS_SHOWN])}'
+            + (
+                f"<p>and {len(g.members) - GROUP_MEMBERS_SHOWN} more (group {g.number} in pairs.csv)</p>"
+                if len(g.members) > GROUP_MEMBERS_SHOWN
+                else ""
+            )
+            + "</div></div>"
         )
     rest = len(groups) - len(big)
-    tail = f"<p>{rest} more groups (the group column of pairs.csv numbers every pair's).</p>"
+    tail = f"<p>{rest} more groups, of two images each or beyond the first {GROUPS_SHOWN}: the group column of pairs.csv numbers them all.</p>"
     title = groups_text(groups)
     return (
         f'<section class="groups"><h2>{_esc(title[:1].upper() + title[1:])}</h2>'
@@ -282,8 +289,10 @@ def render_report(
         return f'<div class="img">{img}{path_line(name, label)}</div>'
 
     def image_cell_small(name: str) -> str:
-        rgb = load(name)
-        uri = "" if rgb is None else thumbnail_uri(rgb, GROUP_THUMB)
+        if name not in thumbs:  # decoded once: the pair cards below use the same thumbnail
+            rgb = load(name)
+            thumbs[name] = "" if rgb is None else thumbnail_uri(rgb)
+        uri = thumbs[name]
         shown_name = _esc(display_name(name, items.get(name), root))
         img = f'<img src="{uri}" alt="{shown_name}">' if uri else "(unreadable)"
         full = _esc(os.path.abspath(items[name].path) if name in items else name)
