@@ -631,8 +631,9 @@ def test_a_rescan_reuses_the_keypoint_checks_of_the_same_pixels(corpus, tiny_mod
 
 def test_copies_of_one_image_form_one_group(tmp_path, bccd_images, dsb_images, cosine_model):
     """Four versions of one smear (a PNG re-save, a JPEG, a quarter turn, a crop) make six
-    `same` pairs but one group of four images: pairs.csv numbers it, pairs.json lists it, the
-    report shows it once, and unrelated images stay out of it."""
+    `same` pairs but one group of four images, three versions of a nuclei image a second group:
+    pairs.csv numbers them, pairs.json lists them, the report shows each once (file names
+    escaped), and unrelated images stay out."""
     import json
 
     src = load_image(bccd_images[3])
@@ -642,7 +643,11 @@ def test_copies_of_one_image_form_one_group(tmp_path, bccd_images, dsb_images, c
     _save(src, folder / "resaved.jpg", quality=80)
     _save(np.rot90(src).copy(), folder / "turned.png")
     _save(src[60:420, 80:560], folder / "cropped.png")
-    for k, p in enumerate([bccd_images[40], dsb_images[7], dsb_images[200]]):
+    nuclei = load_image(dsb_images[7])
+    _save(nuclei, folder / "nuclei.png")
+    _save(nuclei[:, ::-1], folder / "nuclei_mirrored.png")
+    _save(nuclei, folder / 'fig <b>&"3".jpg', quality=90)
+    for k, p in enumerate([bccd_images[40], dsb_images[200]]):
         _save(load_image(p), folder / f"other_{k}.png")
     out = tmp_path / "out"
     result = scan(folder, model=cosine_model, out_dir=out, cache_dir=None, verify_per_image=3)
@@ -650,13 +655,17 @@ def test_copies_of_one_image_form_one_group(tmp_path, bccd_images, dsb_images, c
 
     groups = copy_groups(result.pairs)
     four = {str(folder / n) for n in ("orig.png", "resaved.jpg", "turned.png", "cropped.png")}
-    assert [set(g.members) for g in groups] == [four]
-    assert groups[0].n_same_pairs == sum(p.verdict == "same" for p in result.pairs) >= 3
+    three = {str(folder / n) for n in ("nuclei.png", "nuclei_mirrored.png", 'fig <b>&"3".jpg')}
+    assert [set(g.members) for g in groups] == [four, three]  # largest first
+    assert sum(g.n_same_pairs for g in groups) == sum(p.verdict == "same" for p in result.pairs)
     rows = _read_csv(out / "pairs.csv")
-    assert {r["group"] for r in rows if r["verdict"] == "same"} == {"1"}
-    assert {r["group"] for r in rows if r["verdict"] != "same"} <= {""}
+    for r in rows:  # pairs.csv numbers each same pair by its group, and only same pairs
+        want = "1" if r["path_a"] in four else "2" if r["path_a"] in three else "?"
+        assert r["group"] == (want if r["verdict"] == "same" else "")
     doc = json.loads((out / "pairs.json").read_text())
-    assert [set(g["files"]) for g in doc["groups"]] == [four]
+    assert [set(g["files"]) for g in doc["groups"]] == [four, three]
     page = (out / "report.html").read_text()
     assert 'id="group-1"' in page and "4 images of one source" in page
+    assert 'id="group-2"' in page and "3 images of one source" in page
     assert page.count('href="#group-1"') == groups[0].n_same_pairs  # each card links to it
+    assert "fig &lt;b&gt;&amp;&quot;3&quot;.jpg" in page and "<b>&" not in page
