@@ -144,15 +144,22 @@ def test_end_to_end_writes_all_outputs(eval_run):
     assert "ROC AUC" in md and "| crop25 |" in md
 
 
-def test_calibrate_round_trip(shared_data, tiny_model, tmp_path, capsys):
+def test_calibrate_round_trip(shared_data, tiny_model, tmp_path, capsys, monkeypatch):
     from bta_core.checkpoint import read_config, save_checkpoint
+    from bta_core.evaluation import calibrate as calibrate_mod
 
     ckpt = save_checkpoint(tiny_model, tmp_path / "tiny.safetensors", half=True)
+    before = ckpt.read_bytes()
     data = [shared_data / "bccd" / "splits.csv", shared_data / "dsb2018" / "splits.csv"]
+    # a random head cannot tell images apart: the max-F1 threshold would call most unrelated
+    # pairs suspect, so nothing is written (in place by default: the file stays as it was)
+    with pytest.raises(ValueError, match=r"not calibrated, nothing written.*--target-fpr 0.01"):
+        calibrate(ckpt, data, split="val", limit=5, repeats=2, quiet=True)
+    assert ckpt.read_bytes() == before
+    # below that bar but above 5 % FPR it is written, with a warning
+    monkeypatch.setattr(calibrate_mod, "USELESS_FPR", 1.0)
     out = tmp_path / "tiny-cal.safetensors"
     info = calibrate(ckpt, data, split="val", out=out, limit=5, repeats=2, quiet=False)
-    # a random head cannot tell images apart: max-F1 lets most unrelated pairs through, and
-    # calibrate says so instead of storing the threshold silently
     assert info["fpr"] > 0.05
     assert "of the unrelated pairs through" in capsys.readouterr().err
     cfg = read_config(out)

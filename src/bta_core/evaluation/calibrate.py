@@ -77,6 +77,8 @@ LOW_RECALL = 0.1
 """Below this recall at the fitted threshold, ``calibrate`` warns that it is unusable."""
 HIGH_FPR = 0.05
 """Above this false-positive rate at the fitted threshold, ``calibrate`` warns likewise."""
+USELESS_FPR = 0.5
+"""Above this false-positive rate the fitted threshold is refused and nothing is written."""
 
 
 def fit_threshold(labels, scores, target_fpr: float | None = None) -> dict:
@@ -286,6 +288,13 @@ def calibrate(
     else:
         info = fit_threshold(label, scores, target_fpr)
         info.update(**where, date=time.strftime("%Y-%m-%d"))
+        if info["fpr"] > USELESS_FPR:
+            raise ValueError(
+                f"{resolve_checkpoint(checkpoint)}: not calibrated, nothing written. The best "
+                f"threshold ({info['method']}) would call {info['fpr']:.0%} of unrelated pairs "
+                "suspect: the model does not tell these images apart. Train it longer or on more "
+                "images, calibrate on more images, or pass --target-fpr 0.01"
+            )
     thr = float(info["threshold"])
     fitted_on = f"{len(label)} {split or 'all'} pairs (reuse views) of " + ", ".join(
         Path(d).parent.name if Path(d).name == "splits.csv" else Path(d).name for d in data
