@@ -7,6 +7,7 @@ import argparse
 
 from ..assess import assess_pair
 from ..calibration import probability_mapping
+from ..verdict import COLLECTION_LOOK_ALIKE, MODEL_SCORE, NO_EVIDENCE
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
 from ..imageio import load_image
@@ -90,7 +91,10 @@ def main(args: argparse.Namespace) -> int:
         print(decision.explain())
         if found.note:
             print(f"note: {found.note}")
-        raw = "" if result["calibrated"] else " (the raw score: no calibrated mapping stored)"
+        from_model = decision.decided_by in (MODEL_SCORE, NO_EVIDENCE, COLLECTION_LOOK_ALIKE)
+        raw = ""
+        if from_model and not result["calibrated"]:
+            raw = " (the raw score: no calibrated mapping stored)"
         print(
             f"probability {decision.probability:.4f}{raw}; model score {result['score']:.4f} "
             f"(threshold {result['threshold']:.3f})"
