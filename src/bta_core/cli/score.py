@@ -7,11 +7,11 @@ import argparse
 
 from ..assess import assess_pair
 from ..calibration import probability_mapping
-from ..verdict import COLLECTION_LOOK_ALIKE, MODEL_SCORE, NO_EVIDENCE
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
 from ..imageio import load_image
 from ..output_files import json_dumps
+from ..verdict import COLLECTION_LOOK_ALIKE, MODEL_SCORE, NO_EVIDENCE
 from ._help import add_device, add_quiet
 from ._progress import StepBar
 
