@@ -371,3 +371,22 @@ def test_cut_stack_that_still_reads_says_planes_may_be_missing(tmp_path, real_rg
     with pytest.warns(ImageReadWarning, match=r"cut pages.tif: damaged TIFF .* planes may be"):
         img = load_image(path)
     assert img.shape == (256, 256, 3)
+
+
+def test_pages_written_one_by_one_are_all_read(tmp_path, real_rgb):
+    """A stack written page by page (one TIFF series per page) is read whole, as a page stack,
+    not as its first page alone; a cut copy keeps the pages before the cut and says how many."""
+    pages = [real_rgb[:256, :256, c].astype(np.uint16) * 257 for c in range(3)]
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for page in pages:
+            tw.write(page, photometric="minisblack", contiguous=False)
+    items = list(iter_images(path, split_channels=True))
+    assert [info.name for info, _ in items] == [f"{path}[c={k}]" for k in range(3)]
+    for (_, rgb), page in zip(items, pages, strict=True):
+        assert np.corrcoef(rgb[..., 0].ravel(), page.ravel())[0, 1] > 0.99  # percentile-scaled
+    data = path.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: int(len(data) * 0.8)])
+    with pytest.warns(ImageReadWarning, match=r"cut.tif: only 2 of 3 pages could be read"):
+        items = list(iter_images(tmp_path / "cut.tif", split_channels=True))
+    assert len(items) == 2

@@ -155,13 +155,51 @@ def first_series(path: str, tif) -> object:
     return series
 
 
+def _matching_series(tif, first) -> list:
+    """``first`` and every later series of the same shape, type and axes: the pages of a stack
+    that was written page by page (otherwise only its first page would be read)."""
+    if "I" in first.axes or len(tif.series) < 2:
+        return [first]
+    return [
+        s
+        for s in tif.series
+        if s.shape == first.shape and s.dtype == first.dtype and s.axes == first.axes
+    ]
+
+
+def _read_pages(path: str, series: list) -> list[np.ndarray]:
+    """The pages of ``series`` up to the first that cannot be read (a cut file), with a
+    warning naming how many were lost; the first page failing is the file's error."""
+    pages = [series[0].asarray()]
+    for s in series[1:]:
+        try:
+            pages.append(s.asarray())
+        except (ValueError, OSError, EOFError):
+            warnings.warn(
+                ImageReadWarning(
+                    path,
+                    f"only {len(pages)} of {len(series)} pages could be read (the file is cut "
+                    "or damaged after them)",
+                ),
+                stacklevel=4,
+            )
+            break
+    return pages
+
+
 def _read_tiff(path: str) -> tuple[np.ndarray, str]:
     import tifffile
 
     with quiet_tifffile(path), tifffile.TiffFile(path) as tif:
         series = first_series(path, tif)
-        data = series.asarray()
-        axes = series.axes
+        same = _matching_series(tif, series)
+        if len(same) > 1:  # pages written one by one: one series each, read as a page stack
+            _check_declared(path, (len(same), *series.shape), series.dtype)
+            data = np.stack(_read_pages(path, same))
+            axes = "I" + series.axes
+        else:
+            data = series.asarray()
+            axes = series.axes
         cmyk = tif.pages[0].photometric == tifffile.PHOTOMETRIC.SEPARATED
     if cmyk and axes.endswith("S") and data.shape[-1] == 4 and data.dtype.kind in "uf":
         data = _cmyk_array_to_rgb(data)
