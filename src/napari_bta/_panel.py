@@ -14,6 +14,8 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
 from ._layers import GradualLayers
 from ._workers import WorkerControls
 
+MIN_WIDTH = 340
+"""Width (px) at which every panel's buttons show their whole label ("Choose directory")."""
 MIN_VISIBLE_HEIGHT = 140
 """Height (px) a docked panel keeps however many panels share the dock area."""
 
@@ -80,7 +82,7 @@ class Panel(QScrollArea):
         self.setWidget(self.form.native)
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
-        self.setMinimumWidth(300)
+        self.setMinimumWidth(MIN_WIDTH)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # wrap, not scroll
         for widget in self.form:
             if isinstance(widget, Label):
