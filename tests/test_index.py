@@ -369,6 +369,11 @@ def test_a_second_writer_is_refused_while_one_writes(refs, cosine_model, tmp_pat
         err = capsys.readouterr().err
         assert "idx: another bta-core command is writing this index" in err
         assert "Traceback" not in err
+        # add is refused before its model loads (here a checkpoint that does not exist)
+        missing = str(tmp_path / "missing.safetensors")
+        assert main(["index", "add", str(out), str(refs), "--checkpoint", missing]) == 1
+        err = capsys.readouterr().err
+        assert "writing this index" in err and "missing.safetensors" not in err
         assert json.loads((out / "manifest.json").read_text()) == before
     finally:
         holder.communicate("", timeout=60)  # the holder ends: the OS releases its lock

@@ -664,6 +664,8 @@ def test_copies_of_one_image_form_one_group(tmp_path, bccd_images, dsb_images, c
         assert r["group"] == (want if r["verdict"] == "same" else "")
     doc = json.loads((out / "pairs.json").read_text())
     assert [set(g["files"]) for g in doc["groups"]] == [four, three]
+    csv_groups = [r["group"] for r in rows]
+    assert [str(p["group"] or "") for p in doc["pairs"]] == csv_groups  # one numbering
     page = (out / "report.html").read_text()
     assert 'id="group-1"' in page and "4 images of one source" in page
     assert 'id="group-2"' in page and "3 images of one source" in page

@@ -117,13 +117,14 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..checkpoint import load_checkpoint
-    from ..index.store import read_manifest
+    from ..index.store import check_not_busy, read_manifest
 
     for p in args.paths:  # fail before the model loads
         if not Path(p).exists():
             raise FileNotFoundError(f"{p}: not found")
     if args.action == "add":
         read_manifest(args.index)  # a clear error if it is not an index
+        check_not_busy(args.index)  # before the model loads: refused at once, not in 10 s
     device = get_device(args.device)
     model = load_checkpoint(args.checkpoint, device=device)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))

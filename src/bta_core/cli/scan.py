@@ -18,7 +18,7 @@ from ..scan import ScanResult, merge, scan
 from ..scan.cache import default_cache_dir
 from ..scan.candidates import DEFAULT_FAISS_ABOVE, DEFAULT_FAISS_K, DEFAULT_MAX_PAIRS, DEFAULT_TOP_K
 from ..scan.groups import copy_groups, groups_text
-from ..scan.outputs import OUTPUT_FILES
+from ..scan.outputs import OUTPUT_FILES, pair_dicts
 from ..scan.pipeline import DEFAULT_VERIFY_PER_IMAGE
 from ..scan.ranks import scan_ranks
 from ..scan.report import collection_fact, common_root, display_name, summary_text
@@ -27,6 +27,8 @@ from ._help import UsageError, add_device, add_quiet, float_in, int_in
 from ._progress import StageBars
 
 CONSOLE_PAIRS = 10
+CONSOLE_GROUPS = 5
+"""Groups of 3+ copies the console lists by name (all are in pairs.csv and the report)."""
 """Pairs worth reviewing listed on the console (all of them are in pairs.csv and the report)."""
 JSON_PAIRS = 20
 """Pairs worth reviewing in the ``--json`` summary."""
@@ -344,7 +346,11 @@ def main(args: argparse.Namespace) -> int:
         tell(f"  ... {len(review) - CONSOLE_PAIRS} more in {args.out}/pairs.csv")
     groups = copy_groups(result.pairs)
     if any(len(g.members) > 2 for g in groups):  # pairs alone say it when every group is a pair
-        tell(f"{groups_text(groups)}: the group column of pairs.csv, and the report")
+        tell(f"{groups_text(groups)}; the group column of pairs.csv and the report show all:")
+        for g in [g for g in groups if len(g.members) > 2][:CONSOLE_GROUPS]:
+            names = [display_name(m, items.get(m), root) for m in g.members]
+            more = f" and {len(names) - 6} more" if len(names) > 6 else ""
+            tell(f"  group {g.number}: {', '.join(names[:6])}{more}")
     tell(f"wrote {args.out}/pairs.csv, pairs.json, report.html, skipped.csv")
     if args.json:
         print(json_dumps(summary_dict(result, args.out), default=str))
@@ -405,6 +411,6 @@ def summary_dict(result: ScanResult, out_dir: str, top: int = JSON_PAIRS) -> dic
         "device": s.get("device"),
         "outputs": {name: str(Path(out_dir).resolve() / name) for name in OUTPUT_FILES},
         "groups": [g.to_dict() for g in copy_groups(result.pairs)[:top]],
-        "top_pairs": [p.to_dict() for p in review[:top]],
+        "top_pairs": pair_dicts(review[:top]),
         "skipped": [{"path": k.path, "problem": k.problem} for k in result.skipped],
     }

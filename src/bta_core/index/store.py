@@ -92,6 +92,16 @@ def _holder(fd: int) -> str:
         return ""
 
 
+def check_not_busy(root: str | os.PathLike) -> None:
+    """Raise ``IndexBusyError`` now if another process holds the writer lock (a quick look
+    before a long setup such as loading a model; ``writer_lock`` still decides)."""
+    path = Path(root) / LOCK
+    if not path.exists():
+        return
+    with writer_lock(root):
+        pass
+
+
 @contextmanager
 def writer_lock(root: str | os.PathLike) -> Iterator[None]:
     """Hold the index's writer lock for the ``with`` block, or raise ``IndexBusyError`` at once.

@@ -70,6 +70,14 @@ def pairs_csv_text(pairs: Sequence[Pair], tta: str | None = None) -> str:
     return csv_text(header, rows)
 
 
+def pair_dicts(pairs: Sequence[Pair]) -> list[dict]:
+    """pairs.json's pairs: each pair's dict plus its ``group`` (as pairs.csv; None unless same)."""
+    group = group_numbers(copy_groups(pairs))
+    return [
+        {**p.to_dict(), "group": group.get(p.path_a) if p.verdict == SAME else None} for p in pairs
+    ]
+
+
 def skipped_csv_text(skipped: Sequence[Skipped]) -> str:
     """``path, problem`` for every file that could not be used."""
     return csv_text(["path", "problem"], [[s.path, s.problem] for s in skipped])
@@ -104,7 +112,7 @@ def write_outputs(
     tta = result.stats.get("tta")
     doc = {
         "stats": result.stats,
-        "pairs": [p.to_dict() for p in result.pairs],
+        "pairs": pair_dicts(result.pairs),
         "groups": [g.to_dict() for g in copy_groups(result.pairs)],
         "skipped": [asdict(s) for s in result.skipped],
     }
