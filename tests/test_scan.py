@@ -466,7 +466,7 @@ def test_report_match_overlay_for_top_pairs(corpus, tiny_model, tmp_path):
     check.feed((tmp_path / "o" / "report.html").read_text(encoding="utf-8"))
     # the pair is a near copy: one card whose match figure replaces the two thumbnails
     assert check.tags.get("figure") == 1 and len(check.images) == 1
-    assert check.images[0].startswith("data:image/png;base64,")
+    assert check.images[0].startswith("data:image/jpeg;base64,")
 
 
 def test_per_image_best_keeps_each_images_top_k():

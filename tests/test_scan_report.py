@@ -100,7 +100,7 @@ def test_report_match_figure_replaces_thumbnails(tmp_path, dsb_images):
     parsed = _Page()
     parsed.feed(page)
     assert parsed.cards == ["pair v-same with-figure"]
-    assert len(parsed.images) == 1 and parsed.images[0].startswith("data:image/png")
+    assert len(parsed.images) == 1 and parsed.images[0].startswith("data:image/jpeg")
     assert 'class="zoom"' in page and "click to enlarge" in page
 
 
