@@ -99,6 +99,14 @@ def test_warnings_print_one_line_once_and_nothing_when_quiet(capsys):
         install_warning_printer(quiet=True)
         warnings.warn(ImageReadWarning("c.tif", "NaN"), stacklevel=1)
     assert capsys.readouterr().err == ""
+    # a bar drawn on stderr (a log file: no terminal) does not swallow the warning's line start
+    from tqdm import tqdm
+
+    with warnings.catch_warnings(), tqdm(total=2, desc="embed") as bar:
+        install_warning_printer()
+        bar.update()
+        warnings.warn(ImageReadWarning("d.tif", "NaN"), stacklevel=1)
+    assert "\nwarning: d.tif: NaN\n" in capsys.readouterr().err
 
 
 def test_closed_stdout_pipe_ends_quietly():

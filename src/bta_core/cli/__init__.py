@@ -66,6 +66,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _bar_active() -> bool:
+    """Whether a tqdm progress bar is open (its line has no newline yet)."""
+    tqdm_module = sys.modules.get("tqdm")
+    return bool(tqdm_module and getattr(tqdm_module.tqdm, "_instances", None))
+
+
 def install_warning_printer(quiet: bool = False) -> None:
     """Show Python warnings (e.g. ``ImageReadWarning``) as one line ``warning: MESSAGE`` on
     stderr, once per distinct message, without source file and line; none at all if ``quiet``."""
@@ -76,8 +82,12 @@ def install_warning_printer(quiet: bool = False) -> None:
         if quiet or text in seen:
             return
         seen.add(text)
+        out = file or sys.stderr
         try:
-            print(f"warning: {text}", file=file or sys.stderr)
+            # a progress bar is being drawn on this line: in a log file (no terminal to redraw
+            # it) the warning starts a line of its own, so it can be read and grepped
+            lead = "\n" if _bar_active() and not out.isatty() else ""
+            print(f"{lead}warning: {text}", file=out)
         except (OSError, ValueError):  # stderr closed: nothing useful to do
             pass
 
