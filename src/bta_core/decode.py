@@ -187,19 +187,22 @@ def _read_pages(path: str, series: list) -> list[np.ndarray]:
     return pages
 
 
+def read_first_stack(path: str, tif) -> tuple[np.ndarray, str]:
+    """The pixels and tifffile axes of an open TIFF's first series; a stack written page by
+    page (one series per page of one shape) is read whole, with a leading ``I`` axis."""
+    series = first_series(path, tif)
+    same = _matching_series(tif, series)
+    if len(same) > 1:
+        _check_declared(path, (len(same), *series.shape), series.dtype)
+        return np.stack(_read_pages(path, same)), "I" + series.axes
+    return series.asarray(), series.axes
+
+
 def _read_tiff(path: str) -> tuple[np.ndarray, str]:
     import tifffile
 
     with quiet_tifffile(path), tifffile.TiffFile(path) as tif:
-        series = first_series(path, tif)
-        same = _matching_series(tif, series)
-        if len(same) > 1:  # pages written one by one: one series each, read as a page stack
-            _check_declared(path, (len(same), *series.shape), series.dtype)
-            data = np.stack(_read_pages(path, same))
-            axes = "I" + series.axes
-        else:
-            data = series.asarray()
-            axes = series.axes
+        data, axes = read_first_stack(path, tif)
         cmyk = tif.pages[0].photometric == tifffile.PHOTOMETRIC.SEPARATED
     if cmyk and axes.endswith("S") and data.shape[-1] == 4 and data.dtype.kind in "uf":
         data = _cmyk_array_to_rgb(data)

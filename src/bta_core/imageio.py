@@ -45,6 +45,7 @@ from .decode import (  # noqa: F401 (errors and budget are re-exported from here
     first_series,
     pixel_budget,
     quiet_tifffile,
+    read_first_stack,
 )
 
 TIFF_SUFFIXES = (".tif", ".tiff")

@@ -173,15 +173,14 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
     """
     import tifffile
 
-    from bta_core.imageio import first_series, quiet_tifffile, resolve_axes
+    from bta_core.imageio import quiet_tifffile, read_first_stack, resolve_axes
 
     if isinstance(path, (list, tuple)):
         path = path[0]
     path = str(path)
     with quiet_tifffile(path), tifffile.TiffFile(path) as tif:
-        series = first_series(path, tif)
-        data = series.asarray()
-        axes = resolve_axes(series.axes, data.shape)
+        data, raw_axes = read_first_stack(path, tif)
+        axes = resolve_axes(raw_axes, data.shape)
         sizes, names = _metadata(tif)
     if data.ndim < 2 or data.size == 0:
         raise ValueError(f"{path}: no 2-D image in the file (shape {data.shape})")

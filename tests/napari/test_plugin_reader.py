@@ -193,6 +193,25 @@ def test_16bit_three_plane_tiff_without_axes_opens_as_three_channels(
     assert viewer.dims.ndim == 2  # no slider
 
 
+def test_pages_written_one_by_one_open_as_layers(tmp_path, read_rgb, bccd_images):
+    """A TIFF written page by page holds one series per page: every page opens, not only the
+    first (as bta-core reads it)."""
+    stack = _real_stack(read_rgb, bccd_images)
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for page in stack:
+            tw.write(page, photometric="minisblack", contiguous=False)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.series) == len(stack)
+    layers = napari_get_reader(str(path))(str(path))
+    data = [np.asarray(d) for d, _, _ in layers]
+    if len(data) == 1:  # one layer with a channel axis given to napari
+        data = list(np.moveaxis(data[0], layers[0][1].get("channel_axis", 0), 0))
+    assert len(data) == len(stack)
+    for got, page in zip(data, stack, strict=True):
+        np.testing.assert_array_equal(got, page)
+
+
 def test_z_slider_is_labelled_z(tmp_path, read_rgb, bccd_images, make_napari_viewer):
     stack = np.concatenate([_real_stack(read_rgb, bccd_images)] * 4)  # 12 planes, no axes
     path = tmp_path / "z.tif"
