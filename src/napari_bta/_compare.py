@@ -90,6 +90,16 @@ def n_planes(layer: Any) -> int:
     return int(np.prod(lead)) if lead else 1
 
 
+def plane_tag(layer: Any, idx: tuple[int, ...]) -> str:
+    """``z=3`` (or ``t=1,z=3``) for a plane of a stack layer, as the CLI names planes
+    (``file.tif[z=3]``); ``plane=3`` where the layer's axes have no names."""
+    labels = [str(x) for x in (getattr(layer, "axis_labels", None) or ())][: len(idx)]
+    named = [lab.lower() if lab.isalpha() and len(lab) <= 8 else "" for lab in labels]
+    if len(named) != len(idx) or not all(named):
+        named = ["plane"] if len(idx) == 1 else [f"axis{k}" for k in range(len(idx))]
+    return ",".join(f"{n}={i}" for n, i in zip(named, idx, strict=True))
+
+
 def layer_items(
     layers: Sequence[Any],
     point: Sequence[float] | None = None,
@@ -110,7 +120,7 @@ def layer_items(
         for k, idx in enumerate(np.ndindex(*lead)):
             if max_planes is not None and k >= max_planes:
                 break
-            tag = ",".join(str(i) for i in idx)
+            tag = plane_tag(layer, idx)
             items.append(Item(f"{layer.name}[{tag}]", np.asarray(data[idx]), layer, idx, layer.rgb))
     else:
         for layer in layers:

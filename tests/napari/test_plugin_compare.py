@@ -21,6 +21,10 @@ def test_layer_items_from_layers_and_from_one_stack(make_napari_viewer, rotated_
     stack = viewer.add_image(np.moveaxis(a, -1, 0).astype(np.uint16))
     planes = layer_items([stack])
     assert [p.index for p in planes] == [(0,), (1,), (2,)] and planes[0].rgb is None  # lazy
+    assert [p.name for p in planes] == [f"{stack.name}[plane={k}]" for k in range(3)]
+    # a named axis (as the plugin's reader names Z) names the plane as the CLI does: [z=1]
+    zstack = viewer.add_image(np.moveaxis(a, -1, 0), name="Z stack", axis_labels=["z", "y", "x"])
+    assert [p.name for p in layer_items([zstack])][1] == "Z stack[z=1]"
 
 
 def _cli_verdict(capsys, tmp_path, a, b) -> dict:
