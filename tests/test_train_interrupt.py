@@ -169,3 +169,33 @@ def test_resume_accepts_the_same_run_spelled_differently(tmp_path):
     check_resume_options(state, TrainConfig(data=["a"], mode="combined", epochs=200))
     with pytest.raises(ValueError, match="stages combined 200 epochs; this one asks for stages"):
         check_resume_options(state, TrainConfig(data=["a"], mode="combined", epochs=100))
+
+
+def test_ctrl_c_right_after_an_epochs_stats_row_lists_each_epoch_once(
+    shared_data, tmp_path, monkeypatch, reference
+):
+    """Ctrl-C just after an epoch's stats row was written, before its checkpoint: the resumed
+    run repeats that epoch, and the stats file still lists every epoch once."""
+    import json
+
+    from bta_core.training.log import TrainLogger, stats_path
+
+    original = TrainLogger.stats
+
+    def stats_then_ctrl_c(self, row):
+        original(self, row)
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainLogger, "stats", stats_then_ctrl_c)
+    cfg = _cfg(shared_data, tmp_path / "m.safetensors")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(TrainLogger, "stats", original)
+    rows = stats_path(cfg.out).read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+    cfg.resume = True
+    train(cfg)
+    rows = stats_path(cfg.out).read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
+    assert _same_tensors(reference, cfg.out)

@@ -34,6 +34,26 @@ class TrainLogger:
 
         return tqdm(total=None, desc=desc, leave=False, dynamic_ncols=True)
 
+    def forget_after(self, stages: list[str], stage_index: int, epochs_done: int) -> None:
+        """Drop the stats rows a resumed run is about to write again: an epoch interrupted just
+        after its row was written is run again, and must not be listed twice."""
+        path = stats_path(self.cfg.out)
+        if not self.write or not path.exists():
+            return
+        from ..checkpoint import atomic_write_text
+
+        order = {name: k for k, name in enumerate(stages)}
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            k = order.get(row.get("stage"), len(stages))
+            if k < stage_index or (k == stage_index and row.get("epoch", 0) <= epochs_done):
+                keep.append(line + "\n")
+        atomic_write_text(path, "".join(keep))
+
     def stats(self, row: dict) -> None:
         if not self.write:
             return

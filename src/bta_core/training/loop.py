@@ -434,6 +434,7 @@ def train(
             first = start_epoch
             restore_optimizer(opt, "optim", resume_tensors, resume_meta["optimizer"])
             log.info(f"resumed {stage} at epoch {first + 1}/{epochs} ({first} done)")
+            log.forget_after([name for name, _ in stages], si, first)
         done_steps += first * max(1, len(records) // (cfg.batch_size * world))
         epoch = first
         snapshot = None
