@@ -144,10 +144,7 @@ class Decision:
         """One line for people: the verdict and why."""
         ev = self.evidence
         if self.decided_by == IDENTICAL_PIXELS:
-            why = (
-                "identical pixels as decoded "
-                "(16-bit and float data: after each channel's intensity scaling)"
-            )
+            why = "identical pixels (after decoding and intensity scaling)"
         elif self.decided_by == PERCEPTUAL_HASH:
             how = describe_d4(ev.phash_orientation)
             why = f"perceptual hash match ({how}, distance {ev.phash_distance})"
