@@ -220,3 +220,24 @@ def test_ctrl_c_in_scan_says_what_was_kept(tmp_path, capsys, monkeypatch, bccd_i
     assert f"{out} was not changed" in err
     assert cli_main(["scan", str(tmp_path), "--out", str(out), "--no-cache"]) == 130
     assert "nothing was cached (--no-cache)" in capsys.readouterr().err
+
+
+def test_score_and_match_take_a_plane_named_as_the_scan_names_it(capsys):
+    """`bta-core score "stack.tif[c=0]" other.png`: a plane of a stack, named as pairs.csv
+    names it, is compared on its own (the whole file would average its channels)."""
+    stack, nuclei = str(SAMPLES / "stack_2ch.tif"), str(SAMPLES / "nuclei_2.png")
+    assert cli_main(["score", f"{stack}[c=0]", nuclei, "--no-verify", "--json"]) == 0
+    plane = json.loads(capsys.readouterr().out)
+    assert plane["verdict"] == "same" and plane["decided_by"] in (
+        "identical pixels",
+        "perceptual hash",
+    )
+    assert cli_main(["score", stack, nuclei, "--no-verify", "--json"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert whole["decision"]["phash_distance"] > plane["decision"]["phash_distance"]
+    assert cli_main(["match", f"{stack}[c=0]", nuclei, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["found"]
+    assert cli_main(["score", f"{stack}[c=5]", nuclei]) == 1
+    assert "stack_2ch.tif: no plane [c=5] in this file (it has [c=0], [c=1])" in (
+        capsys.readouterr().err
+    )

@@ -292,6 +292,29 @@ def load_image(
     return _to_rgb(path, flat[plane], data.dtype, channels, samples="S" in axes)
 
 
+def load_named(name: str | os.PathLike) -> np.ndarray:
+    """``load_image`` of a file, or of one plane or channel named as a scan names it
+    (``stack.tif[c=1]``, ``stack.tif[z=3]``, ``stack.tif[c=0,z=2]``: copy a name from pairs.csv).
+
+    A path that exists as a file is always the whole file, brackets in its name or not.
+    """
+    text = str(name)
+    if os.path.exists(text) or not text.endswith("]") or "[" not in text:
+        return load_image(text)
+    path = text[: text.rindex("[")]
+    if not os.path.isfile(path):
+        return load_image(text)  # the usual "not found", naming what was asked for
+    split = "c=" in text[len(path) :]
+    names = []
+    for info, rgb in iter_images(path, split_channels=split):
+        if info.name == text:
+            return rgb
+        names.append(info.name[len(path) :])
+    raise ImageReadError(
+        path, f"no plane {text[len(path) :]} in this file (it has {', '.join(names) or 'none'})"
+    )
+
+
 def iter_images(
     path: str | os.PathLike, split_channels: bool = False
 ) -> Iterator[tuple[ImageInfo, np.ndarray]]:

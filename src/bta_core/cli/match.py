@@ -15,8 +15,10 @@ from ._help import add_device, int_in
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, add_help=add_help)
-    parser.add_argument("image_a", help="first image file (the reference frame)")
-    parser.add_argument("image_b", help="second image file (mapped onto the first)")
+    parser.add_argument(
+        "image_a", help="first image file (the reference frame), or a plane of a stack: f.tif[c=1]"
+    )
+    parser.add_argument("image_b", help="second image file or plane (mapped onto the first)")
     parser.add_argument(
         "--checkpoint",
         default=None,
@@ -73,13 +75,13 @@ def _name_files(message: str, args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..imageio import load_image
+    from ..imageio import load_named
     from ..output_files import check_out_dir
 
     if args.out:
         check_out_dir(args.out, create=False)
-    a = load_image(args.image_a)
-    b = load_image(args.image_b)
+    a = load_named(args.image_a)
+    b = load_named(args.image_b)
     from ._progress import StepBar
 
     bar = StepBar(total=2, enabled=not args.quiet)  # drawn on a terminal only, then cleared

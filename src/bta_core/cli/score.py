@@ -9,7 +9,7 @@ from ..assess import assess_pair
 from ..calibration import probability_mapping
 from ..checkpoint import load_checkpoint
 from ..device import describe_device, get_device
-from ..imageio import load_image
+from ..imageio import load_named
 from ..output_files import json_dumps
 from ..verdict import COLLECTION_LOOK_ALIKE, MODEL_SCORE, NO_EVIDENCE
 from ._help import add_device, add_quiet
@@ -18,8 +18,10 @@ from ._progress import StepBar
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, add_help=add_help)
-    parser.add_argument("image_a", help="first image file")
-    parser.add_argument("image_b", help="second image file")
+    parser.add_argument(
+        "image_a", help="first image file, or one plane of a stack as a scan names it: f.tif[c=1]"
+    )
+    parser.add_argument("image_b", help="second image file (or plane)")
     parser.add_argument(
         "--checkpoint", default=None, help="model checkpoint (default: bundled model)"
     )
@@ -43,7 +45,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    image_a, image_b = load_image(args.image_a), load_image(args.image_b)  # bad files fail first
+    image_a, image_b = load_named(args.image_a), load_named(args.image_b)  # bad files fail first
     bar = StepBar(total=(4 if args.verify else 3) + 1, enabled=not args.quiet)
     try:
         bar.stage("loading model")
