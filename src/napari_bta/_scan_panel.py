@@ -253,11 +253,11 @@ class ScanPanel(Panel):
                 if len(self.pairs) > MAX_ROWS
                 else ""
             )
-            from bta_core.scan.groups import copy_groups, groups_text
+            from bta_core.scan.groups import copy_groups, groups_text, listed_groups
 
             verdicts = Counter(p.verdict for p in self.pairs)
-            groups = copy_groups(self.pairs)
-            if not any(len(g.members) > 2 for g in groups):
+            groups = getattr(result, "groups", None) or copy_groups(self.pairs)
+            if not listed_groups(groups):
                 groups = []  # every group a pair: the pairs say it (as the console does)
             self._status.value = (
                 f"Scanned {n_images} images: {verdicts['same']} same, "

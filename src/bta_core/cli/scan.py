@@ -17,7 +17,7 @@ from ..output_files import check_out_dir, json_dumps
 from ..scan import ScanResult, merge, scan
 from ..scan.cache import default_cache_dir
 from ..scan.candidates import DEFAULT_FAISS_ABOVE, DEFAULT_FAISS_K, DEFAULT_MAX_PAIRS, DEFAULT_TOP_K
-from ..scan.groups import copy_groups, groups_text
+from ..scan.groups import groups_text, listed_groups
 from ..scan.outputs import OUTPUT_FILES, pair_dicts
 from ..scan.pipeline import DEFAULT_VERIFY_PER_IMAGE
 from ..scan.ranks import scan_ranks
@@ -344,10 +344,12 @@ def main(args: argparse.Namespace) -> int:
         )
     if len(review) > CONSOLE_PAIRS:
         tell(f"  ... {len(review) - CONSOLE_PAIRS} more in {args.out}/pairs.csv")
-    groups = copy_groups(result.pairs)
-    if any(len(g.members) > 2 for g in groups):  # pairs alone say it when every group is a pair
-        tell(f"{groups_text(groups)}; the group column of pairs.csv and the report show all:")
-        for g in [g for g in groups if len(g.members) > 2][:CONSOLE_GROUPS]:
+    listed = listed_groups(result.groups)
+    if listed:  # pairs alone say it when every group is a pair
+        tell(
+            f"{groups_text(result.groups)}; the group column of pairs.csv and the report show all:"
+        )
+        for g in listed[:CONSOLE_GROUPS]:
             names = [display_name(m, items.get(m), root) for m in g.members]
             more = f" and {len(names) - 6} more" if len(names) > 6 else ""
             tell(f"  group {g.number}: {', '.join(names[:6])}{more}")
@@ -403,14 +405,14 @@ def summary_dict(result: ScanResult, out_dir: str, top: int = JSON_PAIRS) -> dic
             "pairs_listed": len(result.pairs),
             "same": s.get("n_same"),
             "same_by": dict(same_by),
-            "copy_groups": len(copy_groups(result.pairs)),
+            "copy_groups": len(result.groups),
             "suspect": s.get("n_suspect"),
         },
         "threshold": s.get("threshold"),
         "checkpoint": s.get("checkpoint"),
         "device": s.get("device"),
         "outputs": {name: str(Path(out_dir).resolve() / name) for name in OUTPUT_FILES},
-        "groups": [g.to_dict() for g in copy_groups(result.pairs)[:top]],
-        "top_pairs": pair_dicts(review[:top]),
+        "groups": [g.to_dict() for g in result.groups[:top]],
+        "top_pairs": pair_dicts(review[:top], result.groups),
         "skipped": [{"path": k.path, "problem": k.problem} for k in result.skipped],
     }

@@ -239,39 +239,27 @@ def build_index(
     with store.writer_lock(root):
         if store.is_index(root):  # another build got there first
             raise ValueError(f"{root}: already an index; use 'bta-core index add' to grow it")
-        return _build_locked(root, files, model, batch_size, workers, on_progress, should_stop)
-
-
-def _build_locked(
-    root: Path,
-    files: list[Path],
-    model,
-    batch_size: int,
-    workers: int | None,
-    on_progress: ProgressFn | None,
-    should_stop: StopFn | None,
-) -> dict:
-    manifest = {
-        "format": store.FORMAT,
-        "model_id": _model_identity(model),
-        "model_name": str(getattr(model, "checkpoint_path", None) or "in-memory model"),
-        "model_config": model.config.to_dict(),
-        "dim": int(model.embed_dim),
-        "segments": [],
-        "dead": [],
-        "counter": 0,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    store.commit(root, manifest, ann.new_flat(int(model.embed_dim)))
-    return _add_locked(
-        root,
-        files,
-        model,
-        batch_size=batch_size,
-        workers=workers,
-        on_progress=on_progress,
-        should_stop=should_stop,
-    )
+        manifest = {
+            "format": store.FORMAT,
+            "model_id": _model_identity(model),
+            "model_name": str(getattr(model, "checkpoint_path", None) or "in-memory model"),
+            "model_config": model.config.to_dict(),
+            "dim": int(model.embed_dim),
+            "segments": [],
+            "dead": [],
+            "counter": 0,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        store.commit(root, manifest, ann.new_flat(int(model.embed_dim)))
+        return _add_locked(
+            root,
+            files,
+            model,
+            batch_size=batch_size,
+            workers=workers,
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
 
 
 def missing_rows(idx: ReferenceIndex) -> list[int]:

@@ -11,9 +11,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..verdict import SAME
-from .records import Pair
+
+if TYPE_CHECKING:
+    from .records import Pair
+
+LISTED_MIN = 3
+"""Groups of at least this many images are listed by name (console, report section, napari);
+a group of two is just its pair."""
 
 
 @dataclass
@@ -67,6 +74,11 @@ def copy_groups(pairs: Sequence[Pair]) -> list[CopyGroup]:
         CopyGroup(k, members[r], sum(kinds[r].values()), dict(kinds[r]))
         for k, r in enumerate(roots, 1)
     ]
+
+
+def listed_groups(groups: Sequence[CopyGroup]) -> list[CopyGroup]:
+    """The groups worth listing by name: ``LISTED_MIN`` or more images."""
+    return [g for g in groups if len(g.members) >= LISTED_MIN]
 
 
 def group_numbers(groups: Sequence[CopyGroup]) -> dict[str, int]:

@@ -14,7 +14,7 @@ from ..model import BTAModel
 from ..output_files import csv_text, json_text, output_set, write_text
 from ..runtime import ProgressFn
 from ..verdict import SAME
-from .groups import copy_groups, group_numbers
+from .groups import CopyGroup, copy_groups, group_numbers
 from .records import Pair, ScanResult, Skipped
 from .report import render_report
 
@@ -50,10 +50,12 @@ def _cell(value) -> str | int:
     return value
 
 
-def pairs_csv_text(pairs: Sequence[Pair], tta: str | None = None) -> str:
+def pairs_csv_text(
+    pairs: Sequence[Pair], tta: str | None = None, groups: Sequence[CopyGroup] | None = None
+) -> str:
     """One row per pair, best first (``verdict.rank_key``); empty cells: evidence not checked."""
     header = list(PAIR_COLUMNS) + (["orientation"] if tta else [])
-    group = group_numbers(copy_groups(pairs))
+    group = group_numbers(copy_groups(pairs) if groups is None else groups)
     rows = []
     for p in pairs:
         ev = p.evidence
@@ -70,9 +72,10 @@ def pairs_csv_text(pairs: Sequence[Pair], tta: str | None = None) -> str:
     return csv_text(header, rows)
 
 
-def pair_dicts(pairs: Sequence[Pair]) -> list[dict]:
-    """pairs.json's pairs: each pair's dict plus its ``group`` (as pairs.csv; None unless same)."""
-    group = group_numbers(copy_groups(pairs))
+def pair_dicts(pairs: Sequence[Pair], groups: Sequence[CopyGroup]) -> list[dict]:
+    """pairs.json's pairs: each pair's dict plus its ``group`` (as pairs.csv; None unless same).
+    ``groups``: those of the whole scan, so a list of its best pairs keeps their numbers."""
+    group = group_numbers(groups)
     return [
         {**p.to_dict(), "group": group.get(p.path_a) if p.verdict == SAME else None} for p in pairs
     ]
@@ -112,8 +115,8 @@ def write_outputs(
     tta = result.stats.get("tta")
     doc = {
         "stats": result.stats,
-        "pairs": pair_dicts(result.pairs),
-        "groups": [g.to_dict() for g in copy_groups(result.pairs)],
+        "pairs": pair_dicts(result.pairs, result.groups),
+        "groups": [g.to_dict() for g in result.groups],
         "skipped": [asdict(s) for s in result.skipped],
     }
     page = render_report(
@@ -124,7 +127,7 @@ def write_outputs(
         on_progress=on_progress,
     )
     with output_set(out) as staging:
-        write_text(staging / "pairs.csv", pairs_csv_text(result.pairs, tta))
+        write_text(staging / "pairs.csv", pairs_csv_text(result.pairs, tta, result.groups))
         write_text(staging / "skipped.csv", skipped_csv_text(result.skipped))
         write_text(staging / "pairs.json", json_text(doc))
         write_text(staging / "report.html", page)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..verdict import Decision, Evidence
+from .groups import CopyGroup, copy_groups
 
 
 @dataclass
@@ -100,3 +102,9 @@ class ScanResult:
     items: list[ScanImage] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     out_dir: str | None = None
+
+    @cached_property
+    def groups(self) -> list[CopyGroup]:
+        """The groups of copies of ``pairs`` (``groups.copy_groups``), computed once: every
+        output numbers them from this one list."""
+        return copy_groups(self.pairs)

@@ -34,7 +34,7 @@ from ..verdict import (
     SUSPECT,
     VERIFIED_OVERLAP,
 )
-from .groups import CopyGroup, copy_groups, group_numbers, groups_text
+from .groups import CopyGroup, group_numbers, groups_text, listed_groups
 from .records import Pair, ScanImage, ScanResult
 from .verify import load_scan_image
 
@@ -42,8 +42,6 @@ THUMB_SIZE = 220
 REVIEW_CAP = 1000
 """At most this many same/suspect cards in one page (the CSV and JSON list every pair)."""
 MATCH_DPI = 100
-GROUP_MIN_SHOWN = 3
-"""Groups of copies with at least this many images get their own section (a pair is a card)."""
 GROUPS_SHOWN = 50
 GROUP_MEMBERS_SHOWN = 24
 """Thumbnails per group (2,000 identical blank frames must not make a 50 MB page)."""
@@ -171,12 +169,12 @@ def _match_figure(rgb_a: np.ndarray, rgb_b: np.ndarray) -> str:
 
 
 def shown_groups(groups: Sequence[CopyGroup]) -> list[CopyGroup]:
-    """The groups the report shows in their own section (the largest, of 3 or more images)."""
-    return [g for g in groups if len(g.members) >= GROUP_MIN_SHOWN][:GROUPS_SHOWN]
+    """The groups the report shows in their own section: the largest listed ones."""
+    return listed_groups(groups)[:GROUPS_SHOWN]
 
 
 def _groups_section(groups: Sequence[CopyGroup], figure) -> str:
-    """Each group of ``GROUP_MIN_SHOWN`` or more copies: its images side by side, once."""
+    """Each listed group of copies (``groups.LISTED_MIN`` or more): its images side by side."""
     big = shown_groups(groups)
     if not big:
         return ""
@@ -308,7 +306,7 @@ def render_report(
         full = _esc(os.path.abspath(items[name].path) if name in items else name)
         return f'<figure title="{full}">{img}<figcaption>{shown_name}</figcaption></figure>'
 
-    groups = copy_groups(result.pairs)
+    groups = result.groups
     group_of = group_numbers(groups)
     linked = {g.number for g in shown_groups(groups)}
     shown = select_pairs(result.pairs, extra_pairs)

@@ -62,6 +62,12 @@ class TrainConfig:
         raise ValueError(f"unknown mode {self.mode!r} (bta, combined, head or simclr)")
 
 
+def stages_text(stages: list[tuple[str, int]]) -> str:
+    """``"combined 3 epochs"``, ``"projector 200 epochs, head 1 epoch"``: a recipe's stages in
+    words (the training log and the ``--resume`` refusal)."""
+    return ", ".join(f"{name} {n} epoch{'s' * (n != 1)}" for name, n in stages)
+
+
 def cosine_lr(epoch: int, epochs: int, lr_start: float, lr_end: float) -> float:
     """Paper schedule: gamma_k = gamma_start * q_k + gamma_end * (1 - q_k), q_k = (1 + cos(pi k/K)) / 2."""
     q = 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))

@@ -40,7 +40,7 @@ from ..heads import PAPER_HEAD_SIZES, PAPER_PROJECTOR_SIZES, SYMMETRIC_HEAD_SIZE
 from ..losses import barlow_twins_loss, combined_loss, nt_xent_loss
 from ..model import BTAModel, ModelConfig
 from ..runtime import Cancelled, ProgressFn
-from .config import DEFAULT_EPOCHS, TrainConfig, cosine_lr, recipe_dict
+from .config import DEFAULT_EPOCHS, TrainConfig, cosine_lr, recipe_dict, stages_text
 from .log import TrainLogger
 from .state import (
     check_resume_options,
@@ -410,8 +410,7 @@ def train(
     log = TrainLogger(cfg, rank == 0 and not cfg.quiet, write=rank == 0)
     log.info(
         f"training {cfg.mode} on {len(records)} images ({len(skipped)} skipped) with {cfg.backbone} "
-        f"on {describe_device(device)}; stages: "
-        + ", ".join(f"{name} {n} epoch{'s' * (n != 1)}" for name, n in stages)
+        f"on {describe_device(device)}; stages: {stages_text(stages)}"
     )
     for path, why in skipped:
         log.info(f"skipped {path}: {why}")

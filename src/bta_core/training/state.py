@@ -86,10 +86,6 @@ def _flag(name: str, value) -> str:
     return f"{flag} {value}"
 
 
-def _stages_text(stages: list[tuple[str, int]]) -> str:
-    return "stages " + ", ".join(f"{name} {n} epochs" for name, n in stages)
-
-
 def check_resume_options(path: Path, cfg: TrainConfig) -> None:
     """Refuse ``--resume`` with options that differ from the interrupted run's, naming each one.
 
@@ -104,7 +100,7 @@ def check_resume_options(path: Path, cfg: TrainConfig) -> None:
         raise ValueError(
             f"{path}: unreadable training state ({exc}); run without --resume"
         ) from exc
-    from .config import TrainConfig
+    from .config import TrainConfig, stages_text
 
     now = asdict(cfg)
     now["data"], saved["data"] = _absolute(now["data"]), _absolute(saved.get("data"))
@@ -120,8 +116,8 @@ def check_resume_options(path: Path, cfg: TrainConfig) -> None:
     except (TypeError, ValueError):
         saved_stages = None
     if saved_stages is not None and saved_stages != cfg.stages():
-        was.append(_stages_text(saved_stages))
-        asked.append(_stages_text(cfg.stages()))
+        was.append("stages " + stages_text(saved_stages))
+        asked.append("stages " + stages_text(cfg.stages()))
     if was:
         raise ValueError(
             f"{path}: the interrupted run was started with {', '.join(was)}; this one asks for "
