@@ -405,3 +405,34 @@ def test_a_file_system_without_locks_warns_and_writes(tmp_path, monkeypatch):
         with writer_lock(tmp_path):
             ran.append(True)
     assert ran == [True] and (tmp_path / ".lock").read_text().startswith("pid ")
+
+
+def test_a_folder_that_whitens_itself_compares_index_neighbours_as_they_are(
+    refs, cosine_model, tmp_path, bccd_images
+):
+    """A folder of 16+ images is whitened with its own statistics; its index neighbours were
+    never fitted. Leaving them out too broke the covariance: collection similarities of
+    +-1e13 decided verdicts. Every value must be a cosine, and a copy must still look alike."""
+    from bta_core.scan import scan
+
+    files = sorted(refs.iterdir())
+    out = tmp_path / "idx"
+    build_index(files, out, cosine_model, workers=1)
+    q = tmp_path / "submission"
+    q.mkdir()
+    for p in bccd_images[100:118]:
+        shutil.copy(p, q / p.name)
+    _save(np.fliplr(load_image(files[0])), q / "fig_flip.png")
+    res = scan(q, model=cosine_model, index=out, cache_dir=None, faiss_k=4, top_k=10)
+    assert res.stats.get("index_background") is None  # big enough to describe itself
+    values = [
+        p.evidence.collection_similarity
+        for p in res.pairs
+        if p.evidence.collection_similarity is not None
+    ]
+    across = [p for p in res.pairs if Path(p.path_b).parent.resolve() == refs.resolve()]
+    assert across and len(values) == len(res.pairs)
+    assert max(abs(v) for v in values) <= 1.0 + 1e-4
+    flip = next(p for p in across if Path(p.path_a).name == "fig_flip.png")
+    unrelated = [p.evidence.collection_similarity for p in across if p is not flip]
+    assert flip.evidence.collection_similarity > max(unrelated)

@@ -79,6 +79,25 @@ def test_leaving_the_pair_out_equals_fitting_without_it():
     assert pair_similarity(w, x[:3], x[:3]).tolist() == [1.0, 1.0, 1.0]
 
 
+def test_an_image_outside_the_fit_is_not_left_out():
+    """A reference-index neighbour compared with a scanned folder was never fitted: only the
+    folder's image is left out. Taking out both once gave cosines of +-1e13 (a broken
+    covariance) that decided verdicts."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 12, generator=g) + 2.0
+    w = fit_whitening(x[:30])  # rows 30.. are outside, as index neighbours are
+    for i, j in [(0, 31), (3, 39), (29, 30)]:
+        keep = [k for k in range(30) if k != i]
+        want = whitened_cosine(fit_whitening(x[keep]), x[i : i + 1], x[j : j + 1])
+        got = pair_similarity(w, x[i : i + 1], x[j : j + 1], True, False)
+        assert got.item() == pytest.approx(want.item(), abs=0.02)
+    both_out = pair_similarity(w, x[30:35], x[35:40], False, False)
+    assert torch.allclose(both_out, whitened_cosine(w, x[30:35], x[35:40]), atol=1e-5)
+    per_row = torch.tensor([True, False, True, False, True])
+    mixed = pair_similarity(w, x[30:35], x[:5], per_row, torch.tensor(True))
+    assert mixed.abs().max() <= 1.0 + 1e-5
+
+
 def test_a_copy_inside_a_small_collection_stays_alike(bccd_images, trained_checkpoint):
     """A scan of 16 real smears holding a crop of one of them: fitted on all 17, the plain
     whitened cosine of the copy pair collapses (the fit stretches exactly their difference);

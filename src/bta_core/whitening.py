@@ -65,7 +65,13 @@ def fit_whitening(
     return Whitening(mean.float(), matrix.float(), n)
 
 
-def pair_similarity(w: Whitening, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def pair_similarity(
+    w: Whitening,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    a_in_fit: bool | torch.Tensor = True,
+    b_in_fit: bool | torch.Tensor = True,
+) -> torch.Tensor:
     """Row-wise whitened cosine of two images of the fitted collection, with the pair left out.
 
     A collection's own covariance holds each of its images: whitening with it stretches the
@@ -74,10 +80,16 @@ def pair_similarity(w: Whitening, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     collection. Each pair is therefore compared as if the whitening had been fitted without its
     two images: mean and covariance are downdated exactly (a rank-3 change of the shrunk
     covariance, Woodbury identity; only the ridge keeps its fitted size). O(D) per pair.
+
+    ``a_in_fit``/``b_in_fit`` (a bool, or one per row) say whether each image was among those
+    fitted: only those are left out. Taking out a vector that was never in would break the
+    covariance (a reference-index neighbour compared with a scanned folder, for example).
     """
     n = float(w.n_images)
-    m = n - 2.0
-    if m < 2:
+    ra = torch.as_tensor(a_in_fit, dtype=torch.float64).expand(len(a))
+    rb = torch.as_tensor(b_in_fit, dtype=torch.float64).expand(len(a))
+    m = n - ra - rb  # (B,)
+    if n - 2.0 < 2:
         raise ValueError("leaving a pair out needs a whitening fitted on at least 4 images")
     # whitened (M^-1/2 x) basis vectors: the mean, u_a, u_b; their Gram Q holds x^T M^-1 y
     mu = w.mean @ w.matrix
@@ -85,22 +97,24 @@ def pair_similarity(w: Whitening, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     ub = F.normalize(b.float(), dim=-1) @ w.matrix
     basis = torch.stack([mu.expand_as(ua), ua, ub], dim=1).double()  # (B, 3, D)
     q = basis @ basis.transpose(1, 2)  # (B, 3, 3)
-    # the downdated covariance (times m/n) is M + B C B^T with C from the removed pair and the
-    # shifted mean mu' = (n mu - u_a - u_b) / m, in the basis (mu, u_a, u_b)
+    # the downdated covariance (times m/n) is M + B C B^T with C from the removed images and
+    # the shifted mean mu' = (n mu - ra u_a - rb u_b) / m, in the basis (mu, u_a, u_b)
     e = torch.eye(3, dtype=q.dtype)
-    mu_new = torch.tensor([n / m, -1.0 / m, -1.0 / m], dtype=q.dtype)
-    lam = (n / m) * torch.outer(e[0], e[0]) - torch.outer(mu_new, mu_new)
-    lam = lam - (torch.outer(e[1], e[1]) + torch.outer(e[2], e[2])) / m
-    c = (m / n) * lam
+    one, zero = torch.ones_like(m), torch.zeros_like(m)
+    mu_new = torch.stack([n / m, -ra / m, -rb / m], dim=-1)  # (B, 3)
+    removed = torch.diag_embed(torch.stack([zero, ra, rb], dim=-1))
+    lam = (n / m).view(-1, 1, 1) * torch.outer(e[0], e[0]) - mu_new[:, :, None] * mu_new[:, None]
+    lam = lam - removed / m.view(-1, 1, 1)
+    c = (m / n).view(-1, 1, 1) * lam
     # (M + B C B^T)^-1 = M^-1 - M^-1 B C (I + Q C)^-1 B^T M^-1 (C need not be invertible)
     qc = q @ c
     corr = qc @ torch.linalg.solve(e + qc, q)  # (B, 3, 3)
     form = q - corr  # p^T form q' = x^T M'^-1 y for x = B p, y = B q'
-    da = torch.tensor([-n / m, 1.0 + 1.0 / m, 1.0 / m], dtype=q.dtype)  # u_a - mu'
-    db = torch.tensor([-n / m, 1.0 / m, 1.0 + 1.0 / m], dtype=q.dtype)  # u_b - mu'
-    ab = torch.einsum("i,bij,j->b", da, form, db)
-    aa = torch.einsum("i,bij,j->b", da, form, da)
-    bb = torch.einsum("i,bij,j->b", db, form, db)
+    da = torch.stack([-n / m, one + ra / m, rb / m], dim=-1)  # u_a - mu'
+    db = torch.stack([-n / m, ra / m, one + rb / m], dim=-1)  # u_b - mu'
+    ab = torch.einsum("bi,bij,bj->b", da, form, db)
+    aa = torch.einsum("bi,bij,bj->b", da, form, da)
+    bb = torch.einsum("bi,bij,bj->b", db, form, db)
     cos = (ab / (aa * bb).clamp(min=1e-24).sqrt()).float()
     # an image against itself is one image, not a pair to leave out: the top similarity
     return torch.where((a == b).all(dim=-1), torch.ones_like(cos), cos)

@@ -40,25 +40,30 @@ def collection_whitening(
 
 
 def collection_similarities(
-    w: Whitening | None, z: torch.Tensor, keys: Sequence[PairKey], chunk: int = 16384
+    w: Whitening | None,
+    z: torch.Tensor,
+    keys: Sequence[PairKey],
+    fit_rows: int | None = None,
+    chunk: int = 16384,
 ) -> np.ndarray | None:
     """Each pair's whitened cosine with the pair left out of the fit (``whitening.pair_similarity``;
-    with D4 embeddings, the best of B's 8 orientations, as the model score). An index neighbour
-    outside the fit is treated as if inside (one image more or less changes little). None
-    without a whitening."""
+    with D4 embeddings, the best of B's 8 orientations, as the model score). Only images among
+    the first ``fit_rows`` (None: all) were fitted and are left out; an index neighbour after
+    them is compared as it is. None without a whitening."""
     if w is None:
         return None
+    n_fit = len(z) if fit_rows is None else fit_rows
     out = np.empty(len(keys), dtype=np.float64)
     as_is = _first_orientation(z)
     for start in range(0, len(keys), chunk):
         part = keys[start : start + chunk]
         a = torch.tensor([i for i, _ in part], dtype=torch.long)
         b = torch.tensor([j for _, j in part], dtype=torch.long)
-        za = as_is[a]
+        za, a_in, b_in = as_is[a], a < n_fit, b < n_fit
         if z.ndim == 3:
-            sims = torch.stack([pair_similarity(w, za, z[b, o]) for o in range(z.shape[1])])
-            sim = sims.max(dim=0).values
+            sims = [pair_similarity(w, za, z[b, o], a_in, b_in) for o in range(z.shape[1])]
+            sim = torch.stack(sims).max(dim=0).values
         else:
-            sim = pair_similarity(w, za, z[b])
+            sim = pair_similarity(w, za, z[b], a_in, b_in)
         out[start : start + len(part)] = sim.double().numpy()
     return out

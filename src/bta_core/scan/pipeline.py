@@ -176,7 +176,7 @@ def score_and_report(
     scores.update(_model_scores(model, emb, sorted(extra), o.tta))
     t_score = time.perf_counter()
     keys = sorted(scores)
-    collection = collection_similarities(whitening, emb.z, keys)
+    collection = collection_similarities(whitening, emb.z, keys, emb.fit_rows)
     pairs = []
     evidences = fingerprint_evidence(keys, emb.items, emb.phash)
     for k, (key, evidence) in enumerate(zip(keys, evidences, strict=True)):
