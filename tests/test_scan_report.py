@@ -190,3 +190,14 @@ def test_stage_bars_in_a_log_file_draw_a_few_states_not_one_per_step(capsys):
         bars(step, 200, {"stage": "verify"})
     err = capsys.readouterr().err
     assert "200/200" in err and err.count("keypoint check") <= 4, err.count("keypoint check")
+
+
+def test_console_line_names_a_local_retouch():
+    """A copy with a patch pasted or erased: the console line must say so, as the report does."""
+    from bta_core.cli.scan import console_pair
+
+    p = Policy(0.5)
+    edited = _pair("fig1.png", "fig8.png", p, verified=True, local_edits=13)
+    clean = _pair("fig1.png", "fig2.png", p, verified=True)
+    assert "differs locally in 13 cells" in console_pair(edited, {}, None)
+    assert "differs locally" not in console_pair(clean, {}, None)

@@ -221,8 +221,9 @@ def _to_rgb(
             ImageReadWarning(
                 path,
                 f"{n} channels, each scaled on its own and averaged to one grey image (to "
-                "compare the channels one by one: 'bta-core scan --planes', or the napari "
-                f"plugin); said once for all {n}-channel files",
+                "compare the channels one by one: 'bta-core scan --planes', 'bta-core score "
+                '"FILE[c=0]" B\' for one channel, or the napari plugin); said once for all '
+                f"{n}-channel files",
             ),
             stacklevel=3,
         )

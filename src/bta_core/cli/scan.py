@@ -384,6 +384,11 @@ def console_pair(p, items: dict, root: str | None) -> str:
         detail = f"  {p.transform}"
     elif p.decision.hash_orientation not in (None, "identity"):
         detail = f"  {describe_d4(p.decision.hash_orientation)}"
+    edits = p.evidence.local_edits
+    if edits:  # the retouch is what an editor must not miss in the console either
+        detail += (
+            f"; B differs locally in {edits} cell{'s' if edits > 1 else ''} (pasted or erased?)"
+        )
     return f"{a}  <->  {b}{detail}"
 
 
