@@ -16,7 +16,12 @@ other groups (the holdout protocol's hard negatives).
   block's pairs and added;
 * ``grid3_whitened``: a 3x3 grid of per-cell vectors (layout), cell-whitened, best of the 8
   rotations/flips of B's grid;
-* ``preblur_whitened``: ``global_whitened`` on inputs blurred with sigma 1 px first.
+* ``preblur_whitened``: ``global_whitened`` on inputs blurred with sigma 1 px first;
+* ``global_d4_whitened``: ``global_whitened``, best of the 8 rotations/flips of B's *image*;
+* ``fused``: the sum of the robust z-scores of ``global_d4_whitened``, the best region (A's
+  regions against B's 8 orientations and B's regions against A), ``grid3_whitened`` and
+  ``preblur_whitened`` (a fixed, label-free rule; chosen on bccd's val split);
+  ``fused_no_d4``, ``fused_224`` and ``fused_224_d4`` leave parts of it out.
 
     python benchmarks/descriptor_variants.py --out benchmarks/descriptor_variants_cpu.json
 """
@@ -34,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bta_core.augment import gaussian_blur
+from bta_core.augment import dihedral_apply, gaussian_blur
 from bta_core.backbones import build_backbone
 from bta_core.data import decode_records, read_splits_csv
 from bta_core.evaluation.metrics import roc_auc, threshold_at_fpr
@@ -54,6 +59,7 @@ MANIPS = [
     "gamma",
     "combo",
 ]
+D4_CODES = (0, 1, 2, 3, 4, 5, 6, 7)  # flips (1, 2) and transpose (4): all 8 of the group
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -126,11 +132,25 @@ def similarity_matrices(clean: dict, manip: dict, ref: Whitening) -> dict[str, t
     pa, pb = clean["224blur"].mean((2, 3)), manip["224blur"].mean((2, 3))
     wp = fit_whitening(torch.cat([pa, pb]))
     out["preblur_whitened"] = whiten(wp, pa) @ whiten(wp, pb).T
+    gbo = manip["224d4"].mean((3, 4))  # (8, N, C)
+    out["global_d4_whitened"] = torch.einsum("ac,obc->oab", whiten(w, ga), whiten(w, gbo)).amax(0)
+    region_d4 = torch.einsum("arc,obc->oabr", ra, whiten(wr, gbo)).amax((0, 3))
+    best_region_d4 = torch.maximum(region_d4, torch.einsum("brc,ac->abr", rb, gar).amax(-1))
+    z = {k: robust_z(v) for k, v in out.items() if k.endswith("whitened")}
+    z_layout = z["grid3_whitened"] + z["preblur_whitened"]
+    out["fused"] = z["global_d4_whitened"] + robust_z(best_region_d4) + z_layout
+    # ablations: without the 8 orientations; 224 px maps only (no regions)
+    out["fused_no_d4"] = z["global_whitened"] + robust_z(best_region) + z_layout
+    out["fused_224"] = z["global_whitened"] + z_layout
+    out["fused_224_d4"] = z["global_d4_whitened"] + z_layout
     return out
 
 
-def all_maps(maps: Maps, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {
+def all_maps(maps: Maps, x: torch.Tensor, d4: bool = False) -> dict[str, torch.Tensor]:
+    out = {}
+    if d4:  # B's image in all 8 orientations (the identity first): (8, N, C, h, w)
+        out["224d4"] = torch.stack([maps(dihedral_apply(x, c).contiguous()) for c in D4_CODES])
+    return out | {
         "224": maps(x, 224),
         "320": maps(x, 320),
         "448": maps(x, 448),
@@ -138,8 +158,8 @@ def all_maps(maps: Maps, x: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def evaluate(maps: Maps, root: Path, name: str, ref: Whitening, log) -> dict:
-    recs = [r for r in read_splits_csv(root / name / "splits.csv") if r.split == "test"]
+def evaluate(maps: Maps, root: Path, name: str, ref: Whitening, log, split: str = "test") -> dict:
+    recs = [r for r in read_splits_csv(root / name / "splits.csv") if r.split == split]
     images, recs = decode_records(recs, 256)
     groups = np.array([r.group for r in recs])
     pop = np.array([r.modality or "" for r in recs])
@@ -148,7 +168,7 @@ def evaluate(maps: Maps, root: Path, name: str, ref: Whitening, log) -> dict:
     res: dict[str, dict] = {}
     for k, m in enumerate(MANIPS):
         t0 = time.perf_counter()
-        manip = all_maps(maps, manipulate(images, m, 224, seed=1 + k))
+        manip = all_maps(maps, manipulate(images, m, 224, seed=1 + k), d4=True)
         for variant, s in similarity_matrices(clean, manip, ref).items():
             pos, neg = s.diagonal().double().numpy(), s[ia, ib].double().numpy()
             thr = threshold_at_fpr(neg, 0.01)
@@ -181,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/descriptor_variants_cpu.json")
     p.add_argument("--only", nargs="*")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--split", default="test", help="split scored (val to choose settings)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = Path(args.data)
@@ -190,12 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, CPU, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "backbone": "efficientnet-lite0 (ImageNet, frozen)",
-        "split": "test",
+        "split": args.split,
         "sets": {},
     }
     for name in args.only or names:
         ref = reference_whitening(maps, root, [n for n in names if n != name])
-        out["sets"][name] = evaluate(maps, root, name, ref, lambda s: print(s, flush=True))
+        out["sets"][name] = evaluate(
+            maps, root, name, ref, lambda s: print(s, flush=True), args.split
+        )
         for variant, per in out["sets"][name]["variants"].items():
             row = " ".join(f"{m}:{per[m]['auc']:.3f}" for m in MANIPS)
             mean = per["mean"]

@@ -617,7 +617,7 @@ def test_a_rescan_reuses_the_keypoint_checks_of_the_same_pixels(corpus, tiny_mod
     assert again.stats["n_checked_from_cache"] == again.stats["n_checked"] == len(entries)
     from bta_core.cli.scan import cached_checks
 
-    assert f"({len(entries)} from the cache)" in cached_checks(again.stats)
+    assert f"({len(entries)} from the cache: " in cached_checks(again.stats)
 
     def decided(r):
         return {(p.path_a, p.path_b): (p.verdict, p.decided_by, p.transform) for p in r.pairs}

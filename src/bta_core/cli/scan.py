@@ -370,9 +370,10 @@ def missing_part(stats: dict) -> str:
 
 
 def cached_checks(stats: dict) -> str:
-    """`` (N from the cache)`` when earlier scans' keypoint checks were reused."""
+    """`` (N from the cache)`` when keypoint checks of the same pixels were reused: an earlier
+    scan's, or, in a first scan, those of a pixel-identical copy of a file checked before."""
     n = stats.get("n_checked_from_cache") or 0
-    return f" ({n} from the cache)" if n else ""
+    return f" ({n} from the cache: the same pixels checked before)" if n else ""
 
 
 def console_pair(p, items: dict, root: str | None) -> str:
