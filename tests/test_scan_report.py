@@ -201,3 +201,19 @@ def test_console_line_names_a_local_retouch():
     clean = _pair("fig1.png", "fig2.png", p, verified=True)
     assert "differs locally in 13 cells" in console_pair(edited, {}, None)
     assert "differs locally" not in console_pair(clean, {}, None)
+
+
+def test_many_groups_are_counted_by_size_not_cut_to_the_first_three():
+    """Eight groups (six of 3 images, two of 2): the console line must say how many of each,
+    not 'the largest: 3, 3, 3' while six are that large."""
+    from bta_core.scan.groups import copy_groups, groups_text
+
+    p = Policy(0.5)
+    pairs = []
+    for g in range(6):
+        pairs += [_pair(f"g{g}a", f"g{g}b", p, identical_pixels=True)]
+        pairs += [_pair(f"g{g}b", f"g{g}c", p, identical_pixels=True)]
+    pairs += [_pair(f"h{g}a", f"h{g}b", p, phash_distance=0) for g in range(2)]
+    groups = copy_groups(pairs)
+    assert groups_text(groups) == "8 groups of copies (6 of 3 images, 2 of 2)"
+    assert groups_text(groups[:3]) == "3 groups of copies (3, 3 and 3 images)"

@@ -91,8 +91,11 @@ def groups_text(groups: Sequence[CopyGroup]) -> str:
     if not groups:
         return ""
     sizes = [str(len(g.members)) for g in groups]
-    if len(sizes) > 5:
-        return f"{len(groups)} groups of copies (the largest: {', '.join(sizes[:3])} images)"
+    if len(sizes) > 5:  # by size, largest first: "(1 of 5 images, 6 of 3, 12 of 2)"
+        counts = Counter(len(g.members) for g in groups)
+        parts = [f"{counts[k]} of {k}" for k in sorted(counts, reverse=True)]
+        parts[0] += " images"
+        return f"{len(groups)} groups of copies ({', '.join(parts)})"
     listed = sizes[0] if len(sizes) == 1 else ", ".join(sizes[:-1]) + " and " + sizes[-1]
     noun = "group" if len(groups) == 1 else "groups"
     return f"{len(groups)} {noun} of copies ({listed} images)"
