@@ -436,3 +436,47 @@ def test_a_folder_that_whitens_itself_compares_index_neighbours_as_they_are(
     flip = next(p for p in across if Path(p.path_a).name == "fig_flip.png")
     unrelated = [p.evidence.collection_similarity for p in across if p is not flip]
     assert flip.evidence.collection_similarity > max(unrelated)
+
+
+def test_a_small_folder_leaves_out_the_neighbours_its_borrowed_fit_holds(
+    refs, cosine_model, tmp_path, bccd_images
+):
+    """A folder of fewer than 16 images is whitened with a sample of the index; the index
+    neighbours in that sample are in the fit and must be left out of their pairs like the
+    folder's own images (their collection similarity equals a refit without the pair). A
+    folder image indexed under another path is not fitted twice."""
+    import torch
+
+    from bta_core.scan.collection import collection_similarities, collection_whitening
+    from bta_core.scan.embed import embed_folders
+    from bta_core.whitening import fit_whitening
+
+    files = sorted(refs.iterdir())
+    q = tmp_path / "small"
+    q.mkdir()
+    for p in bccd_images[200:204]:
+        shutil.copy(p, q / p.name)
+    idx_src = tmp_path / "published"
+    idx_src.mkdir()
+    for p in [*files, *bccd_images[300:316]]:  # enough for a whitening with the folder
+        shutil.copy(p, idx_src / p.name)
+    shutil.copy(bccd_images[200], idx_src / "same_pixels_elsewhere.jpg")
+    out = tmp_path / "idx"
+    build_index(sorted(idx_src.iterdir()), out, cosine_model, workers=0)
+    emb = attach_index(embed_folders(cosine_model, [q], workers=0), out, cosine_model, k=4)
+    assert emb.stats["index_background"] == len(files) + 16  # the duplicate is not borrowed
+    fitted = emb.fitted()
+    refs_rows = range(emb.fit_rows, len(emb.items))
+    names = [Path(emb.items[r].path).name for r in refs_rows]
+    assert "same_pixels_elsewhere.jpg" not in [
+        n for n, r in zip(names, refs_rows, strict=True) if fitted[r]
+    ]
+    assert any(fitted[r] for r in refs_rows)
+    w = collection_whitening(emb.z, emb.fit_rows, emb.background)
+    r = next(r for r in refs_rows if fitted[r])
+    got = collection_similarities(w, emb.z, [(0, r)], fitted)[0]
+    rest = torch.cat([emb.z[1 : emb.fit_rows], emb.background])
+    keep = [k for k in range(len(rest)) if not torch.equal(rest[k], emb.z[r])]
+    refit = fit_whitening(rest[keep])
+    want = (refit.apply(emb.z[:1]) * refit.apply(emb.z[r : r + 1])).sum().item()
+    assert got == pytest.approx(want, abs=0.03)

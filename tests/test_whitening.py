@@ -124,10 +124,53 @@ def test_d4_collection_similarity_takes_the_best_orientation_like_the_score():
     from bta_core.scan.collection import collection_similarities, collection_whitening
 
     g = torch.Generator().manual_seed(3)
-    z = torch.randn(24, 8, 16, generator=g) + 1.0  # 24 images x 8 orientations
-    z[5, 3] = z[2, 0] + 0.01 * torch.randn(16, generator=g)  # image 5 turned is image 2
+    # more dimensions than images, as real embeddings: only the upright views are fitted, and
+    # leaving out a turned view that never was in once gave cosines of 1e12
+    z = torch.randn(24, 8, 64, generator=g) + 1.0  # 24 images x 8 orientations
+    z[5, 3] = z[2, 0] + 0.01 * torch.randn(64, generator=g)  # image 5 turned is image 2
     w = collection_whitening(z)
-    sims = collection_similarities(w, z, [(2, 5), (2, 6)])
+    keys = [(i, j) for i in range(24) for j in range(i + 1, 24)]
+    sims = collection_similarities(w, z, keys)
+    assert np.abs(sims).max() <= 1.0 + 1e-5
+    copy = keys.index((2, 5))
     plain = collection_similarities(w, z[:, 0], [(2, 5)])
-    assert sims[0] > 0.9 > plain[0]
-    assert sims[1] < sims[0]
+    assert sims[copy] > 0.9 > plain[0]
+    assert sims[copy] == sims.max()
+
+
+def test_a_turned_view_is_compared_with_the_upright_one_left_out():
+    """pair_similarity of A with B turned (not fitted), leaving out B's fitted upright view,
+    equals a refit without A and upright B."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 40, generator=g) + 2.0
+    turned = torch.randn(30, 40, generator=g) + 2.0  # other views, never fitted
+    w = fit_whitening(x)
+    for i, j in [(0, 1), (4, 20)]:
+        keep = [k for k in range(30) if k not in (i, j)]
+        want = whitened_cosine(fit_whitening(x[keep]), x[i : i + 1], turned[j : j + 1])
+        got = pair_similarity(w, x[i : i + 1], turned[j : j + 1], fitted_b=x[j : j + 1])
+        assert got.item() == pytest.approx(want.item(), abs=0.03)
+
+
+def test_a_content_fitted_twice_is_fitted_once():
+    """A pixel-identical copy of A in the scanned folder must not stay in the fit when the
+    pair (A, B) is left out: one fitted vector per content, and a pair of one content leaves
+    out only A."""
+    from bta_core.scan.collection import (
+        collection_similarities,
+        collection_whitening,
+        unique_rows,
+    )
+
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(20, 48, generator=g) + 1.0
+    z[19] = z[0]  # a second file with A's pixels
+    z[18] = z[0] + 0.6 * torch.randn(48, generator=g)  # a copy of A (a crop, say)
+    hashes = [f"h{i}" for i in range(19)] + ["h0"]
+    assert unique_rows(hashes, 20) == list(range(19))
+    deduped = collection_whitening(z, hashes=hashes)
+    twice = collection_whitening(z)
+    sim_once = collection_similarities(deduped, z, [(0, 18), (0, 19)], hashes=hashes)
+    sim_twice = collection_similarities(twice, z, [(0, 18)])
+    assert sim_once[0] > sim_twice[0] + 0.2
+    assert sim_once[1] == pytest.approx(1.0)  # a pair of one content, not a broken downdate

@@ -71,6 +71,7 @@ def pair_similarity(
     b: torch.Tensor,
     a_in_fit: bool | torch.Tensor = True,
     b_in_fit: bool | torch.Tensor = True,
+    fitted_b: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Row-wise whitened cosine of two images of the fitted collection, with the pair left out.
 
@@ -78,12 +79,14 @@ def pair_similarity(
     one direction in which a copy and its source differ from everything else, so a copy inside
     the fitted collection looks less alike than one outside it, the more so the smaller the
     collection. Each pair is therefore compared as if the whitening had been fitted without its
-    two images: mean and covariance are downdated exactly (a rank-3 change of the shrunk
+    two images: mean and covariance are downdated exactly (a rank-5 change of the shrunk
     covariance, Woodbury identity; only the ridge keeps its fitted size). O(D) per pair.
 
     ``a_in_fit``/``b_in_fit`` (a bool, or one per row) say whether each image was among those
     fitted: only those are left out. Taking out a vector that was never in would break the
     covariance (a reference-index neighbour compared with a scanned folder, for example).
+    ``fitted_b``: the vectors of B that were fitted, when ``b`` is another view of them (B
+    turned, with ``--tta d4``, while only its upright embedding was fitted); default ``b``.
     """
     n = float(w.n_images)
     ra = torch.as_tensor(a_in_fit, dtype=torch.float64).expand(len(a))
@@ -91,27 +94,32 @@ def pair_similarity(
     m = n - ra - rb  # (B,)
     if n - 2.0 < 2:
         raise ValueError("leaving a pair out needs a whitening fitted on at least 4 images")
-    # whitened (M^-1/2 x) basis vectors: the mean, u_a, u_b; their Gram Q holds x^T M^-1 y
+    # whitened (M^-1/2 x) basis: the mean, the compared u_a, u_b and the removed v_a, v_b;
+    # their Gram Q holds x^T M^-1 y
     mu = w.mean @ w.matrix
-    ua = F.normalize(a.float(), dim=-1) @ w.matrix
-    ub = F.normalize(b.float(), dim=-1) @ w.matrix
-    basis = torch.stack([mu.expand_as(ua), ua, ub], dim=1).double()  # (B, 3, D)
-    q = basis @ basis.transpose(1, 2)  # (B, 3, 3)
+
+    def white(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=-1) @ w.matrix
+
+    ua, ub = white(a), white(b)
+    vb = ub if fitted_b is None else white(fitted_b)
+    basis = torch.stack([mu.expand_as(ua), ua, ub, ua, vb], dim=1).double()  # (B, 5, D)
+    q = basis @ basis.transpose(1, 2)  # (B, 5, 5)
     # the downdated covariance (times m/n) is M + B C B^T with C from the removed images and
-    # the shifted mean mu' = (n mu - ra u_a - rb u_b) / m, in the basis (mu, u_a, u_b)
-    e = torch.eye(3, dtype=q.dtype)
-    one, zero = torch.ones_like(m), torch.zeros_like(m)
-    mu_new = torch.stack([n / m, -ra / m, -rb / m], dim=-1)  # (B, 3)
-    removed = torch.diag_embed(torch.stack([zero, ra, rb], dim=-1))
+    # the shifted mean mu' = (n mu - ra v_a - rb v_b) / m
+    e = torch.eye(5, dtype=q.dtype)
+    zero, one = torch.zeros_like(m), torch.ones_like(m)
+    mu_new = torch.stack([n / m, zero, zero, -ra / m, -rb / m], dim=-1)  # (B, 5)
+    removed = torch.diag_embed(torch.stack([zero, zero, zero, ra, rb], dim=-1))
     lam = (n / m).view(-1, 1, 1) * torch.outer(e[0], e[0]) - mu_new[:, :, None] * mu_new[:, None]
     lam = lam - removed / m.view(-1, 1, 1)
     c = (m / n).view(-1, 1, 1) * lam
     # (M + B C B^T)^-1 = M^-1 - M^-1 B C (I + Q C)^-1 B^T M^-1 (C need not be invertible)
     qc = q @ c
-    corr = qc @ torch.linalg.solve(e + qc, q)  # (B, 3, 3)
+    corr = qc @ torch.linalg.solve(e + qc, q)  # (B, 5, 5)
     form = q - corr  # p^T form q' = x^T M'^-1 y for x = B p, y = B q'
-    da = torch.stack([-n / m, one + ra / m, rb / m], dim=-1)  # u_a - mu'
-    db = torch.stack([-n / m, ra / m, one + rb / m], dim=-1)  # u_b - mu'
+    da = torch.stack([-n / m, one, zero, ra / m, rb / m], dim=-1)  # u_a - mu'
+    db = torch.stack([-n / m, zero, one, ra / m, rb / m], dim=-1)  # u_b - mu'
     ab = torch.einsum("bi,bij,bj->b", da, form, db)
     aa = torch.einsum("bi,bij,bj->b", da, form, da)
     bb = torch.einsum("bi,bij,bj->b", db, form, db)

@@ -92,9 +92,12 @@ def attach_index(emb, index: str | os.PathLike | store.ReferenceIndex, model, k:
     )
     z = torch.cat([emb.z, z_ref])
     phash = np.concatenate([emb.phash, ph_ref.astype(emb.phash.dtype)])
-    background = None
+    background = in_background = None
     if len(emb.items) < MIN_IMAGES:  # too few to whiten with: borrow the index's statistics
-        background = torch.from_numpy(background_sample(idx, exclude=query_paths)).to(emb.z.dtype)
+        query_pixels = {it.pixel_hash for it in emb.items if it.pixel_hash}
+        ids_bg = background_ids(idx, exclude=query_paths, exclude_pixels=query_pixels)
+        background = torch.from_numpy(idx.embeddings(ids_bg)).to(emb.z.dtype)
+        in_background = np.isin(sel, ids_bg)  # those neighbours are fitted, so left out too
         stats["index_background"] = len(background)
     return Embedded(
         list(emb.items) + refs,
@@ -104,18 +107,31 @@ def attach_index(emb, index: str | os.PathLike | store.ReferenceIndex, model, k:
         phash,
         fit_rows=len(emb.items),
         background=background,
+        in_background=in_background,
     )
 
 
-def background_sample(
-    idx: store.ReferenceIndex, n: int = BACKGROUND_SAMPLE, exclude: set[str] = frozenset()
+def background_ids(
+    idx: store.ReferenceIndex,
+    n: int = BACKGROUND_SAMPLE,
+    exclude: set[str] = frozenset(),
+    exclude_pixels: set[str] = frozenset(),
 ) -> np.ndarray:
-    """Embeddings of up to ``n`` live indexed images drawn at random (fixed seed, so a scan is
-    repeatable): the statistics a small folder is whitened with (``scan.collection``). Files
-    in ``exclude`` (the folder's own, when they are indexed too) are left out: the folder's
-    images are in the fit already, and twice would hide what a pair shares."""
-    skip = set(idx.dead) | {i for i, r in enumerate(idx.rows) if r.path in exclude}
+    """Rows of up to ``n`` live indexed images drawn at random (fixed seed, so a scan is
+    repeatable), each content once: the statistics a small folder is whitened with
+    (``scan.collection``). The folder's own images, by path (``exclude``) or by decoded pixels
+    (``exclude_pixels``), are left out: they are in the fit already, and a content fitted
+    twice would hide what a pair shares."""
+    skip = set(idx.dead)
+    seen = set(exclude_pixels)
+    for i, r in enumerate(idx.rows):
+        if i in skip:
+            continue
+        if r.path in exclude or (r.pixel_hash and r.pixel_hash in seen):
+            skip.add(i)
+        elif r.pixel_hash:
+            seen.add(r.pixel_hash)
     live = np.setdiff1d(np.arange(len(idx), dtype=np.int64), np.fromiter(skip, np.int64))
     if len(live) > n:
         live = np.sort(np.random.default_rng(0).choice(live, n, replace=False))
-    return idx.embeddings(live)
+    return live

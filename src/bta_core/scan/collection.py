@@ -25,15 +25,34 @@ def _first_orientation(z: torch.Tensor) -> torch.Tensor:
     return z[:, 0] if z.ndim == 3 else z  # D4 embeddings: the image as it is
 
 
+def unique_rows(hashes: Sequence[str], rows: int) -> list[int]:
+    """The first of the ``rows`` first images of each content (pixel hash; an empty hash is
+    its own content): a copy fitted twice would hide what a pair shares, left out only once."""
+    seen: set[str] = set()
+    keep = []
+    for i, h in enumerate(hashes[:rows]):
+        if not h or h not in seen:
+            keep.append(i)
+            seen.add(h)
+    return keep
+
+
 def collection_whitening(
-    z: torch.Tensor, fit_rows: int | None = None, background: torch.Tensor | None = None
+    z: torch.Tensor,
+    fit_rows: int | None = None,
+    background: torch.Tensor | None = None,
+    hashes: Sequence[str] | None = None,
 ) -> Whitening | None:
-    """Whitening fitted on a scan's embeddings, the first ``fit_rows`` images (all: None).
+    """Whitening fitted on a scan's embeddings, the first ``fit_rows`` images (all: None), each
+    content once when ``hashes`` (pixel hashes per row) are given.
 
     A collection of fewer than ``whitening.MIN_IMAGES`` images cannot describe itself: with a
     ``background`` (a sample of the reference index it is looked up in) it is fitted on both,
     else there is none (None)."""
-    rows = _first_orientation(z)[: len(z) if fit_rows is None else fit_rows]
+    n_rows = len(z) if fit_rows is None else fit_rows
+    rows = _first_orientation(z)[:n_rows]
+    if hashes is not None:
+        rows = rows[torch.as_tensor(unique_rows(hashes, n_rows), dtype=torch.long)]
     if len(rows) < MIN_IMAGES and background is not None and len(background):
         rows = torch.cat([rows.float(), background.float()])
     return fit_whitening(rows) if len(rows) else None
@@ -43,25 +62,38 @@ def collection_similarities(
     w: Whitening | None,
     z: torch.Tensor,
     keys: Sequence[PairKey],
-    fit_rows: int | None = None,
+    fitted: np.ndarray | None = None,
+    hashes: Sequence[str] | None = None,
     chunk: int = 16384,
 ) -> np.ndarray | None:
     """Each pair's whitened cosine with the pair left out of the fit (``whitening.pair_similarity``;
-    with D4 embeddings, the best of B's 8 orientations, as the model score). Only images among
-    the first ``fit_rows`` (None: all) were fitted and are left out; an index neighbour after
-    them is compared as it is. None without a whitening."""
+    with D4 embeddings, the best of B's 8 orientations, as the model score, leaving out B's
+    upright embedding, the one fitted).
+
+    ``fitted``: one bool per row, whether its image is in the fit (None: all); an index
+    neighbour outside it is compared as it is. ``hashes``: pixel hashes per row; a pair of one
+    content was fitted once (``unique_rows``), so only A is left out. None without a whitening."""
     if w is None:
         return None
-    n_fit = len(z) if fit_rows is None else fit_rows
+    in_fit = torch.ones(len(z), dtype=torch.bool) if fitted is None else torch.as_tensor(fitted)
     out = np.empty(len(keys), dtype=np.float64)
     as_is = _first_orientation(z)
     for start in range(0, len(keys), chunk):
         part = keys[start : start + chunk]
         a = torch.tensor([i for i, _ in part], dtype=torch.long)
         b = torch.tensor([j for _, j in part], dtype=torch.long)
-        za, a_in, b_in = as_is[a], a < n_fit, b < n_fit
+        a_in, b_in = in_fit[a], in_fit[b]
+        if hashes is not None:
+            one_content = torch.tensor(
+                [bool(hashes[i]) and hashes[i] == hashes[j] for i, j in part]
+            )
+            b_in = b_in & ~(one_content & a_in)
+        za = as_is[a]
         if z.ndim == 3:
-            sims = [pair_similarity(w, za, z[b, o], a_in, b_in) for o in range(z.shape[1])]
+            sims = [
+                pair_similarity(w, za, z[b, o], a_in, b_in, fitted_b=z[b, 0])
+                for o in range(z.shape[1])
+            ]
             sim = torch.stack(sims).max(dim=0).values
         else:
             sim = pair_similarity(w, za, z[b], a_in, b_in)

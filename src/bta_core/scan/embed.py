@@ -47,6 +47,16 @@ class Embedded:
     background: torch.Tensor | None = None
     """Embeddings of a sample of a reference index: what a folder too small to describe
     itself is whitened with besides its own images (``scan.collection``)."""
+    in_background: np.ndarray | None = None
+    """Per row after ``fit_rows``: the index neighbour is in ``background`` too (so fitted)."""
+
+    def fitted(self) -> np.ndarray:
+        """One bool per row: its image is among those the collection whitening is fitted on."""
+        n = len(self.z)
+        mask = np.arange(n) < (n if self.fit_rows is None else self.fit_rows)
+        if self.in_background is not None:
+            mask[n - len(self.in_background) :] |= self.in_background
+        return mask
 
 
 def embed_folders(

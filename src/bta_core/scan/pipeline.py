@@ -138,7 +138,10 @@ def score_and_report(
     ``cache_dir``: where keypoint-check results are kept between scans (None: not kept)."""
     o = options
     thr = float(model.config.threshold if o.threshold is None else o.threshold)
-    whitening = collection_whitening(emb.z, emb.fit_rows, emb.background) if o.collection else None
+    hashes = [it.pixel_hash for it in emb.items]
+    whitening = (
+        collection_whitening(emb.z, emb.fit_rows, emb.background, hashes) if o.collection else None
+    )
     policy = replace(policy_for(model), threshold=thr, phash_max_distance=o.phash_max_distance)
     if o.collection_threshold is not None:
         policy = replace(policy, collection_threshold=float(o.collection_threshold))
@@ -176,7 +179,7 @@ def score_and_report(
     scores.update(_model_scores(model, emb, sorted(extra), o.tta))
     t_score = time.perf_counter()
     keys = sorted(scores)
-    collection = collection_similarities(whitening, emb.z, keys, emb.fit_rows)
+    collection = collection_similarities(whitening, emb.z, keys, emb.fitted(), hashes)
     pairs = []
     evidences = fingerprint_evidence(keys, emb.items, emb.phash)
     for k, (key, evidence) in enumerate(zip(keys, evidences, strict=True)):
