@@ -24,6 +24,7 @@ from .keypoints import (
     lowpass,
     sift_features,
 )
+from .panels import find_panels
 from .params import (
     CHANCE_P,
     EXACT_MARGIN,
@@ -212,6 +213,113 @@ def _accept(cand: Candidate) -> bool:
     )
 
 
+@dataclass
+class _Search:
+    """One search of B's placement over A: the accepted candidate (None: none) and its frame."""
+
+    best: Candidate | None
+    cands: list[Candidate]
+    to_a: np.ndarray
+    """Full-size -> working pixel coordinates of A (and of B below)."""
+    to_b: np.ndarray
+    work_a: tuple[int, ...]
+    work_b: tuple[int, ...]
+    kp_inliers: int
+    tried_correlation: bool
+    n_keypoints: tuple[int, int]
+
+
+def _search(
+    ga_full: np.ndarray,
+    gb_full: np.ndarray,
+    max_side: int,
+    seed: int,
+    use_correlation: bool,
+    should_stop: StopFn | None,
+    after_keypoints=None,
+) -> _Search:
+    """Keypoint candidates of B over A, then (when none is accepted) the correlation search."""
+    ga, to_a = resize_by(ga_full, work_factor(ga_full.shape, max_side))
+    gb, to_b = resize_by(gb_full, work_factor(gb_full.shape, max_side))
+    check_cancel(should_stop, "matching")
+
+    ha, hb = bandpass(ga), bandpass(gb)
+    feats_a, feats_b = sift_features(ga), sift_features(gb)
+    lows = (lowpass(ga), lowpass(gb))
+    cands = keypoint_candidates(feats_a, feats_b, gb, ha, hb, seed, should_stop, lows)
+    best = next((c for c in cands if _accept(c)), None)
+    n_kp_inliers = max((c.inliers for c in cands), default=0)
+    if after_keypoints is not None:
+        after_keypoints()
+
+    tried_corr = False
+    if best is None and use_correlation:
+        tried_corr = True
+        for c in correlation_candidates(ga_full, gb_full, should_stop):
+            if c.margin < min(MIN_MARGIN, EXACT_MARGIN):
+                continue  # never distinct (see _accept): spare its checks at working size
+            c.matrix = to_a @ c.matrix @ np.linalg.inv(to_b)  # full-size -> working coords
+            c = check_alignment(ha, hb, c)
+            if c.ncc >= 0.6 * MIN_NCC_CORRELATION:
+                c = refine_shift(ha, hb, c)
+            coarse_agreement(*lows, c)
+            c.coincidences = coincidences(feats_a[0], feats_b[0], c.matrix)
+            c.chance = chance_coincidences(feats_a[0], feats_b[0], c.matrix, ga.shape, gb.shape)
+            if _accept(c) and (best is None or c.ncc > best.ncc):
+                best = c
+    return _Search(
+        best,
+        cands,
+        to_a,
+        to_b,
+        ga.shape,
+        gb.shape,
+        n_kp_inliers,
+        tried_corr,
+        (len(feats_a[0]), len(feats_b[0])),
+    )
+
+
+def _offset(x0: int, y0: int) -> np.ndarray:
+    """Full image -> panel pixel coordinates for a panel whose corner is ``(x0, y0)``."""
+    return np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+
+
+def _search_panels(
+    a: np.ndarray,
+    b: np.ndarray,
+    whole: _Search,
+    max_side: int,
+    seed: int,
+    use_correlation: bool,
+    should_stop: StopFn | None,
+) -> tuple[Candidate, dict] | None:
+    """Each panel of a composite figure (``panels.find_panels``; B's, then A's) against the
+    other image as a whole. The best accepted candidate, moved into the whole images' working
+    frame (``whole``), and the panel ``{"image": "a"|"b", "box": [x0, y0, x1, y1]}``."""
+    best: tuple[Candidate, dict] | None = None
+    inv = np.linalg.inv
+    for side, image in (("b", b), ("a", a)):
+        for y0, y1, x0, x1 in find_panels(image):
+            grey = np.clip(to_grey(image[y0:y1, x0:x1], clip=False), 0, 1)  # its own stretch
+            other = np.clip(to_grey(a if side == "b" else b, clip=False), 0, 1)
+            pair = (other, grey) if side == "b" else (grey, other)
+            s = _search(*pair, max_side, seed, use_correlation, should_stop)
+            c = s.best
+            if c is None or (best is not None and c.ncc <= best[0].ncc):
+                continue
+            t = _offset(x0, y0)
+            if side == "b":  # panel-working B -> whole-working B: back through the offset
+                into_a, into_b = whole.to_a @ inv(s.to_a), whole.to_b @ inv(t) @ inv(s.to_b)
+            else:
+                into_a, into_b = whole.to_a @ inv(t) @ inv(s.to_a), whole.to_b @ inv(s.to_b)
+            c.matrix = into_a @ c.matrix @ inv(into_b)
+            c.pts_a = map_points(into_a, c.pts_a) if len(c.pts_a) else c.pts_a
+            c.pts_b = map_points(into_b, c.pts_b) if len(c.pts_b) else c.pts_b
+            best = (c, {"image": side, "box": [x0, y0, x1, y1]})
+    return best
+
+
 def match_images(
     image_a: np.ndarray,
     image_b: np.ndarray,
@@ -258,44 +366,34 @@ def match_images(
 
     levels_a, levels_b = to_grey(a, clip=False), to_grey(b, clip=False)  # for local edits
     ga_full, gb_full = np.clip(levels_a, 0, 1), np.clip(levels_b, 0, 1)  # = to_grey(a), (b)
-    ga, to_a = resize_by(ga_full, work_factor(ga_full.shape, max_side))
-    gb, to_b = resize_by(gb_full, work_factor(gb_full.shape, max_side))
-    check_cancel(should_stop, "matching")
-
-    ha, hb = bandpass(ga), bandpass(gb)
-    feats_a, feats_b = sift_features(ga), sift_features(gb)
-    lows = (lowpass(ga), lowpass(gb))
-    cands = keypoint_candidates(feats_a, feats_b, gb, ha, hb, seed, should_stop, lows)
-    best = next((c for c in cands if _accept(c)), None)
-    n_kp_inliers = max((c.inliers for c in cands), default=0)
-    progress(1, "keypoints")
-
-    tried_corr = False
-    if best is None and use_correlation:
-        tried_corr = True
-        for c in correlation_candidates(ga_full, gb_full, should_stop):
-            if c.margin < min(MIN_MARGIN, EXACT_MARGIN):
-                continue  # never distinct (see _accept): spare its checks at working size
-            c.matrix = to_a @ c.matrix @ np.linalg.inv(to_b)  # full-size -> working coords
-            c = check_alignment(ha, hb, c)
-            if c.ncc >= 0.6 * MIN_NCC_CORRELATION:
-                c = refine_shift(ha, hb, c)
-            coarse_agreement(*lows, c)
-            c.coincidences = coincidences(feats_a[0], feats_b[0], c.matrix)
-            c.chance = chance_coincidences(feats_a[0], feats_b[0], c.matrix, ga.shape, gb.shape)
-            if _accept(c) and (best is None or c.ncc > best.ncc):
-                best = c
+    found = _search(
+        ga_full,
+        gb_full,
+        max_side,
+        seed,
+        use_correlation,
+        should_stop,
+        lambda: progress(1, "keypoints"),
+    )
+    panel = None
+    if found.best is None:  # a panel of a composite figure may match on its own
+        panel = _search_panels(a, b, found, max_side, seed, use_correlation, should_stop)
     progress(2, "correlation")
+    best, cands, to_a, to_b = found.best, found.cands, found.to_a, found.to_b
+    if panel is not None:
+        best = panel[0]
 
     shape_a, shape_b = a.shape[:2], b.shape[:2]
     info: dict[str, Any] = {
-        "work_shape_a": list(ga.shape),
-        "work_shape_b": list(gb.shape),
-        "keypoint_inliers": int(n_kp_inliers),
-        "tried_correlation": tried_corr,
-        "keypoints_a": len(feats_a[0]),
-        "keypoints_b": len(feats_b[0]),
+        "work_shape_a": list(found.work_a),
+        "work_shape_b": list(found.work_b),
+        "keypoint_inliers": int(found.kp_inliers),
+        "tried_correlation": found.tried_correlation,
+        "keypoints_a": found.n_keypoints[0],
+        "keypoints_b": found.n_keypoints[1],
     }
+    if panel is not None:
+        info["panel"] = panel[1]
     if best is not None:
         m_full = np.linalg.inv(to_a) @ best.matrix @ to_b
         if heatmaps:

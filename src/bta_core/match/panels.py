@@ -1,0 +1,111 @@
+"""Panels of a composite figure: the rectangles between its gutters.
+
+A journal figure puts several images side by side, separated by strips of one colour (white,
+black). Matched as a whole, a panel that is darker or smaller than its neighbours is lost: the
+grey stretch, keypoint thresholds and correlation statistics are those of the whole figure. The
+matcher (``locate``) therefore tries each panel on its own when the whole image did not match.
+
+A gutter is a run of rows (or columns) whose pixels all have one colour (range at most
+``GUTTER_TOLERANCE`` of the image's range), unlike the content on either side of it. Cuts alternate rows, columns, rows (an X-Y cut of
+depth 3); pieces smaller than ``MIN_PANEL_SIDE`` pixels or ``MIN_PANEL_FRACTION`` of the side
+are labels or decoration and are dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+GUTTER_TOLERANCE = 0.02
+"""A row or column is a gutter when its pixel range is at most this share of the image's."""
+GUTTER_CONTRAST = 5.0
+"""A gutter's colour differs from the lines beside it by more than this many tolerances (10 %
+of the image's range)."""
+SIDE_LINES = 3
+"""Lines on each side of a gutter whose mean colour it is compared with."""
+MIN_GUTTER = 2
+"""Gutters narrower than this many pixels are ignored (a one-pixel line can be content)."""
+MIN_PANEL_SIDE = 48
+MIN_PANEL_FRACTION = 0.15
+MAX_PANELS = 12
+"""More pieces than this is a grid of tiles or a sparse image, not a figure: no panels."""
+
+Box = tuple[int, int, int, int]
+"""``(y0, y1, x0, x1)``, end-exclusive, in the image's pixels."""
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of True in ``mask``."""
+    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _split(s: int, e: int, steps: np.ndarray) -> list[tuple[int, int]]:
+    """``[s, e)`` cut before each line where ``steps`` is True (its colour changes)."""
+    cuts = [s, *(k for k in range(s + 1, e) if steps[k]), e]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def _segments(part: np.ndarray, axis: int, tol: float, min_side: int) -> list[tuple[int, int]]:
+    """The content runs of ``part`` between gutters along ``axis`` (0: cut rows, 1: columns).
+
+    A gutter is a run of one-colour lines whose colour is unlike the lines on each side of it
+    (the empty rows of a dark fluorescence image are like their neighbours: background, not a
+    gutter). Inside the content it must be ``MIN_GUTTER`` lines wide; at the border any run is
+    margin."""
+    across = 1 - axis  # the lines run across this axis
+    colours = part.mean(axis=across)  # (n, C)
+    flat = (part.max(axis=across) - part.min(axis=across)).max(axis=-1) <= tol
+    n = len(flat)
+    gutter = np.zeros(n, dtype=bool)
+    # one run per colour: a white margin below black empty rows is a run of its own
+    steps = np.r_[False, np.abs(np.diff(colours, axis=0)).max(axis=-1) > tol]
+    runs = [(s, e) for s0, e0 in _runs(flat) for s, e in _split(s0, e0, steps)]
+    for s, e in runs:
+        if e - s < MIN_GUTTER and 0 < s and e < n:
+            continue
+        colour = colours[s:e].mean(axis=0)
+        sides = [colours[max(0, s - SIDE_LINES) : s], colours[e : e + SIDE_LINES]]
+        if all(
+            np.abs(side.mean(axis=0) - colour).max() > GUTTER_CONTRAST * tol
+            for side in sides
+            if len(side)
+        ):
+            gutter[s:e] = True
+    return [(s, e) for s, e in _runs(~gutter) if e - s >= min_side]
+
+
+def find_panels(image: np.ndarray) -> list[Box]:
+    """The panels of ``image`` (``(H, W, C)`` or ``(H, W)``), or ``[]`` when it is one picture.
+
+    Returns two or more boxes, top to bottom and left to right within a band.
+    """
+    img = image[..., None] if image.ndim == 2 else image
+    img = np.asarray(img, dtype=np.float32)
+    h, w = img.shape[:2]
+    spread = float(img.max() - img.min())
+    if spread <= 0:
+        return []
+    tol = GUTTER_TOLERANCE * spread
+
+    def cut(box: Box, axis: int, depth: int) -> list[Box]:
+        y0, y1, x0, x1 = box
+        part = img[y0:y1, x0:x1]
+        side = h if axis == 0 else w
+        min_side = max(MIN_PANEL_SIDE, int(MIN_PANEL_FRACTION * side))
+        segs = _segments(part, axis, tol, min_side)
+        if not segs:
+            return []
+        boxes = [
+            (y0 + s, y0 + e, x0, x1) if axis == 0 else (y0, y1, x0 + s, x0 + e) for s, e in segs
+        ]
+        if depth == 0:
+            return boxes
+        out: list[Box] = []
+        for b in boxes:  # one inner piece: the panel without its margins and caption
+            out += cut(b, 1 - axis, depth - 1) or [b]
+        return out
+
+    panels = cut((0, h, 0, w), 0, 2)
+    if not 2 <= len(panels) <= MAX_PANELS:
+        return []
+    return panels

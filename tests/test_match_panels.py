@@ -1,0 +1,70 @@
+"""Panels of composite figures (bta_core.match.panels) on real BCCD and DSB2018 images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.transform import resize
+
+from bta_core.imageio import load_image
+from bta_core.match import match_images
+from bta_core.match.panels import find_panels
+
+
+def _fit(image: np.ndarray, h: int) -> np.ndarray:
+    w = round(image.shape[1] * h / image.shape[0])
+    return resize(image[..., :3], (h, w), anti_aliasing=True).astype(np.float32)
+
+
+def composite(left: np.ndarray, right: np.ndarray, gutter: int = 10) -> np.ndarray:
+    """Two panels side by side on a white figure with a white gutter and a caption strip."""
+    h = max(left.shape[0], right.shape[0])
+    fig = np.ones((h + 40, left.shape[1] + gutter + right.shape[1], 3), np.float32)
+    fig[: left.shape[0], : left.shape[1]] = left[..., :3]
+    fig[: right.shape[0], left.shape[1] + gutter :] = right[..., :3]
+    fig[h + 15 : h + 25, 20:60] = 0.0  # a "label": too small to be a panel
+    return fig
+
+
+def dark_fluorescence(dsb_images) -> np.ndarray:
+    """The darkest sparse fluorescence tile among the first DSB images (grey, 256x256)."""
+    tiles = [load_image(p) for p in dsb_images[:60]]
+    tiles = [t for t in tiles if t.shape[:2] == (256, 256)]
+    return min(tiles, key=lambda t: float(t.mean()))
+
+
+def test_a_composite_splits_into_its_panels_and_single_images_do_not(bccd_images, dsb_images):
+    smear = _fit(load_image(bccd_images[3]), 256)
+    nuclei = dark_fluorescence(dsb_images)
+    fig = composite(smear, nuclei)
+    x1 = smear.shape[1]
+    assert find_panels(fig) == [(0, 256, 0, x1), (0, 256, x1 + 10, x1 + 266)]
+    singles = [*bccd_images[::40], *dsb_images[::60]]
+    assert [p for p in singles if find_panels(load_image(p))] == []
+
+
+def test_a_dark_panel_beside_a_bright_one_is_found_where_it_is(bccd_images, dsb_images):
+    """Matched as a whole, the dark panel's grey range, keypoints and correlation were those of
+    the bright figure and it went unmatched; on its own it matches, and the transform puts it
+    where it is in the figure."""
+    smear = _fit(load_image(bccd_images[3]), 256)
+    nuclei = dark_fluorescence(dsb_images)
+    fig = composite(smear, nuclei)
+    r = match_images(nuclei, fig, heatmaps=False)
+    assert r.transform is not None, r.info
+    x0 = smear.shape[1] + 10
+    assert r.info["panel"] == {"image": "b", "box": [x0, 0, x0 + 256, 256]}
+    np.testing.assert_allclose(r.transform.translation, (-x0, 0), atol=1.0)
+    assert r.box_b == pytest.approx((x0, 0, x0 + 256, 256), abs=2)
+    swapped = match_images(fig, nuclei, heatmaps=False)  # the figure as A: A's panels tried
+    assert swapped.transform is not None and swapped.info["panel"]["image"] == "a"
+    np.testing.assert_allclose(swapped.transform.translation, (x0, 0), atol=1.0)
+
+
+def test_panels_of_unrelated_figures_do_not_match(bccd_images, dsb_images):
+    for k in range(3):
+        left = _fit(load_image(dsb_images[100 + 7 * k]), 256)
+        right = _fit(load_image(bccd_images[50 + 9 * k]), 256)
+        other = load_image(bccd_images[200 + 11 * k])
+        r = match_images(other, composite(left, right), heatmaps=False)
+        assert r.transform is None, (k, r.info)
