@@ -158,7 +158,18 @@ def all_maps(maps: Maps, x: torch.Tensor, d4: bool = False) -> dict[str, torch.T
     }
 
 
-def evaluate(maps: Maps, root: Path, name: str, ref: Whitening, log, split: str = "test") -> dict:
+def evaluate(
+    maps: Maps,
+    root: Path,
+    name: str,
+    ref: Whitening,
+    log,
+    split: str = "test",
+    fixed: dict[str, float] | None = None,
+) -> dict:
+    """Per variant and manipulation: ROC AUC and recall at this block's own 1 % FPR threshold;
+    pooled over the manipulations: that threshold (``threshold@1%fpr``), and with ``fixed``
+    thresholds (another split's, per variant) the FPR and mean recall they give here."""
     recs = [r for r in read_splits_csv(root / name / "splits.csv") if r.split == split]
     images, recs = decode_records(recs, 256)
     groups = np.array([r.group for r in recs])
@@ -166,6 +177,7 @@ def evaluate(maps: Maps, root: Path, name: str, ref: Whitening, log, split: str 
     ia, ib = negative_partners(groups, pop, np.random.default_rng(0))
     clean = all_maps(maps, manipulate(images, "identity", 224))
     res: dict[str, dict] = {}
+    pooled: dict[str, tuple[list, list]] = {}
     for k, m in enumerate(MANIPS):
         t0 = time.perf_counter()
         manip = all_maps(maps, manipulate(images, m, 224, seed=1 + k), d4=True)
@@ -176,9 +188,18 @@ def evaluate(maps: Maps, root: Path, name: str, ref: Whitening, log, split: str 
                 "auc": roc_auc(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]),
                 "recall@1%fpr": float((pos >= thr).mean()),
             }
+            pooled.setdefault(variant, ([], []))[0].append(pos)
+            pooled[variant][1].append(neg)
         log(f"{name} {m}: {time.perf_counter() - t0:.0f}s")
-    for per in res.values():
+    for variant, per in res.items():
         per["mean"] = {k: float(np.mean([per[m][k] for m in MANIPS])) for k in per[MANIPS[0]]}
+        pos_all, neg_all = pooled[variant]
+        per["mean"]["threshold@1%fpr"] = float(threshold_at_fpr(np.concatenate(neg_all), 0.01))
+        if fixed and variant in fixed:
+            t = fixed[variant]
+            per["mean"]["fixed_threshold"] = t
+            per["mean"]["fpr@fixed"] = float((np.concatenate(neg_all) >= t).mean())
+            per["mean"]["recall@fixed"] = float(np.mean([(x >= t).mean() for x in pos_all]))
     return {"n_test_images": len(recs), "n_negative_pairs": len(ia), "variants": res}
 
 
@@ -202,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--split", default="test", help="split scored (val to choose settings)")
+    p.add_argument(
+        "--fixed-from",
+        help="a val run's JSON: its pooled 1%% FPR thresholds (first data set) applied here",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = Path(args.data)
@@ -214,17 +239,28 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split,
         "sets": {},
     }
+    fixed = None
+    if args.fixed_from:
+        doc = json.loads(Path(args.fixed_from).read_text(encoding="utf-8"))
+        first = next(iter(doc["sets"].values()))["variants"]
+        fixed = {v: per["mean"]["threshold@1%fpr"] for v, per in first.items()}
+        out["fixed_from"] = f"{args.fixed_from} ({next(iter(doc['sets']))} {doc['split']})"
     for name in args.only or names:
         ref = reference_whitening(maps, root, [n for n in names if n != name])
         out["sets"][name] = evaluate(
-            maps, root, name, ref, lambda s: print(s, flush=True), args.split
+            maps, root, name, ref, lambda s: print(s, flush=True), args.split, fixed
         )
         for variant, per in out["sets"][name]["variants"].items():
             row = " ".join(f"{m}:{per[m]['auc']:.3f}" for m in MANIPS)
             mean = per["mean"]
             print(
                 f"{name:14s} {variant:20s} {row} | AUC {mean['auc']:.3f} "
-                f"recall@1% {mean['recall@1%fpr']:.2f}",
+                f"recall@1% {mean['recall@1%fpr']:.2f}"
+                + (
+                    f" | fixed thr: FPR {mean['fpr@fixed']:.3f} recall {mean['recall@fixed']:.2f}"
+                    if "fpr@fixed" in mean
+                    else ""
+                ),
                 flush=True,
             )
     path = Path(args.out)
