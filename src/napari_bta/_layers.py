@@ -8,8 +8,9 @@ carries ``metadata["napari_bta"]`` with its tool, so one tool's group can be rep
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,10 +48,25 @@ def unwrap(obj: Any) -> Any:
 
 
 def remove_group(viewer: Any, tool: str, keep: Sequence[str] = ()) -> None:
-    """Remove every layer the plugin added for ``tool`` except those named in ``keep``."""
-    for layer in list(viewer.layers):
-        if bta_info(layer).get("tool") == tool and layer.name not in keep:
+    """Remove every layer the plugin added for ``tool`` except those named in ``keep``.
+
+    In one batch: napari's canvas collects garbage after each removal outside a batch (about
+    0.35 s with torch loaded), which froze the viewer for seconds when a pair of 7 layers was
+    replaced by the next."""
+    gone = [ly for ly in viewer.layers if bta_info(ly).get("tool") == tool and ly.name not in keep]
+    if not gone:
+        return
+    with batched(viewer):
+        for layer in gone:
             viewer.layers.remove(layer)
+
+
+@contextlib.contextmanager
+def batched(viewer: Any) -> Iterator[None]:
+    """``viewer.layers.batched_update()`` where napari has it (one scene-graph update)."""
+    batch = getattr(unwrap(viewer.layers), "batched_update", None)
+    with batch() if callable(batch) else contextlib.nullcontext():
+        yield
 
 
 def upsert_layer(viewer: Any, name: str, data: Any, layer_type: str, **kwargs: Any) -> Any:
