@@ -286,7 +286,7 @@ class ComparePanel(Panel):
             "Model score P(same source) of every pair; click a cell to assess that pair",
         )
         self._table.read_only = True
-        plain_table(self._table)
+        plain_table(self._table, stretch=False)  # scores readable; many images scroll
         self._table.native.verticalHeader().setMaximumWidth(130)
         self.setup(
             [self._layers, self._run, self._verdict, self._table],

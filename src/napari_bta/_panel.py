@@ -26,21 +26,54 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 
 def short(text: str, limit: int = 22) -> str:
-    """``text`` cut to ``limit`` characters with an ellipsis (the full text goes in a tooltip)."""
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    """``text`` cut to ``limit`` characters with an ellipsis in the middle, so the distinct end
+    of a name (``_t04.png``, ``[c=1]``) stays (the full text goes in a tooltip)."""
+    if len(text) <= limit:
+        return text
+    tail = (limit - 1) // 2
+    return text[: limit - 1 - tail] + "\u2026" + text[len(text) - tail :]
 
 
-def plain_table(table: Any, stretch: bool = True) -> None:
+def plain_table(table: Any, stretch: bool = True, stretch_columns: Sequence[int] = ()) -> None:
     """Show a magicgui Table's cells as given (its default re-formats numbers as 3.000e-03);
-    columns share the width (``stretch``) or fit their contents (the table then scrolls)."""
+    columns share the width (``stretch``) or fit their contents (the table then scrolls);
+    ``stretch_columns`` share what the others leave (file names, elided in the middle, so the
+    verdict columns stay in view)."""
     from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate
 
     native = table.native
     native.setItemDelegate(QStyledItemDelegate(native))
     mode = QHeaderView.ResizeMode.Stretch if stretch else QHeaderView.ResizeMode.ResizeToContents
     native.horizontalHeader().setSectionResizeMode(mode)
+    table.stretch_columns = tuple(stretch_columns)  # kept for size_columns after new values
+    size_columns(table)
     native.setWordWrap(False)
     native.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # keep a file name's distinct end
+
+
+MIN_COLUMN = 56
+"""Pixels a stretched column keeps at least (a few characters each side of the ellipsis)."""
+
+
+def size_columns(table: Any) -> None:
+    """Let the table's ``stretch_columns`` share the width the others leave; call again after
+    setting the table's value (magicgui rebuilds the columns and their sizing)."""
+    from qtpy.QtWidgets import QHeaderView
+
+    header = table.native.horizontalHeader()
+    header.setMinimumSectionSize(MIN_COLUMN)
+    for col in getattr(table, "stretch_columns", ()):
+        if col < header.count():
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Stretch)
+
+
+def _in_layout(layout: Any, widget: Any) -> Any:
+    """``widget`` or the wrapper (label row) that holds it in ``layout``; None if not there."""
+    for k in range(layout.count()):
+        item = layout.itemAt(k).widget()
+        if item is not None and (item is widget or item.isAncestorOf(widget)):
+            return item
+    return None
 
 
 def tip(widget: Any, text: str) -> Any:
@@ -74,11 +107,23 @@ class Panel(QScrollArea):
         return self.controls.busy or self.layer_updates.pending
 
     def setup(
-        self, widgets: Sequence[Any], run_buttons: Sequence[PushButton], description: str
+        self,
+        widgets: Sequence[Any],
+        run_buttons: Sequence[PushButton],
+        description: str,
+        grow: Any = None,
     ) -> None:
-        """Lay out ``widgets`` above Cancel, the progress bar and the status line."""
+        """Lay out ``widgets`` above Cancel, the progress bar and the status line; ``grow`` (a
+        results table) takes the height the panel has to spare, else empty space does."""
         self.form = Container(widgets=[*widgets, self._cancel, self._progress, self._status])
-        self.form.native.layout().addStretch(1)
+        layout = self.form.native.layout()
+        target = None if grow is None else _in_layout(layout, grow.native)
+        if target is None:
+            layout.addStretch(1)
+        else:
+            layout.setStretchFactor(target, 1)
+            # the panel's width, never the columns' (the panel does not scroll sideways)
+            grow.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
         self.setWidget(self.form.native)
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)

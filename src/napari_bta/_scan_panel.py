@@ -20,7 +20,7 @@ from magicgui.widgets import CheckBox, FileEdit, Label, PushButton, SpinBox, Tab
 from ._compat import prepare_torch_import
 from ._layers import META_KEY, remove_group
 from ._overlays import Source, plan_pair, provenance, warm_imports
-from ._panel import Panel, fmt, plain_table, tip
+from ._panel import Panel, fmt, plain_table, size_columns, tip
 from ._state import MODEL, adopt_default, load_model
 from ._workers import Progress, run_with_progress
 
@@ -142,7 +142,7 @@ class ScanPanel(Panel):
             "The scan's pairs, best first; click a row to open the pair with its overlays",
         )
         self._table.read_only = True
-        plain_table(self._table, stretch=False)
+        plain_table(self._table, stretch=False, stretch_columns=(0, 1, 3))
         self._verdict = tip(Label(value=""), "The scan's verdict of the opened pair")
         self._skipped_btn = tip(
             PushButton(text="Show skipped files"), "List the files the scan could not read, and why"
@@ -166,6 +166,7 @@ class ScanPanel(Panel):
             ],
             [self._run],
             "Scanning",
+            grow=self._table,
         )
         self._table.native.setMinimumHeight(180)
         self._verdict.native.setWordWrap(True)
@@ -193,6 +194,7 @@ class ScanPanel(Panel):
             show_error(problem)
             return None
         out = str(self._out.value)
+        self._clear_results()  # a new scan (its temporary folder replaces the last report)
         if out in ("", "."):
             self._tmp = tempfile.TemporaryDirectory(prefix="napari-bta-scan-")
             out = self._tmp.name
@@ -218,6 +220,15 @@ class ScanPanel(Panel):
             on_return=self._show,
         )
 
+    def _clear_results(self) -> None:
+        """Forget the last scan's table, opened pair and buttons: a cancelled or failed scan
+        must not leave them standing under its status, as if they were its own."""
+        self.result, self.pairs = None, []
+        self._table.value = {"data": [], "index": [], "columns": COLUMNS}
+        size_columns(self._table)
+        self._verdict.value = ""
+        self._skipped_btn.enabled = self._report_btn.enabled = False
+
     def _show(self, value: tuple[Any, Any]) -> None:
         result, loaded = value
         adopt_default(loaded)
@@ -237,12 +248,13 @@ class ScanPanel(Panel):
             "index": [str(k + 1) for k in range(len(shown))],
             "columns": COLUMNS,
         }
+        size_columns(self._table)
         table = self._table.native
         for row, p in enumerate(shown):
-            for col, path in ((0, p.path_a), (1, p.path_b)):
+            for col, text in ((0, p.path_a), (1, p.path_b), (3, pair_verdict(p)[1])):
                 cell = table.item(row, col)
                 if cell is not None:
-                    cell.setToolTip(str(path))
+                    cell.setToolTip(str(text))
         skipped = list(getattr(result, "skipped", []) or [])
         n_images = len(getattr(result, "items", []) or [])
         if n_images == 0 and not skipped:

@@ -119,6 +119,13 @@ def test_scan_panel_shows_the_core_pairs_in_its_order_and_opens_them(
     assert "A: " + Path(core_pairs[1].path_a).name in names
     assert len(viewer.layers) <= n_layers
 
+    # a new scan forgets the last one's table and report at once (cancelled, it shows none)
+    worker = panel.run(folder=str(folder))
+    assert table.rowCount() == 0 and panel.result is None
+    assert not panel._report_btn.enabled and panel._verdict.value == ""
+    panel._cancel.clicked.emit()
+    wait_idle(panel)
+
 
 def test_scan_panel_says_when_a_folder_has_no_images(
     make_napari_viewer, open_panel, wait_idle, cosine_model, held_model, tmp_path, monkeypatch
@@ -161,3 +168,44 @@ def test_scan_panel_refuses_a_reference_folder_that_does_not_exist(
     panel._reference.value = str(tmp_path / "no_such_archive")
     assert panel.run(folder=str(folder)) is None
     assert errors and "no_such_archive" in errors[0] and panel._run.enabled
+
+
+def test_scan_table_keeps_the_verdict_in_view_with_long_file_names(
+    make_napari_viewer,
+    qtbot,
+    open_panel,
+    wait_idle,
+    cosine_model,
+    held_model,
+    tmp_path,
+    dsb_images,
+    monkeypatch,
+):
+    """DSB2018's files are named by 64-character hashes: sized to their contents, the name
+    columns pushed the verdict out of the docked panel. The names now share what the verdict
+    columns leave, elided in the middle (full path in the tooltip)."""
+    import shutil
+
+    monkeypatch.setenv("BTA_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "dsb"
+    folder.mkdir()
+    for p in dsb_images[:4]:
+        shutil.copy(p, folder / p.name)
+    shutil.copy(dsb_images[0], folder / ("copy_of_" + dsb_images[0].name))
+    held_model(cosine_model)
+    viewer = make_napari_viewer()
+    panel = open_panel(viewer, "Scan")
+    panel.run(folder=str(folder))
+    wait_idle(panel)
+    table = panel._table.native
+    assert table.rowCount() > 0 and table.item(0, 2).text() == "same"
+    qtbot.wait(100)
+    from qtpy.QtCore import QPoint
+
+    header = table.horizontalHeader()
+    sizes = [header.sectionSize(c) for c in range(header.count())]
+    for col in (0, 1, 2):  # the files and the verdict end inside the visible panel
+        right = header.sectionViewportPosition(col) + header.sectionSize(col)
+        at = table.viewport().mapTo(panel, QPoint(right, 0)).x()
+        assert at <= panel.viewport().width() + 1, (col, sizes, panel.viewport().width())
+    assert min(sizes) >= 40, sizes

@@ -68,3 +68,15 @@ def test_opening_the_panels_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_short_names_keep_their_distinct_end():
+    """Compare's row labels: two channels of one stack, or two frames of a time-lapse, must
+    not read the same once shortened (the end that tells them apart is kept)."""
+    from napari_bta._panel import short
+
+    a, b = short("two_channel [ch0]", 14), short("two_channel [ch1]", 14)
+    assert a != b and a.endswith("[ch0]") and len(a) == 14 and "\u2026" in a
+    frames = [short(f"usiigaci_T98G_timelapse_t{k:02d}.png", 14) for k in (2, 4)]
+    assert frames[0] != frames[1]
+    assert short("fig1.png", 14) == "fig1.png"
