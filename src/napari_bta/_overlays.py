@@ -131,6 +131,12 @@ def plan_pair(
     if found and aligned is not None and present["A"]:
         lead = n_leading(a.layer)
         arr = np.clip(np.asarray(aligned, dtype=np.float32), 0, 1)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=-1)
+        footprint = getattr(match, "mask_a", None)
+        if footprint is not None and footprint.shape == arr.shape[:2]:
+            # see-through outside B's footprint: the black there dimmed the rest of A
+            arr = np.concatenate([arr[..., :3], footprint[..., None].astype(np.float32)], -1)
         rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4)
         kwargs = placement(a.layer, a.index, a.shape)
         meta = {META_KEY: {**provenance, "tool": tool, "overlay": True, "image": a.name}}

@@ -93,6 +93,8 @@ def test_compare_gives_the_core_verdict_on_a_rotated_crop(
     np.testing.assert_allclose(box.scale, lb.scale)
     aligned = viewer.layers["BTA aligned: crop B -> field A"]
     assert aligned.data.shape[:2] == a.shape[:2] and tuple(aligned.units) == tuple(la.units)
+    alpha = np.asarray(aligned.data)[..., 3]  # opaque on B's footprint only, not a black veil
+    assert aligned.rgb and 0.05 < alpha.mean() < 0.95 and set(np.unique(alpha)) <= {0.0, 1.0}
     assert aligned.metadata["napari_bta"]["verdict"] == "same"
     n_layers = len(viewer.layers)
     assert panel.run() is not None
