@@ -153,6 +153,10 @@ def test_cli_index_build_add_info_and_scan(refs, tiny_model, tmp_path, capsys):
     assert main([*argv, "--no-cache", "--verify", "0", "--out", str(tmp_path / "s")]) == 0
     pairs = (tmp_path / "s" / "pairs.csv").read_text()
     assert str(files[1].resolve()) in pairs  # the copied reference is among the pairs
+    # a shard only embeds, so an index there would be silently ignored: refused up front
+    assert main([*argv, "--shard", "1/2", "--out", str(tmp_path / "sh")]) == 2
+    assert "--index does not combine with --shard" in capsys.readouterr().err
+    assert not (tmp_path / "sh").exists()
     # a damaged index or a missing one: one clear line, exit 1
     assert main(["index", "info", str(tmp_path)]) == 1
     assert "not a reference index" in capsys.readouterr().err

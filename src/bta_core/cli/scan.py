@@ -240,6 +240,11 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("give at least one FOLDER to scan (or --merge SHARD_DIR...)")
     if args.index and args.tta:
         raise UsageError("--index does not combine with --tta d4 (one embedding per image)")
+    if args.index and args.shard:
+        raise UsageError(
+            "--index does not combine with --shard (a shard only embeds, and --merge has no "
+            "index): scan the whole folder with --index, or shard without it"
+        )
     if args.index and not Path(args.index).exists():
         raise FileNotFoundError(
             f"{args.index}: not found (build an index with 'bta-core index build')"
