@@ -75,13 +75,13 @@ class ModelPanel(Panel):
         if checkpoint in ("", "."):
             from napari.utils.notifications import show_error
 
-            show_error("Choose a checkpoint file first, or load the bundled default model")
+            problem = "Choose a checkpoint file first, or load the bundled default model"
+            self._status.value = problem  # in the panel too, as the other panels do
+            show_error(problem)
             return None
 
         def done(model: Any) -> None:
-            MODEL.set(
-                model,
-                checkpoint or getattr(model, "checkpoint_path", None) or "bundled default model",
-            )
+            # named as the panels name it when they load the default themselves
+            MODEL.set(model, checkpoint or "bundled default model")
 
         return self.controls.start(load_job, checkpoint, self._device.value, on_return=done)

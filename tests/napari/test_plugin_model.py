@@ -50,3 +50,4 @@ def test_model_panel_needs_a_file(make_napari_viewer, open_panel, value, monkeyp
     monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
     panel = open_panel(make_napari_viewer(), "Model")
     assert panel.load(value) is None and errors
+    assert panel._status.value == errors[0]  # said in the panel as well as in a notification
