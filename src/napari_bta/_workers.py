@@ -24,6 +24,11 @@ CLOSE_WAIT_S = 60.0
 """How long closing a panel waits for its work to stop (one training step, one matching stage)."""
 
 
+USER_ERRORS = (FileNotFoundError, ValueError, RuntimeError)
+"""Errors that name a bad input (a file, checkpoint or value): logged as one line, as the CLI
+prints them (``ImageReadError`` is a ValueError, ``CheckpointError`` a RuntimeError)."""
+
+
 @dataclass
 class Progress:
     """One progress report from a running core call (``total <= 0``: a heartbeat)."""
@@ -278,7 +283,10 @@ class WorkerControls:
                 return
             from napari.utils.notifications import show_error
 
-            LOG.error("%s failed", what, exc_info=(type(exc), exc, exc.__traceback__))
+            if isinstance(exc, USER_ERRORS):  # a bad file or value: its message says it all
+                LOG.warning("%s failed: %s", what, exc)
+            else:  # a bug: keep the traceback for the report
+                LOG.error("%s failed", what, exc_info=(type(exc), exc, exc.__traceback__))
             self.status.value = f"{what}: failed: {exc}"
             show_error(f"{what} failed: {exc}")
 
