@@ -319,7 +319,13 @@ class ScanPanel(Panel):
         """Open pair ``row`` as layers (replacing the previous pair) and localise it."""
         from napari.utils.notifications import show_error
 
-        if not 0 <= row < len(self.pairs) or self.busy:
+        if not 0 <= row < len(self.pairs):
+            return None
+        if self.busy:  # one job at a time: say so rather than drop the click silently
+            self._status.value = (
+                f"Busy with the running job: click pair {row + 1} again when it is done, "
+                "or press Cancel"
+            )
             return None
         pair = self.pairs[row]
         try:

@@ -111,6 +111,8 @@ def test_scan_panel_shows_the_core_pairs_in_its_order_and_opens_them(
     real_collect = gc.collect
     monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or real_collect(*a))
     panel.open_row(1)
+    assert panel.open_row(2) is None  # one job at a time, and the panel says so
+    assert "click pair 3 again when it is done" in panel._status.value
     wait_idle(panel)
     assert 1 <= len(collections) <= 2, len(collections)
     monkeypatch.setattr(gc, "collect", real_collect)
