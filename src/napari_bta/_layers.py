@@ -17,8 +17,8 @@ import numpy as np
 
 HEATMAP_KWARGS = {
     "colormap": "inferno",
-    "blending": "additive",
-    "opacity": 0.5,
+    "blending": "translucent",  # additive washed a bright-field image out to white
+    "opacity": 0.45,
     "contrast_limits": (0.0, 1.0),
 }
 META_KEY = "napari_bta"
