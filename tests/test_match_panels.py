@@ -68,3 +68,38 @@ def test_panels_of_unrelated_figures_do_not_match(bccd_images, dsb_images):
         other = load_image(bccd_images[200 + 11 * k])
         r = match_images(other, composite(left, right), heatmaps=False)
         assert r.transform is None, (k, r.info)
+
+
+def _lettered(panel: np.ndarray, letter: str) -> np.ndarray:
+    """A panel with its letter in a white box in the top-left corner, as journals print them."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.fromarray((np.clip(panel, 0, 1) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([4, 4, 34, 38], fill=(255, 255, 255))
+    draw.text((8, 6), letter, fill=(0, 0, 0), font=ImageFont.load_default(size=28))
+    return np.asarray(img).astype(np.float32) / 255
+
+
+def test_panel_letters_shared_by_unrelated_figures_do_not_match(dsb_images):
+    """Two figures of unrelated dark nuclei tiles, each panel lettered A and B in the same
+    corner: a panel matched against the other figure lined up its letter with the other's (13
+    keypoints on the letter box) and called them `same`."""
+    for k in (64, 72, 80):  # four unrelated DSB tiles each (different field-of-view groups)
+        p = [_lettered(_fit(load_image(dsb_images[k + i]), 256), "AB"[i % 2]) for i in range(4)]
+        r = match_images(composite(p[0], p[1]), composite(p[2], p[3]), heatmaps=False)
+        assert r.transform is None or "panel" not in r.info, (k, r.info)
+
+
+def test_a_panel_match_keeps_the_rest_of_the_figure_out_of_its_masks_and_edits(bccd_images):
+    """B is a crop of A beside an unrelated panel: the gutter, the other panel and the caption
+    must count neither as overlap nor as local edits."""
+    a = load_image(bccd_images[10])
+    crop = a[100:400, 150:450]
+    other = _fit(load_image(bccd_images[120]), 300)
+    fig = composite(crop, other)
+    r = match_images(a, fig, heatmaps=False)
+    assert r.transform is not None and r.info["panel"]["box"] == [0, 0, 300, 300]
+    assert r.box_a == pytest.approx((150, 100, 450, 400), abs=2)
+    assert r.box_b == pytest.approx((0, 0, 300, 300), abs=2)
+    assert r.local_edits is None or not r.local_edits.cells

@@ -193,20 +193,20 @@ class ScanPanel(Panel):
             self._status.value = problem  # not the last run's result
             show_error(problem)
             return None
-        out = str(self._out.value)
-        self._clear_results()  # a new scan (its temporary folder replaces the last report)
-        if out in ("", "."):
-            self._tmp = tempfile.TemporaryDirectory(prefix="napari-bta-scan-")
-            out = self._tmp.name
         ref = str(self._reference.value)
         reference = None
         if ref not in ("", "."):
-            if not Path(ref).is_dir():
+            if not Path(ref).is_dir():  # refused before the last scan's results are touched
                 problem = f"Reference folder not found: {ref} (clear the field to scan without)"
                 self._status.value = problem
                 show_error(problem)
                 return None
             reference = [ref]
+        out = str(self._out.value)
+        self._clear_results()  # a new scan (its temporary folder replaces the last report)
+        if out in ("", "."):
+            self._tmp = tempfile.TemporaryDirectory(prefix="napari-bta-scan-")
+            out = self._tmp.name
         self._folder_scanned = folder
         return self.controls.start(
             scan_job,

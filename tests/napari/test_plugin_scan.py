@@ -121,6 +121,13 @@ def test_scan_panel_shows_the_core_pairs_in_its_order_and_opens_them(
     assert "A: " + Path(core_pairs[1].path_a).name in names
     assert len(viewer.layers) <= n_layers
 
+    # a mistyped reference folder is refused before the last scan's results are touched
+    rows = table.rowCount()
+    panel._reference.value = str(tmp_path / "no-such-archive")
+    assert panel.run(folder=str(folder)) is None
+    assert table.rowCount() == rows and panel._report_btn.enabled and panel.report_path()
+    panel._reference.value = ""
+
     # a new scan forgets the last one's table and report at once (cancelled, it shows none)
     worker = panel.run(folder=str(folder))
     assert table.rowCount() == 0 and panel.result is None

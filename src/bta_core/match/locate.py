@@ -24,7 +24,7 @@ from .keypoints import (
     lowpass,
     sift_features,
 )
-from .panels import find_panels
+from .panel_search import panel_overlap, search_panels
 from .params import (
     CHANCE_P,
     EXACT_MARGIN,
@@ -280,46 +280,6 @@ def _search(
     )
 
 
-def _offset(x0: int, y0: int) -> np.ndarray:
-    """Full image -> panel pixel coordinates for a panel whose corner is ``(x0, y0)``."""
-    return np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
-
-
-def _search_panels(
-    a: np.ndarray,
-    b: np.ndarray,
-    whole: _Search,
-    max_side: int,
-    seed: int,
-    use_correlation: bool,
-    should_stop: StopFn | None,
-) -> tuple[Candidate, dict] | None:
-    """Each panel of a composite figure (``panels.find_panels``; B's, then A's) against the
-    other image as a whole. The best accepted candidate, moved into the whole images' working
-    frame (``whole``), and the panel ``{"image": "a"|"b", "box": [x0, y0, x1, y1]}``."""
-    best: tuple[Candidate, dict] | None = None
-    inv = np.linalg.inv
-    for side, image in (("b", b), ("a", a)):
-        for y0, y1, x0, x1 in find_panels(image):
-            grey = np.clip(to_grey(image[y0:y1, x0:x1], clip=False), 0, 1)  # its own stretch
-            other = np.clip(to_grey(a if side == "b" else b, clip=False), 0, 1)
-            pair = (other, grey) if side == "b" else (grey, other)
-            s = _search(*pair, max_side, seed, use_correlation, should_stop)
-            c = s.best
-            if c is None or (best is not None and c.ncc <= best[0].ncc):
-                continue
-            t = _offset(x0, y0)
-            if side == "b":  # panel-working B -> whole-working B: back through the offset
-                into_a, into_b = whole.to_a @ inv(s.to_a), whole.to_b @ inv(t) @ inv(s.to_b)
-            else:
-                into_a, into_b = whole.to_a @ inv(t) @ inv(s.to_a), whole.to_b @ inv(s.to_b)
-            c.matrix = into_a @ c.matrix @ inv(into_b)
-            c.pts_a = map_points(into_a, c.pts_a) if len(c.pts_a) else c.pts_a
-            c.pts_b = map_points(into_b, c.pts_b) if len(c.pts_b) else c.pts_b
-            best = (c, {"image": side, "box": [x0, y0, x1, y1]})
-    return best
-
-
 def match_images(
     image_a: np.ndarray,
     image_b: np.ndarray,
@@ -377,7 +337,12 @@ def match_images(
     )
     panel = None
     if found.best is None:  # a panel of a composite figure may match on its own
-        panel = _search_panels(a, b, found, max_side, seed, use_correlation, should_stop)
+        panel = search_panels(
+            a,
+            b,
+            found,
+            lambda ga, gb: _search(ga, gb, max_side, seed, use_correlation, should_stop),
+        )
     progress(2, "correlation")
     best, cands, to_a, to_b = found.best, found.cands, found.to_a, found.to_b
     if panel is not None:
@@ -402,10 +367,15 @@ def match_images(
         else:
             heat_a = np.zeros(grid_shape(shape_a, grid), dtype=np.float32)
             heat_b = np.zeros(grid_shape(shape_b, grid), dtype=np.float32)
-        edits = local_edits(common_scale(levels_a, levels_b), m_full, grid)
         transform = MatchTransform.from_matrix(m_full)
-        mask_a = polygon_mask(shape_a, map_points(m_full, image_corners(shape_b)))
-        mask_b = polygon_mask(shape_b, map_points(np.linalg.inv(m_full), image_corners(shape_a)))
+        if panel is None:
+            edits = local_edits(common_scale(levels_a, levels_b), m_full, grid)
+            mask_a = polygon_mask(shape_a, map_points(m_full, image_corners(shape_b)))
+            mask_b = polygon_mask(
+                shape_b, map_points(np.linalg.inv(m_full), image_corners(shape_a))
+            )
+        else:  # the match is the panel's: the figure's gutters and other panels are not in it
+            edits, mask_a, mask_b = panel_overlap(levels_a, levels_b, m_full, panel[1], grid)
         fill = fill_of_free_turn(gb_full, m_full, shape_a)
         if fill is not None:  # the shared region holds B's content, not its filled corners
             mask_a, mask_b = mask_a & ~fill[1], mask_b & ~fill[0]

@@ -1,0 +1,112 @@
+"""The panels of composite figures, matched one by one (``locate.match_images``' fallback).
+
+When two whole images do not match, each panel of B (``panels.find_panels``), then each panel
+of A, is searched against the other whole image with its own grey stretch, keypoints and
+correlation. A panel's match must cover most of the panel (``PANEL_MIN_COVER``); it is moved
+into the whole figures' frame, and its local edits and masks are computed on the panel alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .edits import LocalEdits, local_edits
+from .keypoints import Candidate
+from .panels import find_panels
+from .params import EXACT_NCC
+from .prepare import common_scale, to_grey
+from .transform import image_corners, map_points, polygon_mask
+
+PANEL_MIN_COVER = 0.5
+"""A panel's match must cover at least this share of the panel: a reused panel is copied
+mostly whole, while a panel letter or label box shared with the other figure covers a sliver."""
+
+
+PANEL_MIN_SPREAD = 0.2
+"""The keypoints a panel's match rests on must span this share of the panel (their bounding
+box): a panel letter ("A" in the same corner of two unrelated figures) gathers them in one spot."""
+
+
+def _covers_the_panel(c: Candidate, side: str, panel_shape: tuple[int, ...]) -> bool:
+    """Whether a panel's accepted candidate is the panel, not a label on it: the overlap covers
+    most of the panel, and its keypoints spread over it (a correlation match without keypoints
+    must be a near-exact copy)."""
+    cover = c.overlap_b if side == "b" else c.overlap_a
+    if cover < PANEL_MIN_COVER:
+        return False
+    pts = c.pts_b if side == "b" else c.pts_a
+    if c.method != "keypoints" or len(pts) < 3:
+        return c.ncc >= EXACT_NCC
+    span = np.ptp(pts, axis=0)
+    return float(span[0] * span[1]) >= PANEL_MIN_SPREAD * panel_shape[0] * panel_shape[1]
+
+
+def panel_overlap(
+    levels_a: np.ndarray, levels_b: np.ndarray, m_full: np.ndarray, panel: dict, grid: int
+) -> tuple[LocalEdits | None, np.ndarray, np.ndarray]:
+    """Local edits and masks of a match found for one panel (``panel``: its image and box),
+    computed on that panel alone so the rest of its figure counts nowhere."""
+    from dataclasses import replace
+
+    x0, y0, x1, y1 = panel["box"]
+    t, inv = _offset(x0, y0), np.linalg.inv
+    corners = map_points(inv(t), image_corners((y1 - y0, x1 - x0)))  # the panel's, full coords
+    inside_a = np.zeros(levels_a.shape[:2], dtype=bool)
+    inside_b = np.zeros(levels_b.shape[:2], dtype=bool)
+    if panel["image"] == "b":
+        inside_b[y0:y1, x0:x1] = True
+        sub = levels_b[y0:y1, x0:x1]
+        edits = local_edits(common_scale(levels_a, sub), m_full @ inv(t), grid)
+        mask_a = polygon_mask(levels_a.shape, map_points(m_full, corners))
+        mask_b = polygon_mask(
+            levels_b.shape, map_points(inv(m_full), image_corners(levels_a.shape))
+        )
+        return edits, mask_a, mask_b & inside_b
+    inside_a[y0:y1, x0:x1] = True
+    sub = levels_a[y0:y1, x0:x1]
+    edits = local_edits(common_scale(sub, levels_b), t @ m_full, grid)
+    if edits is not None and edits.box_a is not None:  # panel -> figure pixels
+        bx0, by0, bx1, by1 = edits.box_a
+        edits = replace(edits, box_a=(bx0 + x0, by0 + y0, bx1 + x0, by1 + y0))
+    mask_a = polygon_mask(levels_a.shape, map_points(m_full, image_corners(levels_b.shape)))
+    mask_b = polygon_mask(levels_b.shape, map_points(inv(m_full), corners))
+    return edits, mask_a & inside_a, mask_b
+
+
+def _offset(x0: int, y0: int) -> np.ndarray:
+    """Full image -> panel pixel coordinates for a panel whose corner is ``(x0, y0)``."""
+    return np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+
+
+def search_panels(
+    a: np.ndarray, b: np.ndarray, whole: Any, search: Callable[[np.ndarray, np.ndarray], Any]
+) -> tuple[Candidate, dict] | None:
+    """Each panel of a composite figure (``panels.find_panels``; B's, then A's) against the
+    other image as a whole. The best accepted candidate, moved into the whole images' working
+    frame (``whole``), and the panel ``{"image": "a"|"b", "box": [x0, y0, x1, y1]}``."""
+    best: tuple[Candidate, dict] | None = None
+    inv = np.linalg.inv
+    for side, image in (("b", b), ("a", a)):
+        for y0, y1, x0, x1 in find_panels(image):
+            grey = np.clip(to_grey(image[y0:y1, x0:x1], clip=False), 0, 1)  # its own stretch
+            other = np.clip(to_grey(a if side == "b" else b, clip=False), 0, 1)
+            pair = (other, grey) if side == "b" else (grey, other)
+            s = search(*pair)
+            c = s.best
+            if c is None or not _covers_the_panel(c, side, s.work_b if side == "b" else s.work_a):
+                continue
+            if best is not None and c.ncc <= best[0].ncc:
+                continue
+            t = _offset(x0, y0)
+            if side == "b":  # panel-working B -> whole-working B: back through the offset
+                into_a, into_b = whole.to_a @ inv(s.to_a), whole.to_b @ inv(t) @ inv(s.to_b)
+            else:
+                into_a, into_b = whole.to_a @ inv(t) @ inv(s.to_a), whole.to_b @ inv(s.to_b)
+            c.matrix = into_a @ c.matrix @ inv(into_b)
+            c.pts_a = map_points(into_a, c.pts_a) if len(c.pts_a) else c.pts_a
+            c.pts_b = map_points(into_b, c.pts_b) if len(c.pts_b) else c.pts_b
+            best = (c, {"image": side, "box": [x0, y0, x1, y1]})
+    return best
