@@ -103,3 +103,23 @@ def test_a_panel_match_keeps_the_rest_of_the_figure_out_of_its_masks_and_edits(b
     assert r.box_a == pytest.approx((150, 100, 450, 400), abs=2)
     assert r.box_b == pytest.approx((0, 0, 300, 300), abs=2)
     assert r.local_edits is None or not r.local_edits.cells
+
+
+def test_a_jpeg_figure_keeps_its_panels(bccd_images, dsb_images):
+    """Saved as JPEG (quality 75), the gutter's edges ring: the lines beside it are neither flat
+    nor unlike it. The panels must still be found where they are, and the dark one matched."""
+    import io
+
+    from PIL import Image
+
+    smear = _fit(load_image(bccd_images[3]), 256)
+    nuclei = dark_fluorescence(dsb_images)
+    buf = io.BytesIO()
+    Image.fromarray((composite(smear, nuclei) * 255).round().astype(np.uint8)).save(
+        buf, "JPEG", quality=75
+    )
+    fig = np.asarray(Image.open(buf).convert("RGB")).astype(np.float32) / 255
+    x1 = smear.shape[1]
+    assert find_panels(fig) == [(0, 256, 0, x1), (0, 256, x1 + 10, x1 + 266)]
+    r = match_images(nuclei, fig, heatmaps=False)
+    assert r.transform is not None and r.info["panel"]["box"] == [x1 + 10, 0, x1 + 266, 256]

@@ -1,31 +1,33 @@
 """Panels of a composite figure: the rectangles between its gutters.
 
 A journal figure puts several images side by side, separated by strips of one colour (white,
-black). Matched as a whole, a panel that is darker or smaller than its neighbours is lost: the
+or black beside bright panels). Matched as a whole, a panel that is darker or smaller than its neighbours is lost: the
 grey stretch, keypoint thresholds and correlation statistics are those of the whole figure. The
 matcher (``locate``) therefore tries each panel on its own when the whole image did not match.
 
 A gutter is a run of rows (or columns) whose pixels all have one colour (range at most
-``GUTTER_TOLERANCE`` of the image's range), unlike the content on either side of it. Cuts alternate rows, columns, rows (an X-Y cut of
-depth 3); pieces smaller than ``MIN_PANEL_SIDE`` pixels or ``MIN_PANEL_FRACTION`` of the side
-are labels or decoration and are dropped.
+``GUTTER_TOLERANCE`` of the image's range), unlike the content on either side of it. Cuts
+alternate rows, columns, rows (an X-Y cut of depth 3); pieces smaller than ``MIN_PANEL_SIDE``
+pixels or ``MIN_PANEL_FRACTION`` of the side are labels or decoration and are dropped.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-GUTTER_TOLERANCE = 0.02
-"""A row or column is a gutter when its pixel range is at most this share of the image's."""
-GUTTER_CONTRAST = 5.0
-"""A gutter's colour differs from the lines beside it by more than this many tolerances (10 %
-of the image's range)."""
+GUTTER_TOLERANCE = 0.06
+"""A row or column is a gutter when its pixel range is at most this share of the image's
+(JPEG ringing at quality 75 leaves about 0.03-0.06 near a gutter's edges)."""
+GUTTER_CONTRAST = 0.1
+"""A gutter's colour differs from the lines beside it by more than this share of the range."""
 SIDE_LINES = 3
-"""Lines on each side of a gutter whose mean colour it is compared with."""
+"""Lines on each side of a gutter whose mean colour it is compared with..."""
+RINGING = 3
+"""...after skipping this many: JPEG ringing beside a gutter."""
 MIN_GUTTER = 2
 """Gutters narrower than this many pixels are ignored (a one-pixel line can be content)."""
 MIN_PANEL_SIDE = 48
-MIN_PANEL_FRACTION = 0.15
+MIN_PANEL_FRACTION = 0.08
 MAX_PANELS = 12
 """More pieces than this is a grid of tiles or a sparse image, not a figure: no panels."""
 
@@ -45,7 +47,9 @@ def _split(s: int, e: int, steps: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
-def _segments(part: np.ndarray, axis: int, tol: float, min_side: int) -> list[tuple[int, int]]:
+def _segments(
+    part: np.ndarray, axis: int, tol: float, contrast: float, min_side: int
+) -> list[tuple[int, int]]:
     """The content runs of ``part`` between gutters along ``axis`` (0: cut rows, 1: columns).
 
     A gutter is a run of one-colour lines whose colour is unlike the lines on each side of it
@@ -64,12 +68,12 @@ def _segments(part: np.ndarray, axis: int, tol: float, min_side: int) -> list[tu
         if e - s < MIN_GUTTER and 0 < s and e < n:
             continue
         colour = colours[s:e].mean(axis=0)
-        sides = [colours[max(0, s - SIDE_LINES) : s], colours[e : e + SIDE_LINES]]
-        if all(
-            np.abs(side.mean(axis=0) - colour).max() > GUTTER_CONTRAST * tol
-            for side in sides
-            if len(side)
-        ):
+        # the lines just past the run, beyond a JPEG's ringing (which keeps them near the
+        # gutter's colour without being flat)
+        before = colours[max(0, s - RINGING - SIDE_LINES) : max(0, s - RINGING)]
+        after = colours[e + RINGING : e + RINGING + SIDE_LINES]
+        sides = [before if len(before) else colours[:s], after if len(after) else colours[e:]]
+        if all(np.abs(side.mean(axis=0) - colour).max() > contrast for side in sides if len(side)):
             gutter[s:e] = True
     return [(s, e) for s, e in _runs(~gutter) if e - s >= min_side]
 
@@ -92,7 +96,7 @@ def find_panels(image: np.ndarray) -> list[Box]:
         part = img[y0:y1, x0:x1]
         side = h if axis == 0 else w
         min_side = max(MIN_PANEL_SIDE, int(MIN_PANEL_FRACTION * side))
-        segs = _segments(part, axis, tol, min_side)
+        segs = _segments(part, axis, tol, GUTTER_CONTRAST * spread, min_side)
         if not segs:
             return []
         boxes = [
