@@ -16,13 +16,16 @@ def _fit(image: np.ndarray, h: int) -> np.ndarray:
     return resize(image[..., :3], (h, w), anti_aliasing=True).astype(np.float32)
 
 
-def composite(left: np.ndarray, right: np.ndarray, gutter: int = 10) -> np.ndarray:
-    """Two panels side by side on a white figure with a white gutter and a caption strip."""
+def composite(
+    left: np.ndarray, right: np.ndarray, gutter: int = 10, caption: int = 40, mark: int = 40
+) -> np.ndarray:
+    """Two panels side by side on a white figure with a white gutter and a caption strip
+    holding a black mark ``mark`` px wide (a "label": too small to be a panel)."""
     h = max(left.shape[0], right.shape[0])
-    fig = np.ones((h + 40, left.shape[1] + gutter + right.shape[1], 3), np.float32)
+    fig = np.ones((h + caption, left.shape[1] + gutter + right.shape[1], 3), np.float32)
     fig[: left.shape[0], : left.shape[1]] = left[..., :3]
     fig[: right.shape[0], left.shape[1] + gutter :] = right[..., :3]
-    fig[h + 15 : h + 25, 20:60] = 0.0  # a "label": too small to be a panel
+    fig[h + caption // 3 : h + 2 * caption // 3, 20 : 20 + mark] = 0.0
     return fig
 
 
@@ -123,3 +126,20 @@ def test_a_jpeg_figure_keeps_its_panels(bccd_images, dsb_images):
     assert find_panels(fig) == [(0, 256, 0, x1), (0, 256, x1 + 10, x1 + 266)]
     r = match_images(nuclei, fig, heatmaps=False)
     assert r.transform is not None and r.info["panel"]["box"] == [x1 + 10, 0, x1 + 266, 256]
+
+
+def test_figures_laid_out_alike_do_not_match_on_their_gutters_and_caption(bccd_images, dsb_images):
+    """Two figures of unrelated images with the same layout (panels of one size, a white
+    gutter, a caption mark at one place) lined up their gutters' edges and caption under the
+    identity: 4 of 8 such pairs were `same`. The match must hold on the panels' pixels."""
+
+    def figure(k: int) -> np.ndarray:
+        left, right = (_fit(load_image(p[k]), 256) for p in (bccd_images, dsb_images[190:]))
+        return composite(left, right, caption=30, mark=60)
+
+    for k in (130, 131, 140, 142):  # a figure and the next one: unrelated images, same layout
+        assert match_images(figure(k), figure(k + 1), heatmaps=False).transform is None, k
+    f1 = figure(130)
+    again = f1.copy()
+    again[-12:, 100:200] = 0.0  # the same figure with another caption mark
+    assert match_images(f1, again, heatmaps=False).transform is not None

@@ -24,7 +24,7 @@ from .keypoints import (
     lowpass,
     sift_features,
 )
-from .panel_search import panel_overlap, search_panels
+from .panel_search import agrees_on_content, panel_overlap, search_panels
 from .params import (
     CHANCE_P,
     EXACT_MARGIN,
@@ -227,6 +227,8 @@ class _Search:
     kp_inliers: int
     tried_correlation: bool
     n_keypoints: tuple[int, int]
+    bandpassed: tuple[np.ndarray, np.ndarray] = ()
+    lowpassed: tuple[np.ndarray, np.ndarray] = ()
 
 
 def _search(
@@ -277,6 +279,8 @@ def _search(
         n_kp_inliers,
         tried_corr,
         (len(feats_a[0]), len(feats_b[0])),
+        (ha, hb),
+        lows,
     )
 
 
@@ -335,6 +339,8 @@ def match_images(
         should_stop,
         lambda: progress(1, "keypoints"),
     )
+    if found.best is not None and not agrees_on_content(a, b, found, _accept):
+        found.best = None  # figures aligned on their gutters and labels: try their panels
     panel = None
     if found.best is None:  # a panel of a composite figure may match on its own
         panel = search_panels(

@@ -12,14 +12,18 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import binary_erosion
 
 from .edits import LocalEdits, local_edits
-from .keypoints import Candidate
+from .keypoints import Candidate, check_alignment, coarse_agreement
 from .panels import find_panels
 from .params import EXACT_NCC
 from .prepare import common_scale, to_grey
 from .transform import image_corners, map_points, polygon_mask
 
+EDGE_MARGIN = 12
+"""Working pixels inside a panel's border left out of the content check (the band-pass's
+sigma-4 blur carries a gutter's edge about this far)."""
 PANEL_MIN_COVER = 0.5
 """A panel's match must cover at least this share of the panel: a reused panel is copied
 mostly whole, while a panel letter or label box shared with the other figure covers a sliver."""
@@ -110,3 +114,51 @@ def search_panels(
             c.pts_b = map_points(into_b, c.pts_b) if len(c.pts_b) else c.pts_b
             best = (c, {"image": side, "box": [x0, y0, x1, y1]})
     return best
+
+
+def agrees_on_content(
+    a: np.ndarray, b: np.ndarray, found: Any, accept: Callable[[Candidate], bool]
+) -> bool:
+    """Whether a whole-image match of figures still holds on their panels alone.
+
+    Two figures laid out alike (panels of one size, a caption with a label at one place) line
+    up their gutters' edges and labels under the identity, and those sharp edges can carry the
+    whole overlap's correlation although no panel content is shared. The accepted candidate is
+    checked again on the pixels inside panels (A's, and B's mapped into A); images without
+    panels keep their match as it is."""
+    panels_a, panels_b = find_panels(a), find_panels(b)
+    if not panels_a and not panels_b:
+        return True
+    c = found.best
+    ha, hb = found.bandpassed
+    region = np.ones(ha.shape, dtype=bool)
+    if panels_a:
+        region &= _boxes_mask(panels_a, found.to_a, ha.shape)
+    if panels_b:
+        to_a_work = c.matrix @ found.to_b  # full-size B -> working A
+        inside = np.zeros(ha.shape, dtype=bool)
+        for y0, y1, x0, x1 in panels_b:
+            box = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=float) - 0.5
+            inside |= polygon_mask(ha.shape, map_points(to_a_work, box))
+        region &= inside
+    # off the panels' borders too: the band-pass spreads a gutter's edge this far inside
+    region = binary_erosion(region, iterations=EDGE_MARGIN)
+    if region.sum() < 64:
+        return False
+    check = Candidate(c.matrix, c.method, c.inliers, c.matches, c.pts_a, c.pts_b)
+    check.margin, check.coincidences, check.chance = c.margin, c.coincidences, c.chance
+    check_alignment(ha, hb, check)  # the overlap figures of the whole ...
+    check_alignment(ha, hb, check, region)  # ... the agreement of the panels' pixels
+    coarse_agreement(*found.lowpassed, check, region)
+    return accept(check)
+
+
+def _boxes_mask(boxes: list, to_work: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Working-size mask of full-size boxes ``(y0, y1, x0, x1)``."""
+    mask = np.zeros(shape[:2], dtype=bool)
+    sx, sy, tx, ty = to_work[0, 0], to_work[1, 1], to_work[0, 2], to_work[1, 2]
+    for y0, y1, x0, x1 in boxes:
+        r0, r1 = int(np.floor(y0 * sy + ty)), int(np.ceil(y1 * sy + ty))
+        c0, c1 = int(np.floor(x0 * sx + tx)), int(np.ceil(x1 * sx + tx))
+        mask[max(0, r0) : r1, max(0, c0) : c1] = True
+    return mask
