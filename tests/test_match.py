@@ -470,3 +470,19 @@ def test_the_drawn_agreement_of_an_exact_crop_is_full_inside_and_absent_outside(
     assert heat.mask[~r.mask_a].all()  # nothing outside the overlap
     shown = heat.compressed()
     assert shown.size > 0.8 * r.mask_a.sum() and shown.min() >= 0.9, shown.min()
+
+
+def test_a_keypoint_match_on_a_sliver_of_both_images_needs_many_keypoints():
+    """A panel letter that reads the same mirrored ("A") verified two unrelated figures on a
+    61 px strip (8 inliers, 5 % of each). A crop still passes: it covers most of itself."""
+    from bta_core.match.keypoints import Candidate
+    from bta_core.match.locate import _accept
+
+    def cand(inliers: int, overlap_a: float, overlap_b: float) -> Candidate:
+        c = Candidate(np.eye(3), "keypoints", inliers=inliers, ncc=0.9, structure=0.5)
+        c.overlap_a, c.overlap_b, c.ncc_coarse = overlap_a, overlap_b, 0.9
+        return c
+
+    assert not _accept(cand(8, 0.05, 0.05))  # the letter strip
+    assert _accept(cand(8, 0.05, 0.95))  # a small crop of a large image
+    assert _accept(cand(30, 0.05, 0.05))  # a small shared region with many keypoints

@@ -42,6 +42,7 @@ from .params import (
     MIN_NCC_KEYPOINTS,
     MIN_OVERLAP,
     MIN_STRUCTURE,
+    STRONG_INLIERS,
 )
 from .prepare import (
     as_float_rgb,
@@ -186,6 +187,11 @@ def _accept(cand: Candidate) -> bool:
     """Is a candidate a verified match? (thresholds tuned on real BCCD/DSB pairs, docs/match.md)"""
     if cand.method == "keypoints":
         if cand.overlap_a <= 0.005 or cand.ncc_coarse < MIN_NCC_COARSE:
+            return False
+        # a sliver of both images (a panel letter that looks the same mirrored) is no copy,
+        # unless many keypoints say so; a crop covers most of itself
+        sliver = max(cand.overlap_a, cand.overlap_b) < MIN_OVERLAP
+        if sliver and cand.inliers < STRONG_INLIERS:
             return False
         strong = cand.inliers >= MIN_INLIERS and cand.ncc >= MIN_NCC_KEYPOINTS
         # few keypoints (small or sparse images) but pixels that agree closely on real detail

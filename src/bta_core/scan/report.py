@@ -193,7 +193,8 @@ def _groups_section(groups: Sequence[CopyGroup], figure) -> str:
             + "</div></div>"
         )
     rest = len(groups) - len(big)
-    tail = f"<p>{rest} more groups, of two images each or beyond the first {GROUPS_SHOWN}: the group column of pairs.csv numbers them all.</p>"
+    noun = "group" if rest == 1 else "groups"
+    tail = f"<p>{rest} more {noun}, of two images each or beyond the first {GROUPS_SHOWN}: the group column of pairs.csv numbers them all.</p>"
     title = groups_text(groups)
     return (
         f'<section class="groups"><h2>{_esc(title[:1].upper() + title[1:])}</h2>'
