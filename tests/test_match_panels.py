@@ -143,3 +143,15 @@ def test_figures_laid_out_alike_do_not_match_on_their_gutters_and_caption(bccd_i
     again = f1.copy()
     again[-12:, 100:200] = 0.0  # the same figure with another caption mark
     assert match_images(f1, again, heatmaps=False).transform is not None
+
+
+def test_a_panel_match_is_outlined_on_the_panel(bccd_images):
+    """The match figure outlines where the panel is, not the whole figure's footprint."""
+    a = load_image(bccd_images[10])
+    fig = composite(a[100:400, 150:450], _fit(load_image(bccd_images[120]), 300))
+    r = match_images(a, fig, heatmaps=False)
+    assert r.info["panel"]["image"] == "b"
+    np.testing.assert_allclose(r.outline_b().min(0), (-0.5, -0.5), atol=0.01)
+    np.testing.assert_allclose(r.outline_b().max(0), (299.5, 299.5), atol=0.01)
+    np.testing.assert_allclose(r.outline_a().min(0), (149.5, 99.5), atol=1.5)
+    np.testing.assert_allclose(r.outline_a().max(0), (449.5, 399.5), atol=1.5)

@@ -109,17 +109,34 @@ class MatchResult:
         """True when a region was located and verified."""
         return self.transform is not None
 
+    def _panel_corners(self) -> tuple[str | None, np.ndarray | None]:
+        """The matched panel's image ("a"/"b") and corners, when a panel matched on its own."""
+        panel = (self.info or {}).get("panel")
+        if not panel:
+            return None, None
+        x0, y0, x1, y1 = panel["box"]
+        return panel["image"], image_corners((y1 - y0, x1 - x0)) + np.array([x0, y0])
+
     def outline_a(self) -> np.ndarray | None:
-        """Corners of B mapped into A, ``(4, 2)`` as ``(x, y)`` (a rotated box), or None."""
+        """Corners of B (or of its matched panel) mapped into A, ``(4, 2)`` as ``(x, y)`` (a
+        rotated box); A's own panel when that is what matched; None without a match."""
         if self.transform is None:
             return None
-        return map_points(self.transform.matrix, image_corners(self.shape_b))
+        side, corners = self._panel_corners()
+        if side == "a":
+            return corners
+        pts = image_corners(self.shape_b) if corners is None else corners
+        return map_points(self.transform.matrix, pts)
 
     def outline_b(self) -> np.ndarray | None:
-        """Corners of A mapped into B, ``(4, 2)`` as ``(x, y)``, or None."""
+        """Corners of A (or of its matched panel) mapped into B, ``(4, 2)`` as ``(x, y)``."""
         if self.transform is None:
             return None
-        return map_points(self.transform.inverse, image_corners(self.shape_a))
+        side, corners = self._panel_corners()
+        if side == "b":
+            return corners
+        pts = image_corners(self.shape_a) if corners is None else corners
+        return map_points(self.transform.inverse, pts)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready data (masks left out: they follow from the transform and shapes)."""
