@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..match.keypoints_cv import strongest_root_sift
+from ..match.panels import find_panels
 from ..match.params import MAX_SIDE
 from ..match.prepare import resize_by, to_grey, work_factor
 from ..runtime import ProgressFn, StopFn, check_cancel
@@ -41,13 +42,24 @@ BLOCK_BYTES = 256 << 20
 
 
 def image_descriptors(rgb: np.ndarray, mirrored: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """RootSIFT descriptors of an image (and of its mirror image when ``mirrored``)."""
-    g = to_grey(rgb)
-    g, _ = resize_by(g, work_factor(g.shape, MAX_SIDE))
-    desc = strongest_root_sift(g, DESCRIPTORS_PER_IMAGE)
+    """RootSIFT descriptors of an image (and of its mirror image when ``mirrored``).
+
+    A multi-panel figure (``match.panels.find_panels``) gives those of each panel, with the
+    panel's own contrast stretch: a panel reused elsewhere then votes with as many keypoints as
+    a single image would, and a dark panel beside bright ones is not left without any."""
+    parts = [rgb[y0:y1, x0:x1] for y0, y1, x0, x1 in find_panels(rgb)] or [rgb]
+    descs, mirrors = [], []
+    for part in parts:
+        g = to_grey(part)
+        g, _ = resize_by(g, work_factor(g.shape, MAX_SIDE))
+        descs.append(strongest_root_sift(g, DESCRIPTORS_PER_IMAGE))
+        if mirrored:
+            flipped = np.ascontiguousarray(g[:, ::-1])
+            mirrors.append(strongest_root_sift(flipped, DESCRIPTORS_PER_IMAGE))
+    desc = np.concatenate(descs) if len(descs) > 1 else descs[0]
     if not mirrored:
         return desc, None
-    return desc, strongest_root_sift(np.ascontiguousarray(g[:, ::-1]), DESCRIPTORS_PER_IMAGE)
+    return desc, np.concatenate(mirrors) if len(mirrors) > 1 else mirrors[0]
 
 
 class TooManyDescriptors(RuntimeError):
