@@ -173,3 +173,19 @@ def test_each_panel_of_a_figure_votes_with_its_own_keypoints(bccd_images, dsb_im
     # the dark panel's own keypoints are among the figure's: each of its descriptors has a twin
     d = ((alone[:, None, :] - desc[None, :, :]) ** 2).sum(-1).min(1)
     assert np.mean(d < 1e-3) > 0.5
+
+
+def test_two_figures_sharing_one_panel_are_boxed_on_that_panel(bccd_images):
+    """Figure 2's right panel is figure 6's left panel turned 180 degrees; their other, narrow
+    panels are unrelated. The whole figures match on the shared panel, and the match must be
+    that panel's: boxes on it, not the figures' footprints spilling over the other panels."""
+    shared = _fit(load_image(bccd_images[30]), 256)
+    left = _fit(load_image(bccd_images[60]), 256)[:, :120]
+    right = _fit(load_image(bccd_images[90]), 256)[:, :120]
+    fig2 = composite(left, shared)
+    fig6 = composite(np.ascontiguousarray(shared[::-1, ::-1]), right)
+    r = match_images(fig2, fig6, heatmaps=False)
+    assert r.transform is not None and r.transform.dihedral == "rot180", r.info
+    x0, w = 130, shared.shape[1]
+    assert r.box_a == pytest.approx((x0, 0, x0 + w, 256), abs=3)
+    assert r.box_b == pytest.approx((0, 0, w, 256), abs=3)

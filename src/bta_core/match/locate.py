@@ -24,7 +24,7 @@ from .keypoints import (
     lowpass,
     sift_features,
 )
-from .panel_search import agrees_on_content, panel_overlap, search_panels
+from .panel_search import content_check, panel_overlap, search_panels
 from .params import (
     CHANCE_P,
     EXACT_MARGIN,
@@ -362,9 +362,13 @@ def match_images(
         should_stop,
         lambda: progress(1, "keypoints"),
     )
-    if found.best is not None and not agrees_on_content(a, b, found, _accept):
-        found.best = None  # figures aligned on their gutters and labels: try their panels
     panel = None
+    if found.best is not None:
+        holds, shared = content_check(a, b, found, _accept)
+        if not holds:
+            found.best = None  # figures aligned on their gutters and labels: try their panels
+        elif shared is not None:
+            panel = (found.best, shared)  # figures sharing one panel: the match is that panel's
     if found.best is None:  # a panel of a composite figure may match on its own
         panel = search_panels(
             a,

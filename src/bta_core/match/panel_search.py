@@ -116,41 +116,62 @@ def search_panels(
     return best
 
 
-def agrees_on_content(
+def content_check(
     a: np.ndarray, b: np.ndarray, found: Any, accept: Callable[[Candidate], bool]
-) -> bool:
-    """Whether a whole-image match of figures still holds on their panels alone.
+) -> tuple[bool, dict | None]:
+    """Whether a whole-image match of figures still holds on their panels alone, and the one
+    panel it holds on when the figures share only that one.
 
     Two figures laid out alike (panels of one size, a caption with a label at one place) line
     up their gutters' edges and labels under the identity, and those sharp edges can carry the
     whole overlap's correlation although no panel content is shared. The accepted candidate is
-    checked again on the pixels inside panels (A's, and B's mapped into A); images without
-    panels keep their match as it is."""
+    checked again on the pixels inside panels (A's, and B's mapped into A), then panel by
+    panel: when one panel of several agrees, the match is that panel's (``{"image", "box"}``),
+    so its masks and local edits leave the other panels out. Images without panels keep their
+    match as it is: ``(True, None)``."""
     panels_a, panels_b = find_panels(a), find_panels(b)
     if not panels_a and not panels_b:
-        return True
+        return True, None
     c = found.best
     ha, hb = found.bandpassed
+    to_a_work = c.matrix @ found.to_b  # full-size B -> working A
+    masks_a = [_boxes_mask([box], found.to_a, ha.shape) for box in panels_a]
+    masks_b = [_polygon_of(box, to_a_work, ha.shape) for box in panels_b]
     region = np.ones(ha.shape, dtype=bool)
-    if panels_a:
-        region &= _boxes_mask(panels_a, found.to_a, ha.shape)
-    if panels_b:
-        to_a_work = c.matrix @ found.to_b  # full-size B -> working A
-        inside = np.zeros(ha.shape, dtype=bool)
-        for y0, y1, x0, x1 in panels_b:
-            box = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=float) - 0.5
-            inside |= polygon_mask(ha.shape, map_points(to_a_work, box))
-        region &= inside
-    # off the panels' borders too: the band-pass spreads a gutter's edge this far inside
-    region = binary_erosion(region, iterations=EDGE_MARGIN)
-    if region.sum() < 64:
-        return False
-    check = Candidate(c.matrix, c.method, c.inliers, c.matches, c.pts_a, c.pts_b)
-    check.margin, check.coincidences, check.chance = c.margin, c.coincidences, c.chance
-    check_alignment(ha, hb, check)  # the overlap figures of the whole ...
-    check_alignment(ha, hb, check, region)  # ... the agreement of the panels' pixels
-    coarse_agreement(*found.lowpassed, check, region)
-    return accept(check)
+    if masks_a:
+        region &= np.logical_or.reduce(masks_a)
+    if masks_b:
+        region &= np.logical_or.reduce(masks_b)
+
+    def holds(part: np.ndarray) -> bool:
+        # off the panels' borders too: the band-pass spreads a gutter's edge this far inside
+        part = binary_erosion(part, iterations=EDGE_MARGIN)
+        if part.sum() < 64:
+            return False
+        check = Candidate(c.matrix, c.method, c.inliers, c.matches, c.pts_a, c.pts_b)
+        check.margin, check.coincidences, check.chance = c.margin, c.coincidences, c.chance
+        check_alignment(ha, hb, check)  # the overlap figures of the whole ...
+        check_alignment(ha, hb, check, part)  # ... the agreement of these pixels
+        coarse_agreement(*found.lowpassed, check, part)
+        return accept(check)
+
+    if not holds(region):
+        return False, None
+    side, boxes, masks = ("a", panels_a, masks_a) if len(panels_a) > 1 else ("b", panels_b, masks_b)
+    if len(boxes) < 2:
+        return True, None
+    agree = [k for k, m in enumerate(masks) if holds(m & region)]
+    if len(agree) != 1:
+        return True, None
+    y0, y1, x0, x1 = boxes[agree[0]]
+    return True, {"image": side, "box": [x0, y0, x1, y1]}
+
+
+def _polygon_of(box: tuple, to_work: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Working-size mask of a full-size box ``(y0, y1, x0, x1)`` mapped by ``to_work``."""
+    y0, y1, x0, x1 = box
+    corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=float) - 0.5
+    return polygon_mask(shape, map_points(to_work, corners))
 
 
 def _boxes_mask(boxes: list, to_work: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
