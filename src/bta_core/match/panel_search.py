@@ -52,32 +52,57 @@ def panel_overlap(
     levels_a: np.ndarray, levels_b: np.ndarray, m_full: np.ndarray, panel: dict, grid: int
 ) -> tuple[LocalEdits | None, np.ndarray, np.ndarray]:
     """Local edits and masks of a match found for one panel (``panel``: its image and box),
-    computed on that panel alone so the rest of its figure counts nowhere."""
-    from dataclasses import replace
-
+    kept to that panel so the rest of its figure counts nowhere. The edits are those of the
+    whole aligned figures, on their grid (a panel's own finer grid flagged its letter box),
+    with only the cells on the panel kept."""
     x0, y0, x1, y1 = panel["box"]
     t, inv = _offset(x0, y0), np.linalg.inv
     corners = map_points(inv(t), image_corners((y1 - y0, x1 - x0)))  # the panel's, full coords
-    inside_a = np.zeros(levels_a.shape[:2], dtype=bool)
-    inside_b = np.zeros(levels_b.shape[:2], dtype=bool)
+    edits = local_edits(common_scale(levels_a, levels_b), m_full, grid)
     if panel["image"] == "b":
+        inside_b = np.zeros(levels_b.shape[:2], dtype=bool)
         inside_b[y0:y1, x0:x1] = True
-        sub = levels_b[y0:y1, x0:x1]
-        edits = local_edits(common_scale(levels_a, sub), m_full @ inv(t), grid)
-        mask_a = polygon_mask(levels_a.shape, map_points(m_full, corners))
+        in_a = map_points(m_full, corners)
+        mask_a = polygon_mask(levels_a.shape, in_a)
         mask_b = polygon_mask(
             levels_b.shape, map_points(inv(m_full), image_corners(levels_a.shape))
         )
-        return edits, mask_a, mask_b & inside_b
+        region = (*in_a.min(0), *in_a.max(0))
+        return _edits_within(edits, levels_a.shape, region), mask_a, mask_b & inside_b
+    inside_a = np.zeros(levels_a.shape[:2], dtype=bool)
     inside_a[y0:y1, x0:x1] = True
-    sub = levels_a[y0:y1, x0:x1]
-    edits = local_edits(common_scale(sub, levels_b), t @ m_full, grid)
-    if edits is not None and edits.box_a is not None:  # panel -> figure pixels
-        bx0, by0, bx1, by1 = edits.box_a
-        edits = replace(edits, box_a=(bx0 + x0, by0 + y0, bx1 + x0, by1 + y0))
     mask_a = polygon_mask(levels_a.shape, map_points(m_full, image_corners(levels_b.shape)))
     mask_b = polygon_mask(levels_b.shape, map_points(inv(m_full), corners))
-    return edits, mask_a & inside_a, mask_b
+    return _edits_within(edits, levels_a.shape, (x0, y0, x1, y1)), mask_a & inside_a, mask_b
+
+
+def _edits_within(
+    edits: LocalEdits | None, shape_a: tuple[int, ...], region: tuple[float, ...]
+) -> LocalEdits | None:
+    """``edits`` with only the cells whose centre lies in ``region`` (``x0, y0, x1, y1`` pixels
+    of A), and their box cut to it."""
+    from dataclasses import replace
+
+    if edits is None or not edits.cells:
+        return edits
+    h, w = shape_a[:2]
+    gh, gw = edits.grid_shape
+    rx0, ry0, rx1, ry1 = region
+    kept = tuple(
+        (r, c)
+        for r, c in edits.cells
+        if rx0 <= (c + 0.5) * w / gw <= rx1 and ry0 <= (r + 0.5) * h / gh <= ry1
+    )
+    box = None
+    if kept and edits.box_a is not None:
+        bx0, by0, bx1, by1 = edits.box_a
+        box = (
+            int(max(bx0, np.floor(rx0))),
+            int(max(by0, np.floor(ry0))),
+            int(min(bx1, np.ceil(rx1))),
+            int(min(by1, np.ceil(ry1))),
+        )
+    return replace(edits, cells=kept, box_a=box)
 
 
 def _offset(x0: int, y0: int) -> np.ndarray:
