@@ -12,6 +12,11 @@ ProgressFn = Callable[[int, int, dict], None]
 """``on_progress(step, total, info)``: ``info`` holds at least ``{"stage": str}``."""
 StopFn = Callable[[], bool]
 
+INPUT_ERRORS = (FileNotFoundError, ValueError, RuntimeError)
+"""Errors that name a bad input (a file, checkpoint or value) in their message, which says it
+all: ``ImageReadError`` is a ValueError, ``CheckpointError`` a RuntimeError. The CLI prints them
+as one line (exit 1), the napari panels log them as one line."""
+
 
 class Cancelled(InterruptedError):
     """A job stopped because its ``should_stop()`` returned True (work saved so far is kept)."""

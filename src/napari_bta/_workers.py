@@ -19,14 +19,11 @@ from typing import Any
 
 from superqt.utils import GeneratorWorker
 
+from bta_core.runtime import INPUT_ERRORS
+
 LOG = logging.getLogger("napari_bta")
 CLOSE_WAIT_S = 60.0
 """How long closing a panel waits for its work to stop (one training step, one matching stage)."""
-
-
-USER_ERRORS = (FileNotFoundError, ValueError, RuntimeError)
-"""Errors that name a bad input (a file, checkpoint or value): logged as one line, as the CLI
-prints them (``ImageReadError`` is a ValueError, ``CheckpointError`` a RuntimeError)."""
 
 
 @dataclass
@@ -283,7 +280,7 @@ class WorkerControls:
                 return
             from napari.utils.notifications import show_error
 
-            if isinstance(exc, USER_ERRORS):  # a bad file or value: its message says it all
+            if isinstance(exc, INPUT_ERRORS):  # a bad file or value: its message says it all
                 LOG.warning("%s failed: %s", what, exc)
             else:  # a bug: keep the traceback for the report
                 LOG.error("%s failed", what, exc_info=(type(exc), exc, exc.__traceback__))

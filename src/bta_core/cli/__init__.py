@@ -11,6 +11,7 @@ import os
 import sys
 import warnings
 
+from ..runtime import INPUT_ERRORS
 from ._help import UsageError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -142,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except INPUT_ERRORS as exc:
         # Our own errors (ImageReadError, CheckpointError...) carry the file and the problem.
         print(f"bta-core {args.command}: error: {exc}", file=sys.stderr)
         return 1

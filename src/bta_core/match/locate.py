@@ -24,7 +24,8 @@ from .keypoints import (
     lowpass,
     sift_features,
 )
-from .panel_search import content_check, panel_overlap, search_panels
+from .panel_search import content_check, panel_corners, panel_overlap, search_panels
+from .panels import find_panels
 from .params import (
     CHANCE_P,
     EXACT_MARGIN,
@@ -114,8 +115,7 @@ class MatchResult:
         panel = (self.info or {}).get("panel")
         if not panel:
             return None, None
-        x0, y0, x1, y1 = panel["box"]
-        return panel["image"], image_corners((y1 - y0, x1 - x0)) + np.array([x0, y0])
+        return panel["image"], panel_corners(panel["box"])
 
     def outline_a(self) -> np.ndarray | None:
         """Corners of B (or of its matched panel) mapped into A, ``(4, 2)`` as ``(x, y)`` (a
@@ -250,8 +250,8 @@ class _Search:
     kp_inliers: int
     tried_correlation: bool
     n_keypoints: tuple[int, int]
-    bandpassed: tuple[np.ndarray, np.ndarray] = ()
-    lowpassed: tuple[np.ndarray, np.ndarray] = ()
+    bandpassed: tuple[np.ndarray, np.ndarray]
+    lowpassed: tuple[np.ndarray, np.ndarray]
 
 
 def _search(
@@ -362,17 +362,19 @@ def match_images(
         should_stop,
         lambda: progress(1, "keypoints"),
     )
+    panels = (find_panels(a), find_panels(b))  # once: both checks below need them
     panel = None
     if found.best is not None:
-        holds, shared = content_check(a, b, found, _accept)
+        holds, shared = content_check(panels, found, _accept)
         if not holds:
             found.best = None  # figures aligned on their gutters and labels: try their panels
         elif shared is not None:
             panel = (found.best, shared)  # figures sharing one panel: the match is that panel's
     if found.best is None:  # a panel of a composite figure may match on its own
         panel = search_panels(
-            a,
-            b,
+            (a, b),
+            (ga_full, gb_full),
+            panels,
             found,
             lambda ga, gb: _search(ga, gb, max_side, seed, use_correlation, should_stop),
         )

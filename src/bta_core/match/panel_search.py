@@ -3,7 +3,8 @@
 When two whole images do not match, each panel of B (``panels.find_panels``), then each panel
 of A, is searched against the other whole image with its own grey stretch, keypoints and
 correlation. A panel's match must cover most of the panel (``PANEL_MIN_COVER``); it is moved
-into the whole figures' frame, and its local edits and masks are computed on the panel alone.
+into the whole figures' frame, and its masks and local edits are kept to the panel. A match of
+two whole figures must also hold on their panels' pixels (``content_check``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from scipy.ndimage import binary_erosion
 
 from .edits import LocalEdits, local_edits
 from .keypoints import Candidate, check_alignment, coarse_agreement
-from .panels import find_panels
+from .panels import Box
 from .params import EXACT_NCC
 from .prepare import common_scale, to_grey
 from .transform import image_corners, map_points, polygon_mask
@@ -27,11 +28,15 @@ sigma-4 blur carries a gutter's edge about this far)."""
 PANEL_MIN_COVER = 0.5
 """A panel's match must cover at least this share of the panel: a reused panel is copied
 mostly whole, while a panel letter or label box shared with the other figure covers a sliver."""
-
-
 PANEL_MIN_SPREAD = 0.2
 """The keypoints a panel's match rests on must span this share of the panel (their bounding
 box): a panel letter ("A" in the same corner of two unrelated figures) gathers them in one spot."""
+
+
+def panel_corners(box: list[int] | tuple[int, ...]) -> np.ndarray:
+    """Outer pixel-edge corners ``(4, 2)`` of a panel box ``(x0, y0, x1, y1)``, as ``(x, y)``."""
+    x0, y0, x1, y1 = box
+    return image_corners((y1 - y0, x1 - x0)) + np.array([x0, y0], dtype=float)
 
 
 def _covers_the_panel(c: Candidate, side: str, panel_shape: tuple[int, ...]) -> bool:
@@ -56,8 +61,8 @@ def panel_overlap(
     whole aligned figures, on their grid (a panel's own finer grid flagged its letter box),
     with only the cells on the panel kept."""
     x0, y0, x1, y1 = panel["box"]
-    t, inv = _offset(x0, y0), np.linalg.inv
-    corners = map_points(inv(t), image_corners((y1 - y0, x1 - x0)))  # the panel's, full coords
+    inv = np.linalg.inv
+    corners = panel_corners(panel["box"])  # full-size pixels of its image
     edits = local_edits(common_scale(levels_a, levels_b), m_full, grid)
     if panel["image"] == "b":
         inside_b = np.zeros(levels_b.shape[:2], dtype=bool)
@@ -111,17 +116,24 @@ def _offset(x0: int, y0: int) -> np.ndarray:
 
 
 def search_panels(
-    a: np.ndarray, b: np.ndarray, whole: Any, search: Callable[[np.ndarray, np.ndarray], Any]
+    images: tuple[np.ndarray, np.ndarray],
+    greys: tuple[np.ndarray, np.ndarray],
+    panels: tuple[list[Box], list[Box]],
+    whole: Any,
+    search: Callable[[np.ndarray, np.ndarray], Any],
 ) -> tuple[Candidate, dict] | None:
-    """Each panel of a composite figure (``panels.find_panels``; B's, then A's) against the
-    other image as a whole. The best accepted candidate, moved into the whole images' working
-    frame (``whole``), and the panel ``{"image": "a"|"b", "box": [x0, y0, x1, y1]}``."""
+    """Each panel of a composite figure (``panels``: A's and B's, from ``find_panels``; B's
+    tried first) against the other image as a whole (``greys``: A's and B's whole working
+    greys). The best accepted candidate, moved into the whole images' working frame
+    (``whole``), and the panel ``{"image": "a"|"b", "box": [x0, y0, x1, y1]}``."""
     best: tuple[Candidate, dict] | None = None
     inv = np.linalg.inv
-    for side, image in (("b", b), ("a", a)):
-        for y0, y1, x0, x1 in find_panels(image):
+    for side, image, other, boxes in (
+        ("b", images[1], greys[0], panels[1]),
+        ("a", images[0], greys[1], panels[0]),
+    ):
+        for y0, y1, x0, x1 in boxes:
             grey = np.clip(to_grey(image[y0:y1, x0:x1], clip=False), 0, 1)  # its own stretch
-            other = np.clip(to_grey(a if side == "b" else b, clip=False), 0, 1)
             pair = (other, grey) if side == "b" else (grey, other)
             s = search(*pair)
             c = s.best
@@ -142,7 +154,7 @@ def search_panels(
 
 
 def content_check(
-    a: np.ndarray, b: np.ndarray, found: Any, accept: Callable[[Candidate], bool]
+    panels: tuple[list[Box], list[Box]], found: Any, accept: Callable[[Candidate], bool]
 ) -> tuple[bool, dict | None]:
     """Whether a whole-image match of figures still holds on their panels alone, and the one
     panel it holds on when the figures share only that one.
@@ -153,14 +165,14 @@ def content_check(
     checked again on the pixels inside panels (A's, and B's mapped into A), then panel by
     panel: when one panel of several agrees, the match is that panel's (``{"image", "box"}``),
     so its masks and local edits leave the other panels out. Images without panels keep their
-    match as it is: ``(True, None)``."""
-    panels_a, panels_b = find_panels(a), find_panels(b)
+    match as it is: ``(True, None)``. ``panels``: A's and B's (``find_panels``)."""
+    panels_a, panels_b = panels
     if not panels_a and not panels_b:
         return True, None
     c = found.best
     ha, hb = found.bandpassed
     to_a_work = c.matrix @ found.to_b  # full-size B -> working A
-    masks_a = [_boxes_mask([box], found.to_a, ha.shape) for box in panels_a]
+    masks_a = [_polygon_of(box, found.to_a, ha.shape) for box in panels_a]
     masks_b = [_polygon_of(box, to_a_work, ha.shape) for box in panels_b]
     region = np.ones(ha.shape, dtype=bool)
     if masks_a:
@@ -192,19 +204,7 @@ def content_check(
     return True, {"image": side, "box": [x0, y0, x1, y1]}
 
 
-def _polygon_of(box: tuple, to_work: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Working-size mask of a full-size box ``(y0, y1, x0, x1)`` mapped by ``to_work``."""
+def _polygon_of(box: Box, to_work: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Working-size mask of a full-size panel box ``(y0, y1, x0, x1)`` mapped by ``to_work``."""
     y0, y1, x0, x1 = box
-    corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=float) - 0.5
-    return polygon_mask(shape, map_points(to_work, corners))
-
-
-def _boxes_mask(boxes: list, to_work: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Working-size mask of full-size boxes ``(y0, y1, x0, x1)``."""
-    mask = np.zeros(shape[:2], dtype=bool)
-    sx, sy, tx, ty = to_work[0, 0], to_work[1, 1], to_work[0, 2], to_work[1, 2]
-    for y0, y1, x0, x1 in boxes:
-        r0, r1 = int(np.floor(y0 * sy + ty)), int(np.ceil(y1 * sy + ty))
-        c0, c1 = int(np.floor(x0 * sx + tx)), int(np.ceil(x1 * sx + tx))
-        mask[max(0, r0) : r1, max(0, c0) : c1] = True
-    return mask
+    return polygon_mask(shape, map_points(to_work, panel_corners((x0, y0, x1, y1))))

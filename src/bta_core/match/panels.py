@@ -90,6 +90,14 @@ def find_panels(image: np.ndarray) -> list[Box]:
     if spread <= 0:
         return []
     tol = GUTTER_TOLERANCE * spread
+    # one picture, at once: a first cut needs a one-colour row or column right across it
+    # (tested on every 4th pixel: a line of one colour is one colour there too)
+    rows, cols = img[:, ::4], img[::4]
+    if not (
+        ((rows.max(1) - rows.min(1)).max(-1) <= tol).any()
+        or ((cols.max(0) - cols.min(0)).max(-1) <= tol).any()
+    ):
+        return []
 
     def cut(box: Box, axis: int, depth: int) -> list[Box]:
         y0, y1, x0, x1 = box

@@ -56,10 +56,7 @@ def image_descriptors(rgb: np.ndarray, mirrored: bool) -> tuple[np.ndarray, np.n
         if mirrored:
             flipped = np.ascontiguousarray(g[:, ::-1])
             mirrors.append(strongest_root_sift(flipped, DESCRIPTORS_PER_IMAGE))
-    desc = np.concatenate(descs) if len(descs) > 1 else descs[0]
-    if not mirrored:
-        return desc, None
-    return desc, np.concatenate(mirrors) if len(mirrors) > 1 else mirrors[0]
+    return np.concatenate(descs), np.concatenate(mirrors) if mirrored else None
 
 
 class TooManyDescriptors(RuntimeError):
