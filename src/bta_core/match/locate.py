@@ -13,6 +13,7 @@ import numpy as np
 from ..runtime import ProgressFn, StopFn, check_cancel
 from .correlation import correlation_candidates, refine_shift
 from .edits import LocalEdits, local_edits
+from .graphics import graphics_mask
 from .heatmaps import full_size_heatmaps, grid_shape, tile_heatmaps
 from .keypoints import (
     Candidate,
@@ -365,11 +366,18 @@ def match_images(
     panels = (find_panels(a), find_panels(b))  # once: both checks below need them
     panel = None
     if found.best is not None:
-        holds, shared = content_check(panels, found, _accept)
-        if not holds:
-            found.best = None  # figures aligned on their gutters and labels: try their panels
-        elif shared is not None:
-            panel = (found.best, shared)  # figures sharing one panel: the match is that panel's
+        graphics = (graphics_mask(a, found.work_a), graphics_mask(b, found.work_b))
+        # the first accepted candidate that holds on content (figures aligned on their gutters
+        # and labels are not), else none: then their panels are tried one by one
+        tried, found.best = found.best, None
+        for cand in [tried, *(c for c in found.cands if c is not tried and _accept(c))]:
+            found.best = cand
+            holds, shared = content_check(panels, graphics, found, _accept)
+            if holds:
+                if shared is not None:  # figures sharing one panel: the match is that panel's
+                    panel = (cand, shared)
+                break
+            found.best = None
     if found.best is None:  # a panel of a composite figure may match on its own
         panel = search_panels(
             (a, b),
@@ -377,6 +385,7 @@ def match_images(
             panels,
             found,
             lambda ga, gb: _search(ga, gb, max_side, seed, use_correlation, should_stop),
+            _accept,
         )
     progress(2, "correlation")
     best, cands, to_a, to_b = found.best, found.cands, found.to_a, found.to_b

@@ -16,15 +16,23 @@ import numpy as np
 from scipy.ndimage import binary_erosion
 
 from .edits import LocalEdits, local_edits
+from .graphics import graphics_mask
 from .keypoints import Candidate, check_alignment, coarse_agreement
 from .panels import Box
 from .params import EXACT_NCC
 from .prepare import common_scale, to_grey
-from .transform import image_corners, map_points, polygon_mask
+from .transform import image_corners, map_points, polygon_mask, warp_image
 
 EDGE_MARGIN = 12
 """Working pixels inside a panel's border left out of the content check (the band-pass's
 sigma-4 blur carries a gutter's edge about this far)."""
+CONTENT_NCC = 0.5
+"""Pixel agreement (band-passed correlation) a whole-image match must keep on the content left
+once panel borders and graphics are set aside (a re-saved figure keeps 0.9, unrelated figures
+of one template 0.45 at most, docs/match.md) ..."""
+CONTENT_KEEP = 0.85
+"""... unless it keeps this share of the whole overlap's agreement: a blurred copy of a
+picture with a few saturated (white) specks agrees 0.47 with or without them."""
 PANEL_MIN_COVER = 0.5
 """A panel's match must cover at least this share of the panel: a reused panel is copied
 mostly whole, while a panel letter or label box shared with the other figure covers a sliver."""
@@ -121,24 +129,34 @@ def search_panels(
     panels: tuple[list[Box], list[Box]],
     whole: Any,
     search: Callable[[np.ndarray, np.ndarray], Any],
+    accept: Callable[[Candidate], bool],
 ) -> tuple[Candidate, dict] | None:
     """Each panel of a composite figure (``panels``: A's and B's, from ``find_panels``; B's
-    tried first) against the other image as a whole (``greys``: A's and B's whole working
-    greys). The best accepted candidate, moved into the whole images' working frame
-    (``whole``), and the panel ``{"image": "a"|"b", "box": [x0, y0, x1, y1]}``."""
+    tried first) against the other image as a whole (``images``: A and B as float RGB;
+    ``greys``: their whole working greys). The best accepted candidate that also holds off the
+    graphics (``content_check``), moved into the whole images' working frame (``whole``), and
+    the panel ``{"image": "a"|"b", "box": [x0, y0, x1, y1]}``."""
     best: tuple[Candidate, dict] | None = None
     inv = np.linalg.inv
-    for side, image, other, boxes in (
-        ("b", images[1], greys[0], panels[1]),
-        ("a", images[0], greys[1], panels[0]),
+    for side, image, whole_image, other, boxes in (
+        ("b", images[1], images[0], greys[0], panels[1]),
+        ("a", images[0], images[1], greys[1], panels[0]),
     ):
+        drawn_other = None  # the other image's graphics, at the working size of its search
         for y0, y1, x0, x1 in boxes:
-            grey = np.clip(to_grey(image[y0:y1, x0:x1], clip=False), 0, 1)  # its own stretch
+            crop = image[y0:y1, x0:x1]
+            grey = np.clip(to_grey(crop, clip=False), 0, 1)  # its own stretch
             pair = (other, grey) if side == "b" else (grey, other)
             s = search(*pair)
             c = s.best
             if c is None or not _covers_the_panel(c, side, s.work_b if side == "b" else s.work_a):
                 continue
+            work_crop, work_other = (s.work_b, s.work_a) if side == "b" else (s.work_a, s.work_b)
+            if drawn_other is None or drawn_other.shape != work_other[:2]:
+                drawn_other = graphics_mask(whole_image, work_other)
+            drawn = (drawn_other, graphics_mask(crop, work_crop))
+            if not content_check(([], []), drawn if side == "b" else drawn[::-1], s, accept)[0]:
+                continue  # the panel's label and the other figure's agree, not its picture
             if best is not None and c.ncc <= best[0].ncc:
                 continue
             t = _offset(x0, y0)
@@ -154,35 +172,46 @@ def search_panels(
 
 
 def content_check(
-    panels: tuple[list[Box], list[Box]], found: Any, accept: Callable[[Candidate], bool]
+    panels: tuple[list[Box], list[Box]],
+    graphics: tuple[np.ndarray, np.ndarray],
+    found: Any,
+    accept: Callable[[Candidate], bool],
 ) -> tuple[bool, dict | None]:
-    """Whether a whole-image match of figures still holds on their panels alone, and the one
-    panel it holds on when the figures share only that one.
+    """Whether a whole-image match still holds on the pictures' content, and the one panel it
+    holds on when two figures share only that one.
 
-    Two figures laid out alike (panels of one size, a caption with a label at one place) line
-    up their gutters' edges and labels under the identity, and those sharp edges can carry the
-    whole overlap's correlation although no panel content is shared. The accepted candidate is
-    checked again on the pixels inside panels (A's, and B's mapped into A), then panel by
-    panel: when one panel of several agrees, the match is that panel's (``{"image", "box"}``),
-    so its masks and local edits leave the other panels out. Images without panels keep their
-    match as it is: ``(True, None)``. ``panels``: A's and B's (``find_panels``)."""
+    Two figures made alike (panels of one size, a label in each panel's corner, one caption)
+    line up their gutters, labels and type under the identity, and those sharp edges can carry
+    a whole match although no picture is shared. The accepted candidate is checked again on
+    A's pixels that are inside panels (A's, and B's mapped into A) and off both images'
+    graphics (``graphics``: ``graphics.graphics_mask`` of A and B at working size), then panel
+    by panel: when one panel of several agrees, the match is that panel's
+    (``{"image", "box"}``), so its masks and local edits leave the other panels out. A match
+    on images without panels or graphics is kept as it is: ``(True, None)``.
+    ``panels``: A's and B's (``find_panels``)."""
     panels_a, panels_b = panels
-    if not panels_a and not panels_b:
-        return True, None
     c = found.best
     ha, hb = found.bandpassed
-    to_a_work = c.matrix @ found.to_b  # full-size B -> working A
-    masks_a = [_polygon_of(box, found.to_a, ha.shape) for box in panels_a]
-    masks_b = [_polygon_of(box, to_a_work, ha.shape) for box in panels_b]
-    region = np.ones(ha.shape, dtype=bool)
-    if masks_a:
-        region &= np.logical_or.reduce(masks_a)
-    if masks_b:
-        region &= np.logical_or.reduce(masks_b)
+    moved, valid = warp_image(graphics[1].astype(np.float32), np.linalg.inv(c.matrix), ha.shape)
+    drawn = graphics[0] | ((moved >= 0.5) & valid)
+    if not panels_a and not panels_b:
+        if not (drawn & valid).any():
+            return True, None
+        region = np.ones(ha.shape, dtype=bool)
+    else:
+        to_a_work = c.matrix @ found.to_b  # full-size B -> working A
+        masks_a = [_polygon_of(box, found.to_a, ha.shape) for box in panels_a]
+        masks_b = [_polygon_of(box, to_a_work, ha.shape) for box in panels_b]
+        region = np.ones(ha.shape, dtype=bool)
+        if masks_a:
+            region &= np.logical_or.reduce(masks_a)
+        if masks_b:
+            region &= np.logical_or.reduce(masks_b)
+        # off the panels' borders too: the band-pass spreads a gutter's edge this far inside
+        region = binary_erosion(region, iterations=EDGE_MARGIN)
+    region &= ~drawn
 
     def holds(part: np.ndarray) -> bool:
-        # off the panels' borders too: the band-pass spreads a gutter's edge this far inside
-        part = binary_erosion(part, iterations=EDGE_MARGIN)
         if part.sum() < 64:
             return False
         check = Candidate(c.matrix, c.method, c.inliers, c.matches, c.pts_a, c.pts_b)
@@ -190,18 +219,19 @@ def content_check(
         check_alignment(ha, hb, check)  # the overlap figures of the whole ...
         check_alignment(ha, hb, check, part)  # ... the agreement of these pixels
         coarse_agreement(*found.lowpassed, check, part)
-        return accept(check)
+        # enough agreement left, or as much as the whole overlap had: graphics did not carry it
+        return check.ncc >= min(CONTENT_NCC, CONTENT_KEEP * c.ncc) and accept(check)
 
-    if not holds(region):
-        return False, None
+    whole = holds(region)
+    if not panels_a and not panels_b:
+        return whole, None
     side, boxes, masks = ("a", panels_a, masks_a) if len(panels_a) > 1 else ("b", panels_b, masks_b)
-    if len(boxes) < 2:
-        return True, None
-    agree = [k for k, m in enumerate(masks) if holds(m & region)]
-    if len(agree) != 1:
-        return True, None
-    y0, y1, x0, x1 = boxes[agree[0]]
-    return True, {"image": side, "box": [x0, y0, x1, y1]}
+    if len(boxes) >= 2:  # one panel agreeing while the others differ: that panel is the match
+        agree = [k for k, m in enumerate(masks) if holds(m & region)]
+        if len(agree) == 1:
+            y0, y1, x0, x1 = boxes[agree[0]]
+            return True, {"image": side, "box": [x0, y0, x1, y1]}
+    return whole, None
 
 
 def _polygon_of(box: Box, to_work: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -1,0 +1,60 @@
+"""Figure graphics: what a figure adds to its pictures (labels, captions, gutters), not content.
+
+Two figures made with one template share their graphics: an "A" in a white box at each panel's
+corner, a white gutter, a caption in black type. Those are sharp, high-contrast and identical,
+so they line up under the identity and can carry a keypoint match and its pixel agreement
+although no picture is shared. Graphics are drawn in pure white, and in pure black on white
+(type on a label or caption), which microscope pictures rarely are (a fluorescence picture's
+black background is not near white, so it stays content). ``graphics_mask`` marks them at the
+matcher's working size, grown by the band-pass's reach, so ``panel_search.content_check`` can
+ask whether a match still holds on the rest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import binary_dilation
+
+WHITE = 0.98
+"""Grey level (0-1) from which a pixel is white, as graphics are drawn."""
+BLACK = 0.02
+"""Grey level up to which a pixel is black: graphics when near white (type on a label)."""
+NEAR_WHITE = 4
+"""Full-size pixels from white within which black counts as type on a label or caption."""
+FLAT = 3
+"""Half-width (full-size pixels) of the square that must be all black for black to be flat."""
+REACH = 6
+"""Working pixels the mask is grown by: the band-pass (sigma 4) spreads an edge this far."""
+
+
+def graphics_mask(rgb: np.ndarray, work_shape: tuple[int, ...]) -> np.ndarray:
+    """Working-size mask (``work_shape``) of the graphics of ``rgb`` (full size, its own levels
+    in 0-1, not contrast-stretched: a stretch saturates the brightest cells too): white in every
+    channel, and black in every channel near white; a working pixel is marked when any
+    full-size pixel under it is."""
+    import cv2
+
+    chans = [rgb[..., c] for c in range(rgb.shape[-1])] if rgb.ndim == 3 else [rgb]
+    white = np.logical_and.reduce([c >= WHITE for c in chans])  # per channel: fast
+    if not white.any():
+        return np.zeros(work_shape[:2], dtype=bool)
+    dark = np.logical_and.reduce([c <= BLACK for c in chans]).view(np.uint8)
+
+    def square(r: int) -> np.ndarray:
+        return np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+
+    near = cv2.dilate(white.view(np.uint8), square(NEAR_WHITE))
+    # a figure that has graphics draws its black gutters and bands flat: black whose whole
+    # neighbourhood is black (not a dark picture's noisy background, nor its darkest cells)
+    flat = cv2.dilate(cv2.erode(dark, square(FLAT)), square(FLAT))
+    marked = white | ((dark & near) | flat).astype(bool)
+    h, w = work_shape[:2]
+    big_h, big_w = white.shape
+    # any-pooling by an integral image: each working pixel covers a block of full-size pixels
+    y0 = (np.arange(h) * big_h) // h
+    y1 = np.maximum(y0 + 1, ((np.arange(h) + 1) * big_h + h - 1) // h)
+    x0 = (np.arange(w) * big_w) // w
+    x1 = np.maximum(x0 + 1, ((np.arange(w) + 1) * big_w + w - 1) // w)
+    total = np.pad(marked, ((1, 0), (1, 0))).cumsum(0, dtype=np.int64).cumsum(1)
+    count = total[y1][:, x1] - total[y0][:, x1] - total[y1][:, x0] + total[y0][:, x0]
+    return binary_dilation(count > 0, iterations=REACH)
