@@ -317,50 +317,63 @@ class ComparePanel(Panel):
         """Score the selected layers and assess the best-ranked pair (or ``pair``).
 
         With ``pair`` after an earlier run, the scores are kept and only that pair is assessed.
+        A new comparison clears the last one's table and verdict at once: cancelled or failed,
+        it leaves none standing for a click to combine with the new layers.
         """
         from napari.utils.notifications import show_error
 
-        matrix = None
+        if self.controls.busy:
+            return None
+        matrix, items = None, self.items
         if pair is None or self.result is None:
             names = list(self._layers.value)
             try:
-                self.items = layer_items(
+                items = layer_items(
                     [self._viewer.layers[n] for n in names], self._viewer.dims.point
                 )
             except Exception as exc:
                 show_error(f"Cannot compare these layers: {exc}")
                 return None
-            if len(self.items) < 2:
+            if len(items) < 2:
                 show_error("Choose two or more image layers, or one layer with several planes")
                 return None
             pair = None
         else:
             matrix = self.result.matrix
-        return self.controls.start(
+        worker = self.controls.start(
             compare_job,
             MODEL.model,
-            self.items,
+            items,
             pair,
             matrix,
             checkpoint=MODEL.source,
-            on_return=self._show,
+            on_return=lambda result: self._show(result, items),
         )
+        if worker is not None and matrix is None:
+            self._clear_results()
+        return worker
+
+    def _clear_results(self) -> None:
+        """Forget the last comparison: its items, scores, table and verdict."""
+        self.items, self.result = [], None
+        self._table.value = {"data": [], "index": [], "columns": []}
+        self._verdict.value = ""
 
     def _cell_clicked(self, row: int, col: int) -> None:
         if self.result is not None and row != col and not self.controls.busy:
             self.run(pair=(min(row, col), max(row, col)))
 
-    def _show(self, result: CompareResult) -> None:
+    def _show(self, result: CompareResult, items: list[Item]) -> None:
         from napari.utils.notifications import show_info
 
         adopt_default(result.loaded_model)
         result.loaded_model = None
-        self.result = result
+        self.items, self.result = items, result  # always set together
         self._fill_table(result)
         i, j = result.pair
         names = (result.names[i], result.names[j])
         self._verdict.value = verdict_text(names, result.decision, result.threshold, result.match)
-        a, b = self.items[i].source(), self.items[j].source()
+        a, b = items[i].source(), items[j].source()
         prov = provenance(names, result.decision, result.checkpoint)
         ops, notes = plan_pair(self._viewer, "compare", a, b, result.match, result.aligned, prov)
         self.layer_updates.run(ops)

@@ -24,6 +24,7 @@ from ._layers import (
     overlaps,
     placement,
     remove_group,
+    updatable,
     upsert_layer,
 )
 
@@ -142,7 +143,11 @@ def plan_pair(
         meta = {META_KEY: {**provenance, "tool": tool, "overlay": True, "image": a.name}}
         kwargs.update(rgb=rgb, opacity=0.6, contrast_limits=(0.0, 1.0), metadata=meta)
         planned.append((f"BTA aligned: {b.name} -> {a.name}", lift(arr, lead), "image", kwargs))
-    keep = [name for name, *_ in planned] + _sources(tool, a, b)
+    keep = [  # what upsert_layer cannot update in place goes in the one batched removal
+        name
+        for name, data, kind, kw in planned
+        if name in viewer.layers and updatable(viewer.layers[name], data, kind, kw)
+    ] + _sources(tool, a, b)
     ops: list[Callable[[], Any]] = [lambda: remove_group(viewer, tool, keep=keep)]
     ops += [
         partial(upsert_layer, viewer, name, data, kind, **kw) for name, data, kind, kw in planned

@@ -160,11 +160,31 @@ class Panel(QScrollArea):
         self._closers.append(fn)
 
     def connect_layer_events(self, callback: Callable[..., None]) -> None:
-        """Call ``callback`` when layers are added, removed or moved (disconnected on close)."""
+        """Call ``callback`` when layers are added, removed, moved or renamed (disconnected on
+        close), so a panel's layer choices follow the layer list."""
         events = self._viewer.layers.events
         for name in ("inserted", "removed", "moved"):
             getattr(events, name).connect(callback)
             self.on_close(lambda name=name: getattr(events, name).disconnect(callback))
+
+        def follow(event: Any) -> None:
+            event.value.events.name.connect(callback)
+
+        def unfollow(event: Any) -> None:
+            event.value.events.name.disconnect(callback)
+
+        for layer in self._viewer.layers:
+            layer.events.name.connect(callback)
+        events.inserted.connect(follow)
+        events.removed.connect(unfollow)
+
+        def stop_following() -> None:
+            events.inserted.disconnect(follow)
+            events.removed.disconnect(unfollow)
+            for layer in self._viewer.layers:
+                layer.events.name.disconnect(callback)
+
+        self.on_close(stop_following)
 
     def shutdown(self) -> bool:
         """Stop the work and wait for it; returns True when nothing is left running."""

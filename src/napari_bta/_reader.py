@@ -16,6 +16,8 @@ import numpy as np
 
 SUFFIXES = (".tif", ".tiff")
 LayerData = tuple[Any, dict, str]
+RGB_COLOURS = ("red", "green", "blue", "gray")
+"""Colours of the channels of an RGB(A) image that napari cannot show as RGB (not 8-bit)."""
 
 # ResolutionUnit tag values -> micrometres per unit (TIFF 6.0: 2 = inch, 3 = centimetre).
 _UNIT_UM = {"um": 1.0, "µm": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}
@@ -134,6 +136,23 @@ def _channel_names(tif: Any) -> list[str] | None:
     return [str(n) for n in labels] if labels else None
 
 
+def _per_channel(names: list[str] | None, n: int) -> list[str] | None:
+    """``n`` channel names from the file's names: as given, or the first ``n`` when ImageJ
+    labels every plane (``['DAPI', 'GFP', 'DAPI', 'GFP', ...]`` for Z x C planes)."""
+    if not names or len(names) % n:
+        return None
+    first = names[:n]
+    return first if names == first * (len(names) // n) else None
+
+
+def _is_photometric_rgb(tif: Any) -> bool:
+    """Whether the first page stores its samples as RGB (not separate grey channels)."""
+    try:
+        return int(tif.pages[0].photometric) == 2  # TIFF 6.0: PhotometricInterpretation RGB
+    except Exception:
+        return False
+
+
 def _resolution_scale(tif: Any) -> dict[str, float]:
     """Pixel size (micrometres) from ImageJ metadata or the X/YResolution tags."""
     page = tif.pages[0]
@@ -182,9 +201,11 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
         data, raw_axes = read_first_stack(path, tif)
         axes = resolve_axes(raw_axes, data.shape)
         sizes, names = _metadata(tif)
+        photometric_rgb = _is_photometric_rgb(tif)
     if data.ndim < 2 or data.size == 0:
         raise ValueError(f"{path}: no 2-D image in the file (shape {data.shape})")
     rgb = "S" in axes and data.shape[axes.index("S")] in (3, 4) and data.dtype == np.uint8
+    samples_rgb = "S" in axes and not rgb and "C" not in axes and photometric_rgb
     if "S" in axes and not rgb:  # samples that are not RGB: channels (or one more slider)
         spare = "C" if "C" not in axes else next(a for a in "QRUVW" if a not in axes)
         axes = axes.replace("S", spare)
@@ -207,8 +228,7 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
     if "C" in axes and data.shape[axes.index("C")] > 1:
         c_axis = axes.index("C")
         n = data.shape[c_axis]
-        if not names or len(names) != n:
-            names = [f"ch{i}" for i in range(n)]
+        names = _per_channel(names, n) or [f"ch{i}" for i in range(n)]
         del scale[spatial.index("C")]
         del kwargs["axis_labels"][spatial.index("C")]
         if "units" in kwargs:
@@ -220,6 +240,8 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
             metadata=[{**meta, "channel": i} for i in range(n)],
         )
         kwargs.pop("rgb")
+        if samples_rgb and n in (3, 4):  # a 16-bit or float RGB image: its channels in colour
+            kwargs["colormap"] = list(RGB_COLOURS[:n])
     else:
         if "C" in axes:
             data = np.take(data, 0, axis=axes.index("C"))

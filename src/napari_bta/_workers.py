@@ -154,7 +154,16 @@ class WorkError(Exception):
 
     superqt treats a ``RuntimeError`` from a worker as "the Qt object was deleted": it only warns
     and emits neither ``errored`` nor ``finished``, which would leave the panel busy forever.
+    The original error is its ``__cause__``.
     """
+
+
+def is_input_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the error a ``WorkError`` carries) names a bad input
+    (``bta_core.runtime.INPUT_ERRORS``): its message says it all, so it is logged as one line."""
+    if isinstance(exc, WorkError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return isinstance(exc, INPUT_ERRORS)
 
 
 class StoppableWorker(GeneratorWorker):
@@ -232,10 +241,14 @@ class WorkerControls:
         *args: Any,
         on_return: Callable[[Any], None] | None = None,
         on_cancel: Callable[[Cancelled], None] | None = None,
+        on_yield: Callable[[Any], None] | None = None,
         description: str | None = None,
         **kwargs: Any,
     ) -> StoppableWorker | None:
-        """Start ``gen_fn(*args, stop=..., **kwargs)`` in a thread worker (None while busy)."""
+        """Start ``gen_fn(*args, stop=..., **kwargs)`` in a thread worker (None while busy).
+
+        ``on_yield`` gets what the work yields besides ``Progress`` (a partial result to show).
+        """
         if self.busy or self.closed:
             return None
         what = description or self.description
@@ -250,7 +263,13 @@ class WorkerControls:
         self.bar.min, self.bar.max, self.bar.value = 0, 0, 0  # busy indicator until a total
 
         def yielded(item: Any) -> None:
-            if not isinstance(item, Progress) or item.total <= 0 or self.worker is not worker:
+            if self.worker is not worker or self.closed:
+                return
+            if not isinstance(item, Progress):
+                if on_yield is not None:
+                    on_yield(item)
+                return
+            if item.total <= 0:
                 return
             self.bar.max = item.total
             self.bar.value = min(item.step, item.total)
@@ -280,7 +299,7 @@ class WorkerControls:
                 return
             from napari.utils.notifications import show_error
 
-            if isinstance(exc, INPUT_ERRORS):  # a bad file or value: its message says it all
+            if is_input_error(exc):  # a bad file or value: its message says it all
                 LOG.warning("%s failed: %s", what, exc)
             else:  # a bug: keep the traceback for the report
                 LOG.error("%s failed", what, exc_info=(type(exc), exc, exc.__traceback__))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from napari_bta._state import MODEL
@@ -27,8 +29,12 @@ def test_model_panel_loads_checkpoint_and_shows_device(
     assert panel._info.value == "No model loaded"
 
 
+def _panel_logs(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "napari_bta" and "failed" in r.getMessage()]
+
+
 def test_model_panel_reports_a_bad_checkpoint(
-    make_napari_viewer, qtbot, open_panel, tmp_path, monkeypatch
+    make_napari_viewer, qtbot, open_panel, tmp_path, monkeypatch, caplog
 ):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not a checkpoint")
@@ -42,6 +48,26 @@ def test_model_panel_reports_a_bad_checkpoint(
     assert MODEL.model is None and "failed" in panel._status.value
     assert errors and "broken.safetensors" in errors[0]
     assert panel._load.enabled
+    # a bad input (CheckpointError, a RuntimeError the worker re-raises as WorkError) is logged
+    # as one line, like the CLI prints it: no traceback
+    [record] = _panel_logs(caplog)
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "broken.safetensors" in record.getMessage()
+
+
+def test_model_panel_logs_a_bug_with_its_traceback(
+    make_napari_viewer, qtbot, open_panel, monkeypatch, caplog
+):
+    def broken(*_args, **_kwargs):
+        raise KeyError("a bug, not a bad input")
+
+    monkeypatch.setattr("napari_bta._model_panel.load_model", broken)
+    monkeypatch.setattr("napari.utils.notifications.show_error", lambda *_: None)
+    panel = open_panel(make_napari_viewer(), "Model")
+    assert panel.load(None) is not None
+    qtbot.waitUntil(lambda: not panel.controls.busy, timeout=60_000)
+    [record] = _panel_logs(caplog)
+    assert record.levelno == logging.ERROR and record.exc_info is not None
 
 
 @pytest.mark.parametrize("value", ["", "."])

@@ -221,3 +221,42 @@ def test_z_slider_is_labelled_z(tmp_path, read_rgb, bccd_images, make_napari_vie
     viewer = make_napari_viewer()
     viewer.open(str(path), plugin="napari-bta")
     assert viewer.dims.nsteps[0] == 12 and viewer.dims.axis_labels[0] == "Z"
+
+
+def test_imagej_labels_per_plane_name_the_channels(tmp_path, bccd_images, dsb_images, read_rgb):
+    """ImageJ labels every plane of a hyperstack (Z*C labels, repeating per Z): the channels
+    are named from the first C labels, not ch0/ch1."""
+    data = _stack_16bit(read_rgb, bccd_images, dsb_images)  # Z=2, C=3
+    path = tmp_path / "labelled.tif"
+    labels = ["DAPI", "GFP", "RFP"] * 2
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZCYX", "Labels": labels})
+    with tifffile.TiffFile(path) as tif:
+        assert tif.imagej_metadata["Labels"] == labels
+    [(_, kwargs, _)] = napari_get_reader(str(path))(str(path))
+    assert kwargs["name"] == ["labelled [DAPI]", "labelled [GFP]", "labelled [RFP]"]
+    # labels that differ per plane do not name channels
+    other = tmp_path / "per_plane.tif"
+    planes = [f"z{z} c{c}" for z in range(2) for c in range(3)]
+    tifffile.imwrite(other, data, imagej=True, metadata={"axes": "ZCYX", "Labels": planes})
+    [(_, kwargs, _)] = napari_get_reader(str(other))(str(other))
+    assert kwargs["name"] == ["per_plane [ch0]", "per_plane [ch1]", "per_plane [ch2]"]
+
+
+def test_16bit_rgb_tiff_opens_as_red_green_blue_channels(
+    tmp_path, read_rgb, bccd_images, make_napari_viewer
+):
+    """napari shows only 8-bit RGB as RGB: a 16-bit RGB TIFF opens as three channel layers,
+    coloured red, green and blue (napari's default cyan/magenta/yellow mixed into wrong
+    colours); a 16-bit grey stack keeps napari's colours."""
+    stack = _real_stack(read_rgb, bccd_images)
+    path = tmp_path / "rgb16.tif"
+    tifffile.imwrite(path, np.moveaxis(stack, 0, -1), photometric="rgb")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin="napari-bta")
+    assert [ly.colormap.name for ly in layers] == ["red", "green", "blue"]
+    for c, layer in enumerate(layers):
+        np.testing.assert_array_equal(np.asarray(layer.data), stack[c])
+    grey = tmp_path / "grey16.tif"
+    tifffile.imwrite(grey, stack, photometric="minisblack")
+    [(_, kwargs, _)] = napari_get_reader(str(grey))(str(grey))
+    assert "colormap" not in kwargs

@@ -80,3 +80,26 @@ def test_short_names_keep_their_distinct_end():
     frames = [short(f"usiigaci_T98G_timelapse_t{k:02d}.png", 14) for k in (2, 4)]
     assert frames[0] != frames[1]
     assert short("fig1.png", 14) == "fig1.png"
+
+
+def test_layer_choices_follow_renamed_layers(make_napari_viewer, open_panel):
+    """Renaming a layer in the layer list renames it in the Compare and Train choices (they
+    offered the old names, and choosing one failed with "'Image' is not in list")."""
+    import numpy as np
+
+    viewer = make_napari_viewer()
+    first = viewer.add_image(np.zeros((32, 32)), name="Image")
+    n_callbacks = len(first.events.name.callbacks)
+    compare, train = open_panel(viewer, "Compare"), open_panel(viewer, "Train")
+    later = viewer.add_image(np.zeros((32, 32)), name="Image [1]")  # added after they opened
+    viewer.layers["Image"].name = "Fig2A"
+    later.name = "Fig5C"
+    for panel in (compare, train):
+        assert panel._layers.choices == ("Fig2A", "Fig5C")
+    compare._layers.value = ["Fig2A", "Fig5C"]
+    removed = viewer.layers.pop(1)
+    removed.name = "gone"  # a removed layer is no longer followed
+    assert compare._layers.choices == ("Fig2A",)
+    for panel in (compare, train):  # a closed panel stops following
+        viewer.window.remove_dock_widget(panel)
+    assert len(first.events.name.callbacks) == n_callbacks
