@@ -486,3 +486,22 @@ def test_a_keypoint_match_on_a_sliver_of_both_images_needs_many_keypoints():
     assert not _accept(cand(8, 0.05, 0.05))  # the letter strip
     assert _accept(cand(8, 0.05, 0.95))  # a small crop of a large image
     assert _accept(cand(30, 0.05, 0.05))  # a small shared region with many keypoints
+
+
+@pytest.mark.parametrize(("wider", "turn"), [(1.2, 0), (1 / 1.33, 1)])
+def test_a_stretched_copy_is_found_and_named(bccd_images, wider, turn):
+    """A picture dragged wider (or taller) in figure software: a similarity fit kept only a
+    band of it and nothing was found, even at 10 % (0 of 12 real pictures at 1.1-1.5x)."""
+    from skimage.transform import resize
+
+    a = load_image(bccd_images[7])
+    h, w = a.shape[:2]
+    b = np.rot90(resize(a, (h, round(w * wider)), anti_aliasing=True), turn).astype(np.float32)
+    r = match_images(a, np.ascontiguousarray(b), heatmaps=False)
+    assert r.transform is not None, r.info
+    assert r.transform.dihedral == ("identity", "rot90")[turn]
+    assert r.transform.stretch == pytest.approx(wider if not turn else 1 / wider, rel=0.03)
+    word = "wider" if r.transform.stretch > 1 else "taller"
+    assert f"stretched {max(wider, 1 / wider):.2f}x {word}" in r.transform.describe()
+    assert min(r.overlap_a, r.overlap_b) > 0.9
+    assert r.local_edits is None or not r.local_edits.cells

@@ -1,4 +1,5 @@
-"""OpenCV keypoint backend (the default): SIFT detection and a RANSAC similarity fit.
+"""OpenCV keypoint backend (the default): SIFT detection and a RANSAC similarity fit (or a
+stretch, when a picture's aspect ratio was changed).
 
 Same contracts as the scikit-image path (``(N, 2)`` keypoints as ``(x, y)`` plus ``(N, 128)``
 descriptors; a 3x3 B -> A similarity matrix with its inlier points), so the rest of the matcher
@@ -16,6 +17,14 @@ RATIO = 0.85
 RANSAC_PX = 3.0
 RANSAC_ITERS = 2000
 SCALE_RANGE = (1 / 8, 8)
+MIN_STRETCH = 0.03
+"""Relative difference of the two axis scales from which a fit counts as a stretch."""
+MAX_STRETCH = 2.0
+"""Largest ratio of the axis scales taken for a stretch (beyond it, a chance consensus)."""
+STRETCH_GAIN = 1.5
+STRETCH_MIN_GAIN = 8
+"""A stretch replaces the similarity when it holds this many times its inliers, and at least
+this many more."""
 MAX_KEYPOINTS = 1500
 """Strongest keypoints kept per image (bounds the descriptor matching cost on dense textures)."""
 SPARSE = 100
@@ -112,13 +121,48 @@ def fit(
         confidence=0.995,
         refineIters=10,
     )
-    if m is None or inl is None:
-        return None
-    inl = inl.ravel().astype(bool)
-    if inl.sum() < 3:
-        return None
-    scale = float(np.hypot(m[0, 0], m[1, 0]))
-    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+    if m is not None and inl is not None:
+        inl = inl.ravel().astype(bool)
+        scale = float(np.hypot(m[0, 0], m[1, 0]))
+        if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+            m = None
+    if m is None or inl is None or inl.sum() < 3:
+        m, inl = None, np.zeros(len(src), dtype=bool)
+    stretched = _stretched_fit(src, dst, int(inl.sum()))
+    if stretched is not None:
+        m, inl = stretched
+    if m is None:
         return None
     matrix = np.vstack([m.astype(np.float64), [0.0, 0.0, 1.0]])
     return matrix, dst[inl], src[inl], len(pairs)
+
+
+def _stretched_fit(
+    src: np.ndarray, dst: np.ndarray, similar: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A RANSAC affine fit B -> A when it is a stretch (B's aspect ratio changed, as when a
+    figure panel is dragged wider) that holds clearly more correspondences than the similarity
+    (``similar`` inliers); else None. A 10 % stretch of a 600 px picture already puts its far
+    side 30 px off any similarity, which then keeps only a band of it."""
+    cv2 = _cv2()
+    m, inl = cv2.estimateAffine2D(
+        src.astype(np.float32),
+        dst.astype(np.float32),
+        method=cv2.RANSAC,
+        ransacReprojThreshold=RANSAC_PX,
+        maxIters=RANSAC_ITERS,
+        confidence=0.995,
+        refineIters=10,
+    )
+    if m is None or inl is None:
+        return None
+    inl = inl.ravel().astype(bool)
+    n = int(inl.sum())
+    if n < max(STRETCH_GAIN * similar, similar + STRETCH_MIN_GAIN):
+        return None
+    sv = np.linalg.svd(m[:, :2], compute_uv=False)
+    if sv[1] <= 0 or not 1 + MIN_STRETCH <= sv[0] / sv[1] <= MAX_STRETCH:
+        return None  # no stretch to speak of (the similarity serves), or no plausible one
+    if not SCALE_RANGE[0] <= float(np.sqrt(sv[0] * sv[1])) <= SCALE_RANGE[1]:
+        return None
+    return m, inl

@@ -10,6 +10,9 @@ import numpy as np
 
 from ..dihedral import D4_NAMES, apply_d4, describe_d4
 
+STRETCH_SHOWN = 0.02
+"""A change of aspect ratio from which ``MatchTransform.describe`` names it."""
+
 
 @dataclass
 class MatchTransform:
@@ -32,16 +35,24 @@ class MatchTransform:
     residual_angle: float
     scale: float
     translation: tuple[float, float]
+    stretch: float = 1.0
+    """B's width / height ratio over that of A's region (1.0: no stretch; 1.2: B is 20 %
+    wider for its height, as when a figure panel was dragged wider, or squeezed in height)."""
 
     @classmethod
     def from_matrix(cls, matrix: np.ndarray) -> MatchTransform:
-        """Decompose a 3x3 similarity (possibly mirrored) matrix B -> A."""
+        """Decompose a 3x3 similarity (possibly mirrored) or stretched (affine) matrix B -> A;
+        the angle is that of the nearest rotation, the scale the mean of the axis scales."""
         m = np.asarray(matrix, dtype=np.float64)
         lin = m[:2, :2]
         flip = bool(np.linalg.det(lin) < 0)
         rot = np.diag([-1.0, 1.0]) @ lin if flip else lin
         scale = float(math.sqrt(abs(np.linalg.det(rot))))
-        angle = float(math.degrees(math.atan2(rot[1, 0], rot[0, 0])))
+        u, _, vt = np.linalg.svd(rot)
+        nearest = u @ vt  # the rotation part (polar decomposition)
+        angle = float(math.degrees(math.atan2(nearest[1, 0], nearest[0, 0])))
+        # A pixels per B pixel along B's x and y axes: their ratio is B's change of aspect
+        per_x, per_y = np.hypot(lin[0, 0], lin[1, 0]), np.hypot(lin[0, 1], lin[1, 1])
         k = int(round(angle / 90.0)) % 4
         residual = (angle - 90.0 * k + 180.0) % 360.0 - 180.0
         return cls(
@@ -53,21 +64,26 @@ class MatchTransform:
             residual_angle=float(residual),
             scale=scale,
             translation=(float(m[0, 2]), float(m[1, 2])),
+            stretch=float(per_y / per_x) if per_x > 0 else 1.0,
         )
 
     def describe(self) -> str:
         """How B looks relative to A in words; a free angle whole: ``"B is A turned 60.0
         degrees counter-clockwise"``, ``"B is A mirrored left-right, then turned 17.0 degrees
         clockwise"``."""
-        words = describe_d4(self.dihedral)
+        stretch = ""
+        if abs(self.stretch - 1.0) >= STRETCH_SHOWN:
+            wider = self.stretch > 1.0
+            factor = self.stretch if wider else 1.0 / self.stretch
+            stretch = f", stretched {factor:.2f}x {'wider' if wider else 'taller'}"
         if abs(self.residual_angle) < 1.0:
-            return words
+            return describe_d4(self.dihedral) + stretch
         # a free turn: the whole angle, -180..180 (positive: counter-clockwise as displayed)
         angle = (self.angle + 180.0) % 360.0 - 180.0
         turn = f"{abs(angle):.1f} degrees {'counter-clockwise' if angle > 0 else 'clockwise'}"
         if self.flip:
-            return f"B is A mirrored left-right, then turned {turn}"
-        return f"B is A turned {turn}"
+            return f"B is A mirrored left-right, then turned {turn}{stretch}"
+        return f"B is A turned {turn}{stretch}"
 
     @property
     def inverse(self) -> np.ndarray:
@@ -83,6 +99,7 @@ class MatchTransform:
             "angle": round(self.angle, 3),
             "residual_angle": round(self.residual_angle, 3),
             "scale": round(self.scale, 5),
+            "stretch": round(self.stretch, 5),
             "translation": [round(v, 2) for v in self.translation],
         }
 
