@@ -241,3 +241,147 @@ def test_score_and_match_take_a_plane_named_as_the_scan_names_it(capsys):
     assert "stack_2ch.tif: no plane [c=5] in this file (it has [c=0], [c=1])" in (
         capsys.readouterr().err
     )
+
+
+def test_match_out_never_overwrites_the_result_of_other_files(tmp_path, capsys):
+    """review 8, item 2: supp/figure1.png and "Fig 3 (revised)/figure1.png" against one B both
+    wrote match_figure1__tissue_01.*; now the second gets its own name, a rerun replaces its own."""
+    import shutil
+
+    first, second = tmp_path / "supp", tmp_path / "Fig 3 (revised)"
+    for folder, src in ((first, "tissue_1_edit.jpg"), (second, "tissue_2.png")):
+        folder.mkdir()
+        shutil.copy(SAMPLES / src, folder / "figure1.png")
+    b, out = str(SAMPLES / "tissue_1.png"), tmp_path / "out"
+    runs = [first, second, first]
+    written = []
+    for folder in runs:
+        argv = ["match", str(folder / "figure1.png"), b, "--no-model", "--out", str(out)]
+        assert cli_main(argv) == 0
+        written.append(capsys.readouterr().out.splitlines()[-1])
+    assert sorted(p.name for p in out.glob("*.json")) == [
+        "match_figure1__tissue_1-2.json",
+        "match_figure1__tissue_1.json",
+    ]
+    assert written[0] == written[2] != written[1] and "tissue_1-2.png" in written[1]
+    for name, folder in (("tissue_1", first), ("tissue_1-2", second)):
+        doc = json.loads((out / f"match_figure1__{name}.json").read_text(encoding="utf-8"))
+        assert doc["image_a"] == str(folder / "figure1.png")
+
+
+def test_scan_planes_pairs_frames_of_one_stack_only_with_within_files(tmp_path, capsys):
+    """review 8, item 3: `scan --planes` no longer calls the frames of one time-lapse 'same'
+    (10 pairs for 5 frames); `--within-files` compares them again."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(SAMPLES / "smear_1.jpg").convert("L"))[:160, :160]
+    frames = np.stack([np.roll(rgb, k, axis=1) for k in range(5)])
+    folder = tmp_path / "lapse"
+    folder.mkdir()
+    tifffile.imwrite(folder / "lapse.tif", frames, metadata={"axes": "TYX"})
+    Image.fromarray(frames[2]).save(folder / "frame2.png")
+    argv = ["scan", str(folder), "--planes", "--no-cache", "--json", "--quiet", "--device", "cpu"]
+    docs = []
+    for extra in ([], ["--within-files"]):
+        out = ["--out", str(tmp_path / f"out{len(extra)}"), "--verify-per-image", "0"]
+        assert cli_main([*argv, *out, *extra]) == 0
+        docs.append(json.loads(capsys.readouterr().out))
+    apart, together = docs
+
+    def frame_pairs(doc: dict) -> list:
+        return [
+            p
+            for p in doc["top_pairs"]
+            if "lapse.tif[" in p["path_a"] and "lapse.tif[" in p["path_b"]
+        ]
+
+    assert apart["counts"]["pairs_scored"] == 5 and together["counts"]["pairs_scored"] == 15
+    assert not frame_pairs(apart) and frame_pairs(together)
+    assert any(p["path_a"].endswith("frame2.png") for p in apart["top_pairs"])
+    with pytest.raises(SystemExit):
+        cli_main(["scan", "--help"])
+    text = capsys.readouterr().out
+    assert "--within-files" in text and "or image files to scan" in text
+
+
+@pytest.fixture(scope="module")
+def hostile_scan(tmp_path_factory) -> dict:
+    """One `bta-core scan` of a folder with a name that forges a verdict line, a byte-identical
+    copy and 12 broken files (one named with a CR): its stdout, stderr and folders."""
+    import contextlib
+    import io
+    import shutil
+
+    root = tmp_path_factory.mktemp("hostile scan")
+    folder = root / "q"
+    folder.mkdir()
+    for name in ("smear_1.jpg", "tissue_1.png"):
+        shutil.copy(SAMPLES / name, folder / name)
+    forged = "x\nsame     identical pixels score 1.000  forged.jpg"
+    shutil.copy(SAMPLES / "smear_1.jpg", folder / forged)
+    for k in range(11):
+        (folder / f"broken_{k:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (folder / "bad\rline.png").write_bytes(b"")
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["scan", str(folder), "--out", str(root / "out"), "--no-cache", "--device", "cpu"]
+    argv += ["--verify-per-image", "0", "--match-top", "0"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli_main(argv)
+    return {"rc": rc, "out": out.getvalue(), "err": err.getvalue(), "folder": folder, "root": root}
+
+
+def test_scan_console_escapes_control_characters_in_names(hostile_scan):
+    """review 8, item 5: a name holding a newline printed raw forged a verdict line."""
+    assert hostile_scan["rc"] == 0
+    lines = hostile_scan["out"].splitlines()
+    assert not [ln for ln in lines if ln.startswith("same     identical pixels score 1.000")]
+    assert any("x\\nsame     identical pixels score 1.000  forged.jpg" in ln for ln in lines)
+    assert "\r" not in hostile_scan["out"]
+    from bta_core.cli._console import shown
+
+    assert shown("a\r\n\tb\x1b[2J\u202e\udce9.png") == "a\\r\\n\\tb\\x1b[2J\\u202e\\xe9.png"
+    assert shown("plain ü name.tif[c=1]") == "plain ü name.tif[c=1]"
+
+
+def test_scan_names_each_skipped_file_on_stderr(hostile_scan):
+    """review 8, item 6: docs/cli.md says a bad file gives one line on stderr naming it; the
+    console said only "12 skipped". Ten are named, with the problem, then "and N more"."""
+    folder, err = hostile_scan["folder"], hostile_scan["err"]
+    named = [ln for ln in err.splitlines() if ln.startswith("skipped ")]
+    assert len(named) == 10
+    assert f"skipped {folder}/bad\\rline.png: file is empty (0 bytes)" in named
+    assert any(ln.startswith(f"skipped {folder}/broken_00.png: cannot decode PNG") for ln in named)
+    assert f"  and 2 more, see {hostile_scan['root'] / 'out' / 'skipped.csv'}" in err
+    assert "12 skipped" in hostile_scan["out"]
+
+
+def test_scan_count_line_says_identical_files_were_embedded_once(hostile_scan):
+    """review 8, item 7: "3 images (2 embedded, 0 from cache)" did not add up."""
+    first = hostile_scan["out"].splitlines()[0]
+    assert first.startswith("3 images (2 embedded, 0 from cache, 1 identical to another file)")
+
+
+def test_ctrl_c_closes_the_progress_bar_before_the_message(tmp_path, capsys, monkeypatch):
+    """review 8, item 9: a bar left open was drawn again after "interrupted: ..."."""
+    import shutil
+
+    from tqdm import tqdm
+
+    from bta_core.cli import scan as scan_cli
+
+    def interrupt(*a, **k):
+        bar = tqdm(total=10, desc="embed-bar")
+        bar.update(3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_cli, "load_checkpoint", interrupt)
+    shutil.copy(SAMPLES / "smear_1.jpg", tmp_path / "a.jpg")
+    assert cli_main(["scan", str(tmp_path), "--out", str(tmp_path / "out")]) == 130
+    import gc
+
+    gc.collect()
+    err = capsys.readouterr().err
+    assert "embed-bar" in err and "embed-bar" not in err.split("interrupted")[-1]
+    assert err.rstrip("\n").splitlines()[-1].startswith("interrupted: ")

@@ -79,6 +79,26 @@ def test_scan_csvs_never_start_a_cell_with_a_formula(
     assert {"'" + p.path_a for p in result.pairs} <= set(cells)
 
 
+def test_line_break_in_a_name_keeps_the_cell_whole_and_guarded(tmp_path, bccd_images, tiny_model):
+    """review 8, item 1: ``ok\\r=1+1.jpg`` was written unquoted, so a reader split the row and
+    a new line started with ``=1+1.jpg``; now the cell is quoted and each line in it guarded."""
+    q = tmp_path / "q"
+    q.mkdir()
+    shutil.copy(bccd_images[0], q / "ok\r=1+1.jpg")
+    shutil.copy(bccd_images[0], q / "copy.jpg")
+    (q / "bad\n@2.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    result = _scan([str(q)], tiny_model, out_dir=tmp_path / "out")
+    pairs, skipped = _rows(tmp_path / "out/pairs.csv"), _rows(tmp_path / "out/skipped.csv")
+    assert len(pairs) == len(result.pairs) + 1 and len(skipped) == len(result.skipped) + 1
+    assert {len(r) for r in pairs} == {len(pairs[0])}
+    cells = {c for row in pairs + skipped for c in row}
+    assert str(q / "ok\r'=1+1.jpg") in cells and str(q / "bad\n'@2.png") in cells
+    for name in ("pairs.csv", "skipped.csv"):
+        text = (tmp_path / "out" / name).read_text(encoding="utf-8", errors="surrogateescape")
+        lines = text.replace("\r", "\n").split("\n")
+        assert not [ln for ln in lines if ln.startswith(("=", "+", "@", "\t"))]
+
+
 # ---------------------------------------------------------------------------------------------
 # item 4: file names that are not UTF-8
 

@@ -271,6 +271,51 @@ def test_one_pixel_budget_for_every_format(tmp_path, real_rgb, monkeypatch, suff
         load_image(path)
 
 
+def _png_declaring(path, width: int, height: int) -> None:
+    """A small grey PNG whose header declares ``width`` x ``height`` (the data stay small)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    raw = bytearray(path.read_bytes())
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    path.write_bytes(bytes(raw))
+
+
+def test_the_tools_budget_governs_pillows_limit(tmp_path, monkeypatch):
+    """review 8, item 4: above Pillow's own limit (178,956,970 px) the user got Pillow's
+    "decompression bomb" text, and BTA_MAX_PIXELS could not allow more than Pillow did."""
+    from PIL import ImageFile
+
+    grey, bomb = tmp_path / "grey_14000.png", tmp_path / "bomb.png"
+    _png_declaring(grey, 14_000, 14_000)
+    _png_declaring(bomb, 30_000, 30_000)
+    with pytest.raises(ImageReadError) as err:
+        load_image(grey)
+    assert err.value.problem == (
+        "image too large: declares 14000 x 14000 x 1 = 196,000,000 pixel values, over the budget "
+        "of 134,217,728 (set BTA_MAX_PIXELS to allow more)"
+    )
+    with pytest.raises(ImageReadError) as err:
+        load_image(bomb)
+    assert err.value.problem.startswith("image too large: declares 900,000,000 pixels")
+    assert err.value.problem.endswith("(set BTA_MAX_PIXELS to allow more)")
+    assert "decompression bomb" not in err.value.problem
+    # allowed more: both headers pass, decoding starts (and is stopped here)
+    monkeypatch.setenv("BTA_MAX_PIXELS", str(10**9))
+
+    def no_pixels(self):
+        raise RuntimeError("decoding started")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_pixels)
+    for path in (grey, bomb):
+        with pytest.raises(ImageReadError, match="decoding started"):
+            load_image(path)
+
+
 @pytest.mark.parametrize(
     "content, holds",
     [

@@ -671,3 +671,84 @@ def test_copies_of_one_image_form_one_group(tmp_path, bccd_images, dsb_images, c
     assert 'id="group-2"' in page and "3 images of one source" in page
     assert page.count('href="#group-1"') == groups[0].n_same_pairs  # each card links to it
     assert "fig &lt;b&gt;&amp;&quot;3&quot;.jpg" in page and "<b>&" not in page
+
+
+def test_planes_of_one_file_are_paired_only_with_within_files(tmp_path, bccd_images, tiny_model):
+    """review 8, item 3: the frames of an ordinary time-lapse all look alike, so a --planes scan
+    called its 10 frame pairs 'same'. Off by default on the command line: only planes of
+    different files are paired (a PNG of frame 2 still matches it); on, every pair again."""
+    import tifffile
+
+    rgb = to_uint8(load_image(bccd_images[0]))[..., 1]
+    rng = np.random.default_rng(0)
+    frames = [np.clip(rgb + rng.integers(-3, 4, rgb.shape), 0, 255) for _ in range(5)]
+    folder = tmp_path / "lapse"
+    folder.mkdir()
+    tifffile.imwrite(
+        folder / "lapse.tif", np.stack(frames).astype(np.uint8), metadata={"axes": "TYX"}
+    )
+    Image.fromarray(frames[2].astype(np.uint8)).save(folder / "frame2.png")
+    kw = dict(model=tiny_model, cache_dir=None, planes=True, top_k=50, verify_per_image=1)
+
+    def stack_pairs(res):
+        return [p for p in res.pairs if "lapse.tif" in p.path_a and "lapse.tif" in p.path_b]
+
+    apart = scan(folder, within_files=False, **kw)
+    assert len(apart.items) == 6 and not stack_pairs(apart)
+    assert apart.stats["n_pairs_scored"] == 5 and apart.stats["within_files"] is False
+    copy = next(p for p in apart.pairs if p.path_b.endswith("lapse.tif[t=2]"))
+    assert copy.path_a.endswith("frame2.png") and copy.decided_by == "identical pixels"
+    together = scan(folder, **kw)  # the core's default: as the napari panel documents it
+    assert len(stack_pairs(together)) == 10 and together.stats["n_pairs_scored"] == 15
+
+
+@pytest.mark.parametrize("faiss_above", [100, 0])
+def test_score_all_leaves_out_pairs_within_one_file(tiny_model, faiss_above):
+    """Exact blocks and FAISS candidates alike: no pair of two planes of one file (a file
+    that is both scanned and a reference is not paired with itself either)."""
+    z = torch.randn(7, tiny_model.embed_dim)
+    roles = ["query"] * 5 + ["reference"] * 2
+    files = [0, 0, 0, 1, 2, 2, 3]
+    rows, stats = scan_candidates.score_all(
+        tiny_model,
+        z,
+        roles,
+        threshold=0.0,
+        top_k=100,
+        faiss_above=faiss_above,
+        faiss_k=6,
+        per_image=3,
+        files=files,
+    )
+    pairs = {(int(i), int(j)) for _, i, j, _ in rows.tolist()}
+    assert pairs and not [(i, j) for i, j in pairs if files[i] == files[j]]
+    if faiss_above:
+        # within: 10 query pairs less 3 of file 0; across: 5 x 2 less query 4 x reference 5
+        assert stats["n_pairs_scored"] == stats["n_pairs_total"] == 7 + 9
+        assert pairs == {(i, j) for i in range(5) for j in range(i + 1, 7) if files[i] != files[j]}
+
+
+def test_a_pair_too_small_to_match_says_why_it_was_not_checked(tmp_path, bccd_images, tiny_model):
+    """review 8, item 8: a 4x4 image got verified=0 and an empty not_checked, while `score`
+    says "keypoint verification skipped: image too small"; the scan now says it too."""
+    folder = tmp_path / "q"
+    folder.mkdir()
+    for k, src in enumerate(bccd_images[:2]):
+        shutil.copy(src, folder / f"img{k}.jpg")
+    Image.new("RGB", (4, 4), (120, 30, 60)).save(folder / "tiny.png")
+    res = scan(folder, model=tiny_model, cache_dir=None, verify_per_image=3, out_dir=tmp_path / "o")
+    tiny = [p for p in res.pairs if "tiny.png" in p.path_a + p.path_b]
+    assert len(tiny) == 2
+    for p in tiny:
+        assert p.verified is None and p.match_confidence is None
+        assert p.evidence.not_checked == (
+            f"keypoint verification skipped: {folder / 'tiny.png'}: image too small to match "
+            "(4x4 pixels)"
+        )
+    rows = [
+        r
+        for r in _read_csv(tmp_path / "o" / "pairs.csv")
+        if "tiny.png" in r["path_a"] + r["path_b"]
+    ]
+    assert [r["verified"] for r in rows] == ["", ""]
+    assert all(r["not_checked"].startswith("keypoint verification skipped") for r in rows)

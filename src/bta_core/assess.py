@@ -108,13 +108,19 @@ def assess_pair(
         try:
             found = match_images(image_a, image_b, should_stop=should_stop)
         except ValueError as exc:  # e.g. "image_a: image too small to match (8x8 pixels)"
-            note = f"keypoint verification skipped: {_name_image(str(exc), names)}"
+            note = verification_skipped(exc, names)
         else:
             add_match(evidence, found)
         progress(3, "keypoint verification")
     decision = decide(evidence, policy or policy_for(model))
     progress(total, "decision")
     return Assessment(decision, found, note)
+
+
+def verification_skipped(exc: ValueError, names: tuple[str, str]) -> str:
+    """Why keypoint matching could not run on a pair (the matcher refused it, e.g. an image too
+    small), naming the image by ``names``: ``score``'s note and a scan's ``not_checked``."""
+    return f"keypoint verification skipped: {_name_image(str(exc), names)}"
 
 
 def _name_image(message: str, names: tuple[str, str]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -66,6 +67,17 @@ def _check_declared(path: str, shape: Sequence[int], dtype: np.dtype | None) -> 
             f"image too large: declares {dims} = {values:,} pixel values, over the budget of "
             f"{budget:,} (set BTA_MAX_PIXELS to allow more)",
         )
+
+
+def _too_large(pillow_message: str, budget: int) -> str:
+    """The budget's message for a file Pillow refused from its header (above twice the
+    budget): Pillow names only the pixel count, not the dimensions."""
+    found = re.search(r"\((\d+) pixels\)", pillow_message)
+    size = f"{int(found.group(1)):,} pixels (width x height)" if found else "more pixels"
+    return (
+        f"image too large: declares {size}, over the budget of {budget:,} pixel values "
+        "(set BTA_MAX_PIXELS to allow more)"
+    )
 
 
 def sniff(head: bytes) -> str:
@@ -221,12 +233,16 @@ def _read_pil(path: str) -> tuple[np.ndarray, str]:
     """PNG / JPEG / BMP / GIF / WebP through Pillow (first frame), colour modes made RGB or grey."""
     from PIL import Image
 
+    budget = pixel_budget()
+    # Pillow's own limit follows the tool's budget (so BTA_MAX_PIXELS raises it too): it warns
+    # above ``budget`` pixels (our check below says more) and refuses above twice that
+    Image.MAX_IMAGE_PIXELS = budget
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             im = Image.open(path)
         except Image.DecompressionBombError as exc:
-            raise ImageReadError(path, f"image too large ({exc})") from exc
+            raise ImageReadError(path, _too_large(str(exc), budget)) from exc
         with im:
             w, h = im.size
             _check_declared(path, (h, w, len(im.getbands())), None)

@@ -3,6 +3,8 @@
 * CSV: a cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is prefixed
   with ``'`` (what spreadsheet programs expect), so a file named ``=HYPERLINK(...).png`` is shown
   as text and never run as a formula (``csv_cell``, the one rule for every CSV the tool writes).
+  A cell holding a line break (``ok\r=1+1.jpg``) is quoted, so every CSV reader keeps it one
+  cell, and each line inside it gets the same guard (``csv_text``).
 * File names that are not valid UTF-8 (Python holds their bytes as lone surrogates) survive:
   CSV keeps the original bytes, JSON writes ``\\udcXX`` escapes that read back to the same name,
   HTML writes character references (``write_text``).
@@ -29,6 +31,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_INNER_FORMULA = re.compile(r"(?<=[\r\n])(?=[=+\-@\t])")
+"""A line start inside a cell (after a CR or LF) followed by a formula character."""
 STAGING_PREFIX = ".bta-staging-"
 JOURNAL = ".bta-commit.json"
 LOCK = ".bta-lock"
@@ -40,7 +44,10 @@ _PLAIN_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 
 def csv_cell(value: object) -> object:
     """``value`` made safe for spreadsheets: text that would start a formula gets a leading
-    ``'`` (a plain negative number such as ``-0.25`` is left as it is: it is no formula)."""
+    ``'`` (a plain negative number such as ``-0.25`` is left as it is: it is no formula); so
+    does every line inside the text that would start one."""
+    if isinstance(value, str) and ("\r" in value or "\n" in value):
+        value = _INNER_FORMULA.sub("'", value)
     if (
         isinstance(value, str)
         and value.startswith(FORMULA_START)
@@ -51,13 +58,18 @@ def csv_cell(value: object) -> object:
 
 
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """CSV text with every cell passed through ``csv_cell``."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([csv_cell(h) for h in header])
-    for row in rows:
-        writer.writerow([csv_cell(c) for c in row])
-    return buf.getvalue()
+    """CSV text with every cell passed through ``csv_cell``, rows ending in ``\n``.
+
+    Python's writer quotes only cells holding a character of its line terminator, so a row is
+    written with ``\r\n`` (a cell with a CR or an LF is then quoted: one cell for every reader)
+    and that terminator is swapped for ``\n``.
+    """
+    out = []
+    for row in [header, *rows]:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\r\n").writerow([csv_cell(c) for c in row])
+        out.append(buf.getvalue()[:-2] + "\n")
+    return "".join(out)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

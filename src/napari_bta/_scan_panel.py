@@ -147,8 +147,9 @@ class ScanPanel(Panel):
         )
         self._planes = tip(
             CheckBox(text="Scan planes separately", value=False),
-            "Each Z/T plane and each channel of a stack is its own image (bta-core scan "
-            "--planes); off, a stack is one image: its first Z/T plane, channels merged",
+            "Each Z/T plane and each channel of a stack is its own image, compared with the "
+            "other files' and with its own stack's (bta-core scan --planes --within-files); "
+            "off, a stack is one image: its first Z/T plane, channels merged",
         )
         self._verify = tip(
             SpinBox(label="Verify per image", min=0, max=100, value=VERIFY_PER_IMAGE),

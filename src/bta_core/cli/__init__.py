@@ -12,6 +12,7 @@ import sys
 import warnings
 
 from ..runtime import INPUT_ERRORS
+from ._console import shown
 from ._help import UsageError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -73,6 +74,17 @@ def _bar_active() -> bool:
     return bool(tqdm_module and getattr(tqdm_module.tqdm, "_instances", None))
 
 
+def _close_bars() -> None:
+    """Close every open progress bar, so none is redrawn after the last message (a bar left
+    open is drawn again when it is garbage-collected, after an "interrupted" line)."""
+    tqdm_module = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", None) or ()):
+        try:
+            bar.close()
+        except Exception:  # a half-built bar or a closed stream: nothing left to draw
+            pass
+
+
 def install_warning_printer(quiet: bool = False) -> None:
     """Show Python warnings (e.g. ``ImageReadWarning``) as one line ``warning: MESSAGE`` on
     stderr, once per distinct message, without source file and line; none at all if ``quiet``."""
@@ -88,7 +100,7 @@ def install_warning_printer(quiet: bool = False) -> None:
             # a progress bar is being drawn on this line: in a log file (no terminal to redraw
             # it) the warning starts a line of its own, so it can be read and grepped
             lead = "\n" if _bar_active() and not out.isatty() else ""
-            print(f"{lead}warning: {text}", file=out)
+            print(f"{lead}warning: {shown(text)}", file=out)
         except (OSError, ValueError):  # stderr closed: nothing useful to do
             pass
 
@@ -133,18 +145,21 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except KeyboardInterrupt:
+        _close_bars()
         note = getattr(sys.modules.get(args._main.__module__), "interrupted_note", None)
         # on a line of its own: a progress bar may have the cursor
-        print("\ninterrupted" + (f": {note(args)}" if note else ""), file=sys.stderr)
+        print("\ninterrupted" + (f": {shown(note(args))}" if note else ""), file=sys.stderr)
         return 130
     except UsageError as exc:
+        _close_bars()
         print(
-            f"bta-core {args.command}: error: {exc} (see bta-core {args.command} --help)",
+            f"bta-core {args.command}: error: {shown(exc)} (see bta-core {args.command} --help)",
             file=sys.stderr,
         )
         return 2
     except INPUT_ERRORS as exc:
+        _close_bars()
         # Our own errors (ImageReadError, CheckpointError...) carry the file and the problem.
-        print(f"bta-core {args.command}: error: {exc}", file=sys.stderr)
+        print(f"bta-core {args.command}: error: {shown(exc)}", file=sys.stderr)
         return 1
     return int(result or 0)

@@ -9,6 +9,7 @@ import argparse
 import csv
 from pathlib import Path
 
+from ._console import shown
 from ._help import add_device, add_quiet
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "scan_demo"
@@ -76,9 +77,9 @@ def main(args: argparse.Namespace) -> int:
     )
     for rank, p in enumerate(review, 1):
         verdict = f"{p.verdict} ({p.decided_by})"
-        names = f"{Path(p.path_a).name} <-> {Path(p.path_b).name}"
+        names = f"{shown(Path(p.path_a).name)} <-> {shown(Path(p.path_b).name)}"
         say(f"  {rank}. {verdict:<26} score {p.score:.3f}  {names}  {truth.get(key(p), '')}")
-    skipped = ", ".join(Path(s.path).name for s in result.skipped) or "none"
+    skipped = ", ".join(shown(Path(s.path).name) for s in result.skipped) or "none"
     say(f"planted pairs found: {len(found)}/{len(truth)}; skipped files: {skipped}")
     say(f"open {Path(args.out).resolve() / 'report.html'}")
     return 0 if len(found) == len(truth) else 1

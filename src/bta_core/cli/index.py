@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..device import describe_device, get_device
+from ._console import shown
 from ._help import DefaultsHelpFormatter, add_device, int_in
 
 
@@ -101,8 +102,10 @@ def main(args: argparse.Namespace) -> int:
             print(json.dumps(res))
         else:
             for path in res["retired"]:
-                print(f"  retired {path}: file missing")
-            print(f"{res['index']}: {len(res['retired'])} retired, {res['images']} images left")
+                print(f"  retired {shown(path)}: file missing")
+            print(
+                f"{shown(res['index'])}: {len(res['retired'])} retired, {res['images']} images left"
+            )
         return 0
     if args.action == "info":
         info = index_info(args.index, check_files=args.check_files)
@@ -112,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
             for k, v in info.items():
                 if k == "missing_files" and v is None:
                     v = "not checked (--check-files)"
-                print(f"{k:>24}: {v}")
+                print(f"{k:>24}: {shown(v)}")
         return 0
     from pathlib import Path
 
@@ -143,9 +146,9 @@ def main(args: argparse.Namespace) -> int:
             bar.close()
     tell = (lambda *a: None) if args.quiet else print  # the result: stdout, as prune's
     for path, problem in res["skipped"]:
-        tell(f"  skipped {path}: {problem}")
+        tell(f"  skipped {shown(path)}: {shown(problem)}")
     tell(
-        f"{res['index']}: {res['added'] - res['replaced']} new, "
+        f"{shown(res['index'])}: {res['added'] - res['replaced']} new, "
         f"{res['replaced']} changed and re-embedded, "
         f"{res['unchanged']} unchanged, {len(res['skipped'])} skipped ({res['seconds']:.1f} s)"
     )

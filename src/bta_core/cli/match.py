@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from ..match import match_images, render_match_png, summary
 from ..match.params import MAX_SIDE
 from ..output_files import json_dumps
 from ..verdict import Decision, Policy, decide
+from ._console import shown
 from ._help import add_device, int_in
 
 
@@ -74,6 +76,45 @@ def _name_files(message: str, args: argparse.Namespace) -> str:
     return message
 
 
+def _same_inputs(doc: object, args: argparse.Namespace) -> bool:
+    """Whether an earlier result's JSON ``doc`` was made from the files of this run."""
+    if not isinstance(doc, dict):
+        return False
+    for key, given in (("image_a", args.image_a), ("image_b", args.image_b)):
+        stored = doc.get(key)
+        if not isinstance(stored, str):
+            return False
+        if stored != str(given) and Path(stored).resolve() != Path(given).resolve():
+            return False
+    return True
+
+
+def _base_stem(args: argparse.Namespace) -> str:
+    from ..output_files import short_name
+
+    return "match_" + short_name(Path(args.image_a).stem, Path(args.image_b).stem)
+
+
+def result_stem(out: Path, args: argparse.Namespace) -> str:
+    """The file name (without suffix) of this pair's result in ``out``: ``match_A__B``, or
+    ``match_A__B-2``, ``-3``... when that name holds the result of other files of the same
+    names (``supp/figure1.png`` and ``Fig 3/figure1.png`` against one B). A rerun of the same
+    pair replaces its own result; a name whose JSON cannot be read is never overwritten."""
+    base = _base_stem(args)
+    for k in range(1, 10_000):
+        stem = base if k == 1 else f"{base}-{k}"
+        json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
+        if not json_path.exists() and not png_path.exists():
+            return stem
+        try:
+            doc = json.loads(json_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if _same_inputs(doc, args):
+            return stem
+    raise ValueError(f"{out}: too many results named {base}; use another --out")
+
+
 def main(args: argparse.Namespace) -> int:
     from ..imageio import load_named
     from ..output_files import check_out_dir
@@ -104,11 +145,16 @@ def main(args: argparse.Namespace) -> int:
         data["threshold"] = float(model.config.threshold)
     if args.out:
         from ..checkpoint import atomic_write_text
-        from ..output_files import short_name
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        stem = "match_" + short_name(Path(args.image_a).stem, Path(args.image_b).stem)
+        stem = result_stem(out, args)
+        if stem != _base_stem(args) and not args.quiet:
+            print(
+                f"note: {shown(out / _base_stem(args))}.json holds the result of other files "
+                f"with these names; writing {shown(out / stem)}.png and .json instead",
+                file=sys.stderr,
+            )
         png = render_match_png(a, b, result, out / f"{stem}.png")
         data["png"] = str(png)
         data["json"] = str(out / f"{stem}.json")
@@ -121,5 +167,5 @@ def main(args: argparse.Namespace) -> int:
         if result.box_a is not None:
             print(f"box_a {result.box_a}  box_b {result.box_b}")
         if args.out:
-            print(f"wrote {data['png']} and {data['json']}")
+            print(f"wrote {shown(data['png'])} and {shown(data['json'])}")
     return 0

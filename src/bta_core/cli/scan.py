@@ -23,20 +23,28 @@ from ..scan.pipeline import DEFAULT_VERIFY_PER_IMAGE
 from ..scan.ranks import scan_ranks
 from ..scan.report import collection_fact, common_root, display_name, summary_text
 from ..verdict import DEFAULT_PHASH_MAX_DISTANCE
+from ._console import shown
 from ._help import UsageError, add_device, add_quiet, float_in, int_in
 from ._progress import StageBars
 
 CONSOLE_PAIRS = 10
+"""Pairs worth reviewing listed on the console (all of them are in pairs.csv and the report)."""
 CONSOLE_GROUPS = 5
 """Groups of 3+ copies the console lists by name (all are in pairs.csv and the report)."""
-"""Pairs worth reviewing listed on the console (all of them are in pairs.csv and the report)."""
+CONSOLE_SKIPPED = 10
+"""Skipped files named on stderr, each with its problem (all are in skipped.csv)."""
 JSON_PAIRS = 20
 """Pairs worth reviewing in the ``--json`` summary."""
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
-    parser.add_argument("folders", nargs="*", metavar="FOLDER", help="folders to scan (recursive)")
+    parser.add_argument(
+        "folders",
+        nargs="*",
+        metavar="FOLDER",
+        help="folders (searched recursively) or image files to scan",
+    )
     parser.add_argument(
         "--reference",
         nargs="+",
@@ -70,6 +78,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--planes", action="store_true", help="each plane/channel of a stack is its own image"
+    )
+    parser.add_argument(
+        "--within-files",
+        action="store_true",
+        help="with --planes, also pair the planes/channels of one file with each other (finds a "
+        "plane reused inside one stack; the frames of an ordinary stack look alike, so off, only "
+        "planes of different files are paired)",
     )
     parser.add_argument(
         "--tta",
@@ -258,12 +273,14 @@ def main(args: argparse.Namespace) -> int:
     device = get_device(args.device) if rank is None else rank_device(rank, args.device)
     model = load_checkpoint(args.checkpoint, device=device)
     say(
-        f"bta-core scan: model {model.checkpoint_path or 'in-memory model'} on {describe_device(device)}"
+        f"bta-core scan: model {shown(model.checkpoint_path or 'in-memory model')} on "
+        f"{describe_device(device)}"
     )
     common = dict(
         threshold=args.threshold,
         top_k=args.top,
         within=not args.cross_only,
+        within_files=args.within_files,
         out_dir=args.out,
         faiss_above=args.faiss_above,
         faiss_k=args.faiss_k,
@@ -303,9 +320,11 @@ def main(args: argparse.Namespace) -> int:
         return 0
     s = result.stats
     if args.shard:
+        say_skipped(say, result.skipped, args.out)
         say(
             f"shard {args.shard}: {s['n_images']} images ({s['n_embedded']} embedded, "
-            f"{s['n_cached']} cached), {len(result.skipped)} skipped -> {args.out}"
+            f"{s['n_cached']} cached{identical_part(s)}), {len(result.skipped)} skipped -> "
+            f"{shown(args.out)}"
         )
         if args.json:
             print(json_dumps({"shard": args.shard, "out": args.out, "stats": s}, default=str))
@@ -316,7 +335,9 @@ def main(args: argparse.Namespace) -> int:
         f"from {s['n_shards']} shards"
         if "n_shards" in s
         else f"{s.get('n_embedded', 0)} embedded, {s.get('n_cached', 0)} from cache"
+        f"{identical_part(s)}"
     )
+    say_skipped(say, result.skipped, args.out)
     tell(
         f"{s['n_images']} image{'' if s['n_images'] == 1 else 's'} ({origin}), "
         f"{len(result.skipped)} skipped{missing_part(s)}, "
@@ -336,32 +357,48 @@ def main(args: argparse.Namespace) -> int:
             f"{'are' if n > 1 else 'is'} missing (moved or deleted since indexing; is the "
             "archive's drive mounted?): compared by the stored embedding and hashes, and by "
             "keypoint checks cached while the files were there (listed in skipped.csv; "
-            f"'bta-core index prune {s['index']}' retires them, 'bta-core index add "
-            f"{s['index']} NEW_FOLDER' indexes them where they are now)"
+            f"'bta-core index prune {shown(s['index'])}' retires them, 'bta-core index add "
+            f"{shown(s['index'])} NEW_FOLDER' indexes them where they are now)"
         )
     root = common_root(result.items)
     items = {it.name: it for it in result.items}
-    tell(summary_text(result.pairs) + (f" (paths relative to {root}):" if root else ":"))
+    tell(summary_text(result.pairs) + (f" (paths relative to {shown(root)}):" if root else ":"))
     review = [p for p in result.pairs if p.verdict != "different"]
     for p in review[:CONSOLE_PAIRS]:
         tell(
             f"  {p.verdict:<8} {p.decided_by:<16} score {p.score:.3f}  {console_pair(p, items, root)}"
         )
     if len(review) > CONSOLE_PAIRS:
-        tell(f"  ... {len(review) - CONSOLE_PAIRS} more in {args.out}/pairs.csv")
+        tell(f"  ... {len(review) - CONSOLE_PAIRS} more in {shown(args.out)}/pairs.csv")
     listed = listed_groups(result.groups)
     if listed:  # pairs alone say it when every group is a pair
         tell(
             f"{groups_text(result.groups)}; the group column of pairs.csv and the report show all:"
         )
         for g in listed[:CONSOLE_GROUPS]:
-            names = [display_name(m, items.get(m), root) for m in g.members]
+            names = [shown(display_name(m, items.get(m), root)) for m in g.members]
             more = f" and {len(names) - 6} more" if len(names) > 6 else ""
             tell(f"  group {g.number}: {', '.join(names[:6])}{more}")
-    tell(f"wrote {args.out}/pairs.csv, pairs.json, report.html, skipped.csv")
+    tell(f"wrote {shown(args.out)}/pairs.csv, pairs.json, report.html, skipped.csv")
     if args.json:
         print(json_dumps(summary_dict(result, args.out), default=str))
     return 0
+
+
+def identical_part(stats: dict) -> str:
+    """``, N identical to another file`` when byte-identical files were embedded once, so that
+    embedded + from cache + identical adds up to the images counted."""
+    n = stats.get("n_identical") or 0
+    return f", {n} identical to {'another file' if n == 1 else 'other files'}" if n else ""
+
+
+def say_skipped(say, skipped: list, out: str, limit: int = CONSOLE_SKIPPED) -> None:
+    """One line per skipped file with its problem (``docs/cli.md``: a bad file is named on
+    stderr), the first ``limit`` of them; skipped.csv lists all."""
+    for k in skipped[:limit]:
+        say(f"skipped {shown(k.path)}: {shown(k.problem)}")
+    if len(skipped) > limit:
+        say(f"  and {len(skipped) - limit} more, see {shown(Path(out) / 'skipped.csv')}")
 
 
 def missing_part(stats: dict) -> str:
@@ -384,7 +421,7 @@ def cached_checks(stats: dict) -> str:
 def console_pair(p, items: dict, root: str | None) -> str:
     """``A  <->  B`` with how B relates to A: the verified transform, or the orientation in
     which the perceptual hashes matched."""
-    a, b = (display_name(n, items.get(n), root) for n in (p.path_a, p.path_b))
+    a, b = (shown(display_name(n, items.get(n), root)) for n in (p.path_a, p.path_b))
     detail = ""
     if p.verified and p.transform:
         detail = f"  {p.transform}"
@@ -411,6 +448,7 @@ def summary_dict(result: ScanResult, out_dir: str, top: int = JSON_PAIRS) -> dic
             "pairs_scored": s.get("n_pairs_scored"),
             "embedded": s.get("n_embedded"),
             "from_cache": s.get("n_cached"),
+            "identical_to_another_file": s.get("n_identical"),
             "pairs_checked_by_keypoints": s.get("n_checked"),
             "keypoint_checks_from_cache": s.get("n_checked_from_cache"),
             "pairs_listed": len(result.pairs),

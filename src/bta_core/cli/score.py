@@ -12,6 +12,7 @@ from ..device import describe_device, get_device
 from ..imageio import load_named
 from ..output_files import json_dumps
 from ..verdict import COLLECTION_LOOK_ALIKE, MODEL_SCORE, NO_EVIDENCE
+from ._console import shown
 from ._help import add_device, add_quiet
 from ._progress import StepBar
 
@@ -92,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(decision.explain())
         if found.note:
-            print(f"note: {found.note}")
+            print(f"note: {shown(found.note)}")
         from_model = decision.decided_by in (MODEL_SCORE, NO_EVIDENCE, COLLECTION_LOOK_ALIKE)
         raw = ""
         if from_model and not result["calibrated"]:

@@ -176,6 +176,26 @@ def faiss_neighbours(
     return idx
 
 
+def _same_file_pairs(
+    file_of: torch.Tensor, q_idx: torch.Tensor, r_idx: torch.Tensor, within: bool
+) -> int:
+    """How many of the pairs ``score_all`` would score join two planes of one file."""
+    fq = torch.bincount(file_of[q_idx], minlength=len(file_of))
+    fr = torch.bincount(file_of[r_idx], minlength=len(file_of))
+    n = int((fq * fr).sum())
+    return n + (int((fq * (fq - 1) // 2).sum()) if within else 0)
+
+
+def _other_files(
+    file_of: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate pairs ``(a[m], b[m])`` whose images come from different files."""
+    if file_of is None:
+        return a, b
+    keep = file_of[a] != file_of[b]
+    return a[keep], b[keep]
+
+
 def score_all(
     model: BTAModel,
     z: torch.Tensor,
@@ -193,8 +213,10 @@ def score_all(
     progress_bar: bool = False,
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    files: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Score query x query (``within``) and query x reference pairs of the embeddings ``z``.
+    """Score query x query (``within``) and query x reference pairs of the embeddings ``z``;
+    with ``files`` (``evidence.file_numbers``), no pair of two planes of one file.
 
     Returns rows ``(score, i, j, orientation_code)`` sorted best first (i, j index ``z``, with
     i < j inside the queries and i a query, j a reference across), and statistics. The rows
@@ -206,6 +228,9 @@ def score_all(
     r_idx = torch.tensor([k for k, r in enumerate(roles) if r == "reference"], dtype=torch.long)
     nq, nr = len(q_idx), len(r_idx)
     n_total = (nq * (nq - 1) // 2 if within else 0) + nq * nr
+    file_of = None if files is None else torch.as_tensor(list(files), dtype=torch.long)
+    if file_of is not None:
+        n_total -= _same_file_pairs(file_of, q_idx, r_idx, within)
     collector = PairCollector(threshold, top_k, max_pairs)
     best = PerImageBest(len(roles), per_image)
     use_faiss = len(roles) > faiss_above
@@ -230,7 +255,7 @@ def score_all(
             ok = (jj >= 0) & (jj != ii)
             a, b = np.minimum(ii[ok], jj[ok]), np.maximum(ii[ok], jj[ok])
             pairs = np.unique(np.stack([a, b], 1), axis=0)
-            cand.append((q_idx[pairs[:, 0]], q_idx[pairs[:, 1]]))
+            cand.append(_other_files(file_of, q_idx[pairs[:, 0]], q_idx[pairs[:, 1]]))
         if nr:
             base = zr.reshape(-1, zr.shape[-1]) if tta == "d4" else zr
             nb = faiss_neighbours(ident(zq), base, faiss_k * (8 if tta == "d4" else 1))
@@ -240,7 +265,7 @@ def score_all(
             jj = nb.reshape(-1)
             ok = jj >= 0
             pairs = np.unique(np.stack([ii[ok], jj[ok]], 1), axis=0)
-            cand.append((q_idx[pairs[:, 0]], r_idx[pairs[:, 1]]))
+            cand.append(_other_files(file_of, q_idx[pairs[:, 0]], r_idx[pairs[:, 1]]))
         total = sum(len(a) for a, _ in cand)
         if progress_bar:
             from tqdm.auto import tqdm
@@ -279,7 +304,10 @@ def score_all(
                 s, o = block_scores(model, zq_d[i0:i1], zq_d[i0:], tta)
                 a = torch.arange(i0, i1)[:, None].expand(-1, nq - i0)
                 b = torch.arange(i0, nq)[None, :].expand(i1 - i0, -1)
-                keep = (b > a).to(s.device)
+                keep = b > a
+                if file_of is not None:
+                    keep &= file_of[q_idx[a]] != file_of[q_idx[b]]
+                keep = keep.to(s.device)
                 collector.add(s[keep], q_idx[a[keep.cpu()]], q_idx[b[keep.cpu()]], o[keep])
                 masked = torch.where(keep, s.double(), torch.full_like(s, -math.inf).double())
                 best.add_block(masked, q_idx[i0:i1], q_idx[i0:], o)
@@ -288,9 +316,16 @@ def score_all(
                 s, o = block_scores(model, zq_d[i0:i1], zr_d, tta)
                 a = torch.arange(i0, i1)[:, None].expand(-1, nr)
                 b = torch.arange(nr)[None, :].expand(i1 - i0, -1)
-                collector.add(s, q_idx[a], r_idx[b], o)
-                best.add_block(s, q_idx[i0:i1], r_idx, o)
-                done += s.numel()
+                if file_of is None:
+                    collector.add(s, q_idx[a], r_idx[b], o)
+                    best.add_block(s, q_idx[i0:i1], r_idx, o)
+                    done += s.numel()
+                else:  # a file both scanned and a reference: not paired with itself
+                    keep = (file_of[q_idx[a]] != file_of[r_idx[b]]).to(s.device)
+                    collector.add(s[keep], q_idx[a[keep.cpu()]], r_idx[b[keep.cpu()]], o[keep])
+                    masked = torch.where(keep, s.double(), torch.full_like(s, -math.inf).double())
+                    best.add_block(masked, q_idx[i0:i1], r_idx, o)
+                    done += int(keep.sum())
             if bar is not None:
                 bar.update(done - bar.n)
             if on_progress is not None:

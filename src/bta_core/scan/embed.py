@@ -199,6 +199,8 @@ def embed_folders(
         n_files_cached=n_cached_files,
         n_embedded=n_embedded,
         n_cached=sum(len(e.tags) for e in entries.values()) - n_embedded,
+        # images of files byte-identical to another scanned file: embedded once for all
+        n_identical=len(items) - sum(len(e.tags) for e in entries.values()),
         seconds_hash=round(t_hash - t0, 3),
         seconds_embed=round(t_end - t_hash, 3),
     )

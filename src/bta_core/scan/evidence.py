@@ -26,14 +26,27 @@ _BLOCK_BYTES = 1 << 24
 """Memory bound of one block of hash comparisons."""
 
 
-def pair_counts(roles: Sequence[str], i: int, j: int, within: bool) -> bool:
+def file_numbers(items: Sequence[ScanImage]) -> list[int]:
+    """One number per image, equal for the planes/channels of one file (``--planes``)."""
+    numbers: dict[str, int] = {}
+    return [numbers.setdefault(it.path, len(numbers)) for it in items]
+
+
+def pair_counts(
+    roles: Sequence[str], i: int, j: int, within: bool, files: Sequence[int] | None = None
+) -> bool:
     """Whether the scan pairs images ``i`` and ``j``: query x reference always, query x query
-    with ``within``, reference x reference never."""
+    with ``within``, reference x reference never; and, when ``files`` (``file_numbers``) is
+    given, never two planes of one file (the frames of a stack look alike by nature)."""
+    if files is not None and files[i] == files[j]:
+        return False
     qi, qj = roles[i] == "query", roles[j] == "query"
     return (qi and qj and within) or (qi != qj)
 
 
-def identical_pixel_pairs(items: Sequence[ScanImage], within: bool) -> set[PairKey]:
+def identical_pixel_pairs(
+    items: Sequence[ScanImage], within: bool, files: Sequence[int] | None = None
+) -> set[PairKey]:
     """Pairs whose decoded pixels are identical (same pixel hash)."""
     groups: dict[str, list[int]] = {}
     for k, it in enumerate(items):
@@ -44,7 +57,7 @@ def identical_pixel_pairs(items: Sequence[ScanImage], within: bool) -> set[PairK
     for members in groups.values():
         for a, i in enumerate(members):
             for j in members[a + 1 :]:
-                if pair_counts(roles, i, j, within):
+                if pair_counts(roles, i, j, within, files):
                     out.add((min(i, j), max(i, j)))
     return out
 
@@ -56,9 +69,11 @@ def near_copy_pairs(
     within: bool,
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    files: Sequence[int] | None = None,
 ) -> set[PairKey]:
     """Pairs with a perceptual-hash distance of at most ``max_distance`` under one of the
-    8 orientations: every query against every image, in blocks of bounded memory."""
+    8 orientations: every query against every image, in blocks of bounded memory (pairs as
+    ``pair_counts`` with ``files``)."""
     n = len(roles)
     queries = np.flatnonzero(np.asarray(roles) == "query")
     if n < 2 or len(queries) == 0:
@@ -71,7 +86,7 @@ def near_copy_pairs(
         dist, _ = phash_distances(phash[block], phash)
         for r, j in zip(*np.nonzero(dist <= max_distance), strict=True):
             i = int(block[r])
-            if i != j and pair_counts(roles, i, int(j), within):
+            if i != j and pair_counts(roles, i, int(j), within, files):
                 out.add((min(i, int(j)), max(i, int(j))))
         if on_progress is not None:
             on_progress(start + len(block), len(queries), {"stage": "hash"})

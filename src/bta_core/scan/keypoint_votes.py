@@ -138,11 +138,12 @@ def keypoint_candidates(
     images: Callable[[Sequence[ScanImage]], Iterable[tuple[int, np.ndarray | None]]],
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    files: Sequence[int] | None = None,
 ) -> dict[PairKey, int]:
     """The ``k`` most voted partners of every query image, as ``{(i, j): votes}`` (``i < j``,
-    only pairs the scan counts, at least ``MIN_VOTES``). ``images(items)`` yields
-    ``(position, pixels or None)`` for every item (``verify.iter_scan_images``); unreadable
-    images give no votes."""
+    only pairs the scan counts, ``evidence.pair_counts`` with ``files``, at least
+    ``MIN_VOTES``). ``images(items)`` yields ``(position, pixels or None)`` for every item
+    (``verify.iter_scan_images``); unreadable images give no votes."""
     roles = [it.role for it in items]
     if k <= 0 or not any(r == "query" for r in roles) or len(items) < 2:
         return {}
@@ -168,13 +169,20 @@ def keypoint_candidates(
     if not owner or not q_owner:
         return {}
     owner_a, q_owner_a = np.asarray(owner), np.asarray(q_owner)
+    # the search leaves out a query's own image, or its whole file when planes of one file are
+    # not paired: sibling frames must not take the nearest places of other files' descriptors
+    exclude = (
+        (q_owner_a, owner_a)
+        if files is None
+        else (np.take(files, q_owner_a), np.take(files, owner_a))
+    )
     try:
         dist, idx = nearest(
             np.concatenate(queries),
             np.concatenate(base),
             NEIGHBOURS,
             should_stop,
-            (q_owner_a, owner_a),
+            exclude,
         )
     except TooManyDescriptors as exc:
         warnings.warn(f"local-feature candidates skipped: {exc}", RuntimeWarning, stacklevel=2)
@@ -183,7 +191,7 @@ def keypoint_candidates(
     pairs, counts = np.unique(rows, axis=0, return_counts=True)
     votes: dict[PairKey, int] = {}
     for (i, j), c in zip(pairs.tolist(), counts.tolist(), strict=True):
-        if pair_counts(roles, i, j, within):
+        if pair_counts(roles, i, j, within, files):
             key = (min(i, j), max(i, j))
             votes[key] = votes.get(key, 0) + c  # both directions add up
     best: dict[int, list[tuple[int, PairKey]]] = {}

@@ -37,7 +37,13 @@ from .candidates import (
 from .collection import collection_similarities, collection_whitening
 from .discover import parse_shard
 from .embed import Embedded, embed_folders
-from .evidence import PairKey, fingerprint_evidence, identical_pixel_pairs, near_copy_pairs
+from .evidence import (
+    PairKey,
+    file_numbers,
+    fingerprint_evidence,
+    identical_pixel_pairs,
+    near_copy_pairs,
+)
 from .keypoint_votes import keypoint_candidates
 from .outputs import write_outputs
 from .records import Pair, ScanResult
@@ -62,6 +68,11 @@ class ScanOptions:
     tta: str | None = None
     within: bool = True
     """Pair query images with each other (False: only with the references)."""
+    within_files: bool = True
+    """Pair the planes/channels of one file with each other (``planes=True``). The command
+    line turns this off unless ``--within-files`` is given: an ordinary stack's frames look
+    alike and would all be called ``same``. On here, as the napari Scan panel documents it
+    (a channel or plane reused inside one stack is found)."""
     faiss_above: int = DEFAULT_FAISS_ABOVE
     faiss_k: int = DEFAULT_FAISS_K
     block_pairs: int = DEFAULT_BLOCK_PAIRS
@@ -146,10 +157,11 @@ def score_and_report(
     if o.collection_threshold is not None:
         policy = replace(policy, collection_threshold=float(o.collection_threshold))
     roles = [it.role for it in emb.items]
+    files = None if o.within_files else file_numbers(emb.items)
     t0 = time.perf_counter()
-    identical = identical_pixel_pairs(emb.items, o.within)
+    identical = identical_pixel_pairs(emb.items, o.within, files)
     near = near_copy_pairs(
-        emb.phash, roles, policy.phash_max_distance, o.within, on_progress, should_stop
+        emb.phash, roles, policy.phash_max_distance, o.within, on_progress, should_stop, files
     )
     t_hash = time.perf_counter()
     rows, sstats = score_all(
@@ -168,12 +180,19 @@ def score_and_report(
         progress_bar=o.progress_bar,
         on_progress=on_progress,
         should_stop=should_stop,
+        files=files,
     )
     scores = {(int(i), int(j)): (float(s), int(c)) for s, i, j, c in rows.tolist()}
     local: dict[PairKey, int] = {}
     if o.keypoint_candidates and o.verify_per_image > 0:
         local = keypoint_candidates(
-            emb.items, o.within, o.verify_per_image, iter_scan_images, on_progress, should_stop
+            emb.items,
+            o.within,
+            o.verify_per_image,
+            iter_scan_images,
+            on_progress,
+            should_stop,
+            files,
         )
     extra = (identical | near | local.keys()) - scores.keys()
     scores.update(_model_scores(model, emb, sorted(extra), o.tta))
@@ -211,6 +230,7 @@ def score_and_report(
         top_k=o.top_k,
         tta=o.tta,
         within=o.within,
+        within_files=o.within_files,
         verify_per_image=o.verify_per_image,
         keypoint_candidates=o.keypoint_candidates,
         collection_whitening=whitening is not None,

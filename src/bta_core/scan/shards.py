@@ -141,6 +141,7 @@ def read_shards(
         "n_files": sum(doc["stats"].get("n_files", 0) for _, doc in docs),
         "n_embedded": sum(doc["stats"].get("n_embedded", 0) for _, doc in docs),
         "n_cached": sum(doc["stats"].get("n_cached", 0) for _, doc in docs),
+        "n_identical": sum(doc["stats"].get("n_identical", 0) for _, doc in docs),
         "n_images": len(items),
         "n_skipped": len(skipped),
         "model_id": first["model_id"],

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..assess import add_match
+from ..assess import add_match, verification_skipped
 from ..imageio import ImageReadError, iter_images, load_image
 from ..runtime import ProgressFn, StopFn, check_cancel
 from ..verdict import PERCEPTUAL_HASH, Policy, decide
@@ -154,6 +154,9 @@ def verify_pairs(
                 )
             elif isinstance(exc, ImageReadError):
                 evidence.not_checked = f"could not be read again: {exc}"
+            elif isinstance(exc, ValueError):  # the matcher refused the pair (too small): as score
+                evidence.verified = evidence.match_confidence = evidence.inliers = None
+                evidence.not_checked = verification_skipped(exc, (items[i].name, items[j].name))
         pairs[m].decision = decide(evidence, policy)
         if on_progress is not None:
             on_progress(step, len(todo), {"stage": "verify"})
