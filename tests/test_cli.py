@@ -269,6 +269,24 @@ def test_match_out_never_overwrites_the_result_of_other_files(tmp_path, capsys):
         assert doc["image_a"] == str(folder / "figure1.png")
 
 
+def test_match_out_tells_one_relative_name_from_two_folders(tmp_path, capsys, monkeypatch):
+    """The same relative name typed in two folders names two files: the JSON keeps resolved
+    paths, so the second run does not replace the first's result (a code review's case)."""
+    import shutil
+
+    folders = [tmp_path / "supp", tmp_path / "fig3"]
+    for folder, src in zip(folders, ("tissue_1_edit.jpg", "tissue_2.png"), strict=True):
+        folder.mkdir()
+        shutil.copy(SAMPLES / src, folder / "figure1.png")
+    out = tmp_path / "out"
+    for folder in folders:
+        monkeypatch.chdir(folder)
+        argv = ["match", "figure1.png", str(SAMPLES / "tissue_1.png"), "--no-model"]
+        assert cli_main([*argv, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert len(list(out.glob("*.json"))) == 2
+
+
 def test_scan_planes_pairs_frames_of_one_stack_only_with_within_files(tmp_path, capsys):
     """review 8, item 3: `scan --planes` no longer calls the frames of one time-lapse 'same'
     (10 pairs for 5 frames); `--within-files` compares them again."""

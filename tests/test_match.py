@@ -505,3 +505,21 @@ def test_a_stretched_copy_is_found_and_named(bccd_images, wider, turn):
     assert f"stretched {max(wider, 1 / wider):.2f}x {word}" in r.transform.describe()
     assert min(r.overlap_a, r.overlap_b) > 0.9
     assert r.local_edits is None or not r.local_edits.cells
+
+
+def test_a_stretch_fit_keeps_its_axes_square_and_transforms_name_it():
+    """Unit properties on exact point sets: an axis stretch is fitted, a shear is refused (it
+    was taken for a turn plus a stretch), and a singular matrix does not break the summary."""
+    from bta_core.match.keypoints_cv import _stretched_fit
+    from bta_core.match.transform import MatchTransform
+
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 400, (200, 2))
+    for lin, fitted in (([[1.25, 0.0], [0.0, 1.0]], True), ([[1.0, 0.3], [0.0, 1.0]], False)):
+        dst = src @ np.array(lin).T + 5.0
+        fit = _stretched_fit(src, dst, similar=10)
+        assert (fit is not None) == fitted, lin
+    t = MatchTransform.from_matrix(np.diag([0.8, 1.0, 1.0]))
+    assert t.stretch == pytest.approx(1.25) and "stretched 1.25x wider" in t.describe()
+    flat = MatchTransform.from_matrix(np.diag([1.0, 0.0, 1.0]))
+    assert flat.stretch == 1.0 and "stretched" not in flat.describe()

@@ -99,3 +99,35 @@ def test_a_resaved_figure_and_a_shared_panel_still_match(nuclei_tiles):
     x0 = 10 + 2 * 266
     assert r.box_a == pytest.approx((10, 10, 266, 266), abs=4)
     assert r.box_b == pytest.approx((x0, 10, x0 + 256, 266), abs=4)
+
+
+def test_saturated_fluorescence_copies_still_match(shared_data):
+    """Saturated nuclei are pure white and their background flat black, which graphics also
+    are: their copies must still verify, on what is left or, when the picture is marked whole,
+    on the whole overlap (a review's synthetic case: white specks on flat black)."""
+    from scipy.ndimage import gaussian_filter
+
+    root = shared_data / "dsb2018"
+    name = "images/0ea221716cf13710214dcd331a61cea48308c3940df1d28cfc7fd817c83714e1.png"
+    picture = np.clip(np.asarray(Image.open(root / name).convert("RGB")) / 255.0 * 4, 0, 1)
+    rng = np.random.default_rng(2)
+    specks = np.zeros((600, 600))
+    for y, x in rng.integers(20, 580, (20, 2)):
+        specks[y - 9 : y + 10, x - 9 : x + 10] += 3 * np.exp(
+            -(np.mgrid[-9:10, -9:10] ** 2).sum(0) / 50
+        )
+    specks = np.clip(
+        specks + gaussian_filter(rng.normal(0, 0.1, specks.shape), 1.5) * (specks > 0.1), 0, 1
+    )
+    assert graphics_mask(specks, specks.shape).mean() > 0.95  # marked whole
+    for image in (picture.astype(np.float32), specks.astype(np.float32)):
+        h, w = image.shape[:2]
+        for copy in (
+            image.copy(),
+            image[h // 8 : h * 7 // 8, w // 8 : w * 7 // 8],
+            _jpeg(np.atleast_3d(image) * np.ones(3)),
+        ):
+            assert (
+                match_images(image, np.ascontiguousarray(copy), heatmaps=False).transform
+                is not None
+            )

@@ -104,10 +104,11 @@ def assess_pair(
     if verify and not evidence.identical_pixels:
         check_cancel(should_stop, "comparison")
         from .match import match_images  # noqa: PLC0415
+        from .match.prepare import ImageTooSmallError  # noqa: PLC0415
 
         try:
             found = match_images(image_a, image_b, should_stop=should_stop)
-        except ValueError as exc:  # e.g. "image_a: image too small to match (8x8 pixels)"
+        except ImageTooSmallError as exc:  # "image_a: image too small to match (8x8 pixels)"
             note = verification_skipped(exc, names)
         else:
             add_match(evidence, found)
@@ -117,7 +118,7 @@ def assess_pair(
     return Assessment(decision, found, note)
 
 
-def verification_skipped(exc: ValueError, names: tuple[str, str]) -> str:
+def verification_skipped(exc: Exception, names: tuple[str, str]) -> str:
     """Why keypoint matching could not run on a pair (the matcher refused it, e.g. an image too
     small), naming the image by ``names``: ``score``'s note and a scan's ``not_checked``."""
     return f"keypoint verification skipped: {_name_image(str(exc), names)}"

@@ -80,13 +80,15 @@ def _same_inputs(doc: object, args: argparse.Namespace) -> bool:
     """Whether an earlier result's JSON ``doc`` was made from the files of this run."""
     if not isinstance(doc, dict):
         return False
-    for key, given in (("image_a", args.image_a), ("image_b", args.image_b)):
-        stored = doc.get(key)
-        if not isinstance(stored, str):
-            return False
-        if stored != str(given) and Path(stored).resolve() != Path(given).resolve():
+    for key, given in (("resolved_a", args.image_a), ("resolved_b", args.image_b)):
+        stored = doc.get(key)  # absolute: the same relative name from another folder differs
+        if not isinstance(stored, str) or stored != _resolved(given):
             return False
     return True
+
+
+def _resolved(name: object) -> str:
+    return str(Path(str(name)).resolve())
 
 
 def _base_stem(args: argparse.Namespace) -> str:
@@ -138,7 +140,13 @@ def main(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     decision = _decide(model, a, b, result)
-    data = {"image_a": str(args.image_a), "image_b": str(args.image_b), **result.to_dict()}
+    data = {
+        "image_a": str(args.image_a),
+        "image_b": str(args.image_b),
+        "resolved_a": _resolved(args.image_a),
+        "resolved_b": _resolved(args.image_b),
+        **result.to_dict(),
+    }
     data["decision"] = decision.to_dict()
     if model is not None:
         data["checkpoint"] = model.checkpoint_path

@@ -4,7 +4,7 @@ A score says *that* two images share a source; this package says *where*: "this 
 is this region of B, rotated by 90 degrees and mirrored" (Bik et al.'s category II reuse).
 
 How (details in docs/match.md): ``prepare`` makes grey, contrast-stretched working copies;
-``keypoints`` fits a similarity transform to SIFT matches of A with B and mirrored B;
+``keypoints`` fits a similarity (or a stretch) to SIFT matches of A with B and mirrored B;
 ``correlation`` tries B's 8 rotations/flips by masked cross-correlation where keypoints fail;
 a candidate is accepted only if the aligned pixels agree (``locate``). ``heatmaps`` gives
 per-tile agreement, ``transform`` the geometry, ``render`` the overview PNG.

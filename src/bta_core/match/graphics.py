@@ -4,16 +4,17 @@ Two figures made with one template share their graphics: an "A" in a white box a
 corner, a white gutter, a caption in black type. Those are sharp, high-contrast and identical,
 so they line up under the identity and can carry a keypoint match and its pixel agreement
 although no picture is shared. Graphics are drawn in pure white, and in pure black on white
-(type on a label or caption), which microscope pictures rarely are (a fluorescence picture's
-black background is not near white, so it stays content). ``graphics_mask`` marks them at the
-matcher's working size, grown by the band-pass's reach, so ``panel_search.content_check`` can
+(type on a label or caption), and in flat black bands and gutters of a picture that has
+white; microscope pictures rarely are. A fluorescence picture's black background stays content
+unless the picture has a pure white pixel too (a saturated speck); then so much may be marked
+that ``panel_search.content_check`` falls back to the whole overlap. ``graphics_mask`` marks
+them at the matcher's working size, grown by the band-pass's reach, so ``content_check`` can
 ask whether a match still holds on the rest.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import binary_dilation
 
 WHITE = 0.98
 """Grey level (0-1) from which a pixel is white, as graphics are drawn."""
@@ -45,16 +46,15 @@ def graphics_mask(rgb: np.ndarray, work_shape: tuple[int, ...]) -> np.ndarray:
 
     near = cv2.dilate(white.view(np.uint8), square(NEAR_WHITE))
     # a figure that has graphics draws its black gutters and bands flat: black whose whole
-    # neighbourhood is black (not a dark picture's noisy background, nor its darkest cells)
+    # neighbourhood is black (not a dark picture's noisy background, nor its darkest cells). A picture with any
+    # pure white pixel (a saturated speck) has its flat black marked too: ``content_check``
+    # then falls back to the whole overlap when too little is left
     flat = cv2.dilate(cv2.erode(dark, square(FLAT)), square(FLAT))
     marked = white | ((dark & near) | flat).astype(bool)
     h, w = work_shape[:2]
-    big_h, big_w = white.shape
-    # any-pooling by an integral image: each working pixel covers a block of full-size pixels
-    y0 = (np.arange(h) * big_h) // h
-    y1 = np.maximum(y0 + 1, ((np.arange(h) + 1) * big_h + h - 1) // h)
-    x0 = (np.arange(w) * big_w) // w
-    x1 = np.maximum(x0 + 1, ((np.arange(w) + 1) * big_w + w - 1) // w)
-    total = np.pad(marked, ((1, 0), (1, 0))).cumsum(0, dtype=np.int64).cumsum(1)
-    count = total[y1][:, x1] - total[y0][:, x1] - total[y1][:, x0] + total[y0][:, x0]
-    return binary_dilation(count > 0, iterations=REACH)
+    # any-pooling: the area mean of a working pixel's block is above 0 when any pixel is marked
+    pooled = cv2.resize(
+        marked.view(np.uint8).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA
+    )
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    return cv2.dilate((pooled > 0).view(np.uint8), cross, iterations=REACH).astype(bool)

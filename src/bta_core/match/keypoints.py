@@ -1,4 +1,5 @@
-"""Keypoint candidates: SIFT on A, on B and on B mirrored, RANSAC similarity, pixel check."""
+"""Keypoint candidates: SIFT on A, on B and on B mirrored, RANSAC similarity (or stretch with
+the OpenCV backend), pixel check."""
 
 from __future__ import annotations
 
@@ -139,7 +140,8 @@ def _ransac_similarity(
 def _fit_keypoints(
     kp_a: np.ndarray, d_a: np.ndarray, kp_b: np.ndarray, d_b: np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-    """RANSAC similarity B -> A; returns (matrix, inlier points A, inlier points B, n matches)."""
+    """RANSAC similarity B -> A (the OpenCV backend may fit a stretch instead); returns (matrix,
+    inlier points A, inlier points B, n matches)."""
     if _backend == "opencv":
         from .keypoints_cv import fit
 

@@ -21,6 +21,10 @@ MIN_STRETCH = 0.03
 """Relative difference of the two axis scales from which a fit counts as a stretch."""
 MAX_STRETCH = 2.0
 """Largest ratio of the axis scales taken for a stretch (beyond it, a chance consensus)."""
+MAX_SKEW = 0.035
+"""Largest cosine between the stretched axes (2 degrees off square): a shear is no stretch."""
+MIN_SPREAD = 10.0
+"""Working pixels the inliers must spread (standard deviation) across their narrower axis."""
 STRETCH_GAIN = 1.5
 STRETCH_MIN_GAIN = 8
 """A stretch replaces the similarity when it holds this many times its inliers, and at least
@@ -102,7 +106,8 @@ def match_descriptors(d_a: np.ndarray, d_b: np.ndarray, ratio: float = RATIO) ->
 def fit(
     kp_a: np.ndarray, d_a: np.ndarray, kp_b: np.ndarray, d_b: np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-    """RANSAC similarity B -> A: ``(3x3 matrix, inlier points A, inlier points B, n matches)``."""
+    """RANSAC similarity (or stretch, ``_stretched_fit``) B -> A: ``(3x3 matrix, inlier points
+    A, inlier points B, n matches)``."""
     cv2 = _cv2()
     if len(kp_a) < 3 or len(kp_b) < 3:
         return None
@@ -160,9 +165,20 @@ def _stretched_fit(
     n = int(inl.sum())
     if n < max(STRETCH_GAIN * similar, similar + STRETCH_MIN_GAIN):
         return None
-    sv = np.linalg.svd(m[:, :2], compute_uv=False)
+    lin = m[:, :2].astype(np.float64)
+    sv = np.linalg.svd(lin, compute_uv=False)
     if sv[1] <= 0 or not 1 + MIN_STRETCH <= sv[0] / sv[1] <= MAX_STRETCH:
         return None  # no stretch to speak of (the similarity serves), or no plausible one
     if not SCALE_RANGE[0] <= float(np.sqrt(sv[0] * sv[1])) <= SCALE_RANGE[1]:
         return None
+
+    def square(v: np.ndarray, w: np.ndarray) -> bool:
+        return abs(float(v @ w)) <= MAX_SKEW * float(np.linalg.norm(v) * np.linalg.norm(w))
+
+    # a stretch along B's axes (or A's) keeps them square; a shear does not
+    if not (square(lin[:, 0], lin[:, 1]) or square(lin[0], lin[1])):
+        return None
+    spread = np.linalg.eigvalsh(np.cov(src[inl].T)) if n > 2 else np.zeros(2)
+    if np.sqrt(max(float(spread[0]), 0.0)) < MIN_SPREAD:
+        return None  # inliers along a line fix no second axis
     return m, inl

@@ -13,7 +13,6 @@ import numpy as np
 from ..runtime import ProgressFn, StopFn, check_cancel
 from .correlation import correlation_candidates, refine_shift
 from .edits import LocalEdits, local_edits
-from .graphics import graphics_mask
 from .heatmaps import full_size_heatmaps, grid_shape, tile_heatmaps
 from .keypoints import (
     Candidate,
@@ -25,7 +24,7 @@ from .keypoints import (
     lowpass,
     sift_features,
 )
-from .panel_search import content_check, panel_corners, panel_overlap, search_panels
+from .panel_search import holding_candidate, panel_corners, panel_overlap, search_panels
 from .panels import find_panels
 from .params import (
     CHANCE_P,
@@ -366,18 +365,9 @@ def match_images(
     panels = (find_panels(a), find_panels(b))  # once: both checks below need them
     panel = None
     if found.best is not None:
-        graphics = (graphics_mask(a, found.work_a), graphics_mask(b, found.work_b))
-        # the first accepted candidate that holds on content (figures aligned on their gutters
-        # and labels are not), else none: then their panels are tried one by one
-        tried, found.best = found.best, None
-        for cand in [tried, *(c for c in found.cands if c is not tried and _accept(c))]:
-            found.best = cand
-            holds, shared = content_check(panels, graphics, found, _accept)
-            if holds:
-                if shared is not None:  # figures sharing one panel: the match is that panel's
-                    panel = (cand, shared)
-                break
-            found.best = None
+        found.best, shared = holding_candidate(found, panels, (a, b), _accept)
+        if shared is not None:  # figures sharing one panel: the match is that panel's
+            panel = (found.best, shared)
     if found.best is None:  # a panel of a composite figure may match on its own
         panel = search_panels(
             (a, b),

@@ -29,7 +29,13 @@ sigma-4 blur carries a gutter's edge about this far)."""
 CONTENT_NCC = 0.5
 """Pixel agreement (band-passed correlation) a whole-image match must keep on the content left
 once panel borders and graphics are set aside (a re-saved figure keeps 0.9, unrelated figures
-of one template 0.45 at most, docs/match.md) ..."""
+of one template 0.42 at most in the figure pairs of docs/match.md) ..."""
+CONTENT_MIN_PIXELS = 256
+"""Working pixels of the overlap that graphics must leave for the check to set them aside (a
+saturated fluorescence picture, white specks on flat black, can be marked whole) ..."""
+CONTENT_LARGE_OVERLAP = 0.25
+"""... when the overlap covers this share of both images (a strip of caption type, mirrored
+onto another figure's, is all graphics and never falls back to itself)."""
 CONTENT_KEEP = 0.85
 """... unless it keeps this share of the whole overlap's agreement: a blurred copy of a
 picture with a few saturated (white) specks agrees 0.47 with or without them."""
@@ -155,7 +161,7 @@ def search_panels(
             if drawn_other is None or drawn_other.shape != work_other[:2]:
                 drawn_other = graphics_mask(whole_image, work_other)
             drawn = (drawn_other, graphics_mask(crop, work_crop))
-            if not content_check(([], []), drawn if side == "b" else drawn[::-1], s, accept)[0]:
+            if not content_check(c, ([], []), drawn if side == "b" else drawn[::-1], s, accept)[0]:
                 continue  # the panel's label and the other figure's agree, not its picture
             if best is not None and c.ncc <= best[0].ncc:
                 continue
@@ -171,60 +177,88 @@ def search_panels(
     return best
 
 
+def holding_candidate(
+    found: Any,
+    panels: tuple[list[Box], list[Box]],
+    images: tuple[np.ndarray, np.ndarray],
+    accept: Callable[[Candidate], bool],
+) -> tuple[Candidate | None, dict | None]:
+    """The first accepted candidate of a whole-image search (``found``: its best, then its
+    other keypoint candidates) that holds on content (``content_check``), and the one panel it
+    holds on, if so; ``(None, None)`` when none does (figures aligned on their gutters and
+    labels: their panels are then tried one by one). ``images``: A and B as float RGB."""
+    graphics = (graphics_mask(images[0], found.work_a), graphics_mask(images[1], found.work_b))
+    first = found.best
+    for cand in [first, *(c for c in found.cands if c is not first and accept(c))]:
+        holds, shared = content_check(cand, panels, graphics, found, accept)
+        if holds:
+            return cand, shared
+    return None, None
+
+
 def content_check(
+    cand: Candidate,
     panels: tuple[list[Box], list[Box]],
     graphics: tuple[np.ndarray, np.ndarray],
     found: Any,
     accept: Callable[[Candidate], bool],
 ) -> tuple[bool, dict | None]:
-    """Whether a whole-image match still holds on the pictures' content, and the one panel it
-    holds on when two figures share only that one.
+    """Whether a whole-image match (``cand``, of the search ``found``) still holds on the
+    pictures' content, and the one panel it holds on when two figures share only that one.
 
     Two figures made alike (panels of one size, a label in each panel's corner, one caption)
     line up their gutters, labels and type under the identity, and those sharp edges can carry
-    a whole match although no picture is shared. The accepted candidate is checked again on
-    A's pixels that are inside panels (A's, and B's mapped into A) and off both images'
-    graphics (``graphics``: ``graphics.graphics_mask`` of A and B at working size), then panel
-    by panel: when one panel of several agrees, the match is that panel's
-    (``{"image", "box"}``), so its masks and local edits leave the other panels out. A match
-    on images without panels or graphics is kept as it is: ``(True, None)``.
+    a whole match although no picture is shared. The candidate is checked again on A's pixels
+    that are inside panels (A's, and B's mapped into A, each kept ``EDGE_MARGIN`` off its
+    border) and off both images' graphics (``graphics``: ``graphics.graphics_mask`` of A and B
+    at working size), then panel by panel: when one panel of several agrees, the match is that
+    panel's (``{"image", "box"}``), so its masks and local edits leave the other panels out.
+    When graphics would leave fewer than ``CONTENT_MIN_PIXELS`` of an overlap that covers a
+    quarter of both images (a saturated fluorescence picture: white specks on flat black),
+    they are not set aside. A match on
+    images without panels or graphics is kept as it is: ``(True, None)``.
     ``panels``: A's and B's (``find_panels``)."""
     panels_a, panels_b = panels
-    c = found.best
     ha, hb = found.bandpassed
-    moved, valid = warp_image(graphics[1].astype(np.float32), np.linalg.inv(c.matrix), ha.shape)
-    drawn = graphics[0] | ((moved >= 0.5) & valid)
-    if not panels_a and not panels_b:
-        if not (drawn & valid).any():
-            return True, None
-        region = np.ones(ha.shape, dtype=bool)
+    drawn, valid = graphics[0].copy(), np.ones(ha.shape, dtype=bool)
+    if graphics[1].any():
+        moved, valid = warp_image(
+            graphics[1].astype(np.float32), np.linalg.inv(cand.matrix), ha.shape
+        )
+        drawn |= (moved >= 0.5) & valid
     else:
-        to_a_work = c.matrix @ found.to_b  # full-size B -> working A
-        masks_a = [_polygon_of(box, found.to_a, ha.shape) for box in panels_a]
-        masks_b = [_polygon_of(box, to_a_work, ha.shape) for box in panels_b]
-        region = np.ones(ha.shape, dtype=bool)
-        if masks_a:
-            region &= np.logical_or.reduce(masks_a)
-        if masks_b:
-            region &= np.logical_or.reduce(masks_b)
-        # off the panels' borders too: the band-pass spreads a gutter's edge this far inside
-        region = binary_erosion(region, iterations=EDGE_MARGIN)
-    region &= ~drawn
+        valid = warp_image(np.ones(hb.shape, np.float32), np.linalg.inv(cand.matrix), ha.shape)[1]
+    if not panels_a and not panels_b and not (drawn & valid).any():
+        return True, None
+    to_a_work = cand.matrix @ found.to_b  # full-size B -> working A
+
+    def inside(box: Box, to_work: np.ndarray) -> np.ndarray:
+        # off the panel's border too: the band-pass spreads a gutter's edge this far inside
+        return binary_erosion(_polygon_of(box, to_work, ha.shape), iterations=EDGE_MARGIN)
+
+    masks_a = [inside(box, found.to_a) for box in panels_a]
+    masks_b = [inside(box, to_a_work) for box in panels_b]
+    region = np.ones(ha.shape, dtype=bool)
+    for masks in (masks_a, masks_b):
+        if masks:
+            region &= np.logical_or.reduce(masks)
+    large = min(cand.overlap_a, cand.overlap_b) >= CONTENT_LARGE_OVERLAP
+    if not large or (region & valid & ~drawn).sum() >= CONTENT_MIN_PIXELS:
+        region &= ~drawn
 
     def holds(part: np.ndarray) -> bool:
         if part.sum() < 64:
             return False
-        check = Candidate(c.matrix, c.method, c.inliers, c.matches, c.pts_a, c.pts_b)
-        check.margin, check.coincidences, check.chance = c.margin, c.coincidences, c.chance
+        check = Candidate(cand.matrix, cand.method, cand.inliers, cand.matches)
+        check.pts_a, check.pts_b = cand.pts_a, cand.pts_b
+        check.margin, check.coincidences, check.chance = cand.margin, cand.coincidences, cand.chance
         check_alignment(ha, hb, check)  # the overlap figures of the whole ...
         check_alignment(ha, hb, check, part)  # ... the agreement of these pixels
         coarse_agreement(*found.lowpassed, check, part)
         # enough agreement left, or as much as the whole overlap had: graphics did not carry it
-        return check.ncc >= min(CONTENT_NCC, CONTENT_KEEP * c.ncc) and accept(check)
+        return check.ncc >= min(CONTENT_NCC, CONTENT_KEEP * cand.ncc) and accept(check)
 
     whole = holds(region)
-    if not panels_a and not panels_b:
-        return whole, None
     side, boxes, masks = ("a", panels_a, masks_a) if len(panels_a) > 1 else ("b", panels_b, masks_b)
     if len(boxes) >= 2:  # one panel agreeing while the others differ: that panel is the match
         agree = [k for k, m in enumerate(masks) if holds(m & region)]

@@ -74,11 +74,16 @@ def pixel_ncc(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 1e-9 else 0.0
 
 
+class ImageTooSmallError(ValueError):
+    """An image below the matcher's minimum side: the pair is not verified, and says why."""
+
+
 def as_float_rgb(image: np.ndarray, name: str) -> np.ndarray:
     """``imageio.to_float_rgb`` plus the matcher's own minimum size; errors name the image."""
     rgb = to_float_rgb(image, name)
     if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
-        raise ValueError(f"{name}: image too small to match ({rgb.shape[0]}x{rgb.shape[1]} pixels)")
+        shape = f"{rgb.shape[0]}x{rgb.shape[1]} pixels"
+        raise ImageTooSmallError(f"{name}: image too small to match ({shape})")
     return rgb
 
 

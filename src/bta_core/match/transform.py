@@ -18,7 +18,9 @@ STRETCH_SHOWN = 0.02
 class MatchTransform:
     """Mapping from B pixel coordinates ``(x, y, 1)`` to A: ``p_a = matrix @ p_b``.
 
-    The linear part is ``flip_x @ (scale * R(angle))`` read in image axes (x right, y down).
+    The linear part is ``flip_x @ (scale * R(angle))`` read in image axes (x right, y down),
+    times an axis stretch for a stretched copy (``stretch``; ``angle`` is then that of the
+    nearest rotation and ``scale`` the geometric mean of the two axis scales).
     ``rotation`` and ``flip`` name the dihedral part: B looks like the A region rotated
     counter-clockwise (as displayed) by ``rotation`` degrees after a left-right mirror when
     ``flip``; i.e. ``B ~ np.rot90(np.fliplr(region) if flip else region, rotation // 90)``.
@@ -64,13 +66,13 @@ class MatchTransform:
             residual_angle=float(residual),
             scale=scale,
             translation=(float(m[0, 2]), float(m[1, 2])),
-            stretch=float(per_y / per_x) if per_x > 0 else 1.0,
+            stretch=float(per_y / per_x) if per_x > 0 and per_y > 0 else 1.0,
         )
 
     def describe(self) -> str:
         """How B looks relative to A in words; a free angle whole: ``"B is A turned 60.0
         degrees counter-clockwise"``, ``"B is A mirrored left-right, then turned 17.0 degrees
-        clockwise"``."""
+        clockwise"``; a stretch named after it: ``"same orientation, stretched 1.20x wider"``."""
         stretch = ""
         if abs(self.stretch - 1.0) >= STRETCH_SHOWN:
             wider = self.stretch > 1.0

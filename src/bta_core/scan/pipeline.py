@@ -158,6 +158,8 @@ def score_and_report(
         policy = replace(policy, collection_threshold=float(o.collection_threshold))
     roles = [it.role for it in emb.items]
     files = None if o.within_files else file_numbers(emb.items)
+    if files is not None and len(set(files)) == len(files):
+        files = None  # one image per file: nothing to leave out, no per-block masks
     t0 = time.perf_counter()
     identical = identical_pixel_pairs(emb.items, o.within, files)
     near = near_copy_pairs(

@@ -117,6 +117,7 @@ def verify_pairs(
     same pixels and filled with the new ones. Returns how many were checked (cached included).
     """
     from ..match import match_images
+    from ..match.prepare import ImageTooSmallError
 
     roles = [it.role for it in items]
     todo = select_for_verification(keys, pairs, len(items), per_image, roles, extra)
@@ -154,7 +155,7 @@ def verify_pairs(
                 )
             elif isinstance(exc, ImageReadError):
                 evidence.not_checked = f"could not be read again: {exc}"
-            elif isinstance(exc, ValueError):  # the matcher refused the pair (too small): as score
+            elif isinstance(exc, ImageTooSmallError):  # the matcher refused it: as score says
                 evidence.verified = evidence.match_confidence = evidence.inliers = None
                 evidence.not_checked = verification_skipped(exc, (items[i].name, items[j].name))
         pairs[m].decision = decide(evidence, policy)
