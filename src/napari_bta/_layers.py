@@ -2,16 +2,18 @@
 
 Overlays copy ``scale``, ``translate``, ``units`` and ``axis_labels`` of the layer they describe
 and keep its leading (Z/T/channel) axes as length-1 axes positioned at the compared plane, so a
-2-D overlay shows on that plane only. Same-named layers are updated, not stacked; every overlay
-carries ``metadata["napari_bta"]`` with its tool, so one tool's group can be replaced as a whole.
+2-D overlay shows on that plane only. Every layer the plugin adds carries ``metadata["napari_bta"]``
+with its tool and slot ("image A", "heatmap B"...): the next result of a tool renames and updates
+the last one's layers in place (``plan_slots``), removing only what it cannot reuse, in one batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterator, Sequence
+from functools import partial
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -47,13 +49,29 @@ def unwrap(obj: Any) -> Any:
     return getattr(obj, "__wrapped__", obj)
 
 
-def remove_group(viewer: Any, tool: str, keep: Sequence[str] = ()) -> None:
-    """Remove every layer the plugin added for ``tool`` except those named in ``keep``.
+class Planned(NamedTuple):
+    """One layer to show: its slot (``"heatmap A"``...), name, data, type and add kwargs."""
 
-    In one batch: napari's canvas collects garbage after each removal outside a batch (about
-    0.35 s with torch loaded), which froze the viewer for seconds when a pair of 7 layers was
-    replaced by the next."""
-    gone = [ly for ly in viewer.layers if bta_info(ly).get("tool") == tool and ly.name not in keep]
+    slot: str
+    name: str
+    data: Any
+    layer_type: str
+    kwargs: dict
+
+
+def tool_layers(viewer: Any, tool: str, slots: Collection[str] | None = None) -> list[Any]:
+    """The layers the plugin added for ``tool`` (only those in ``slots``, when given)."""
+    return [
+        ly
+        for ly in viewer.layers
+        if bta_info(ly).get("tool") == tool and (slots is None or bta_info(ly).get("slot") in slots)
+    ]
+
+
+def remove_layers(viewer: Any, layers: Sequence[Any]) -> None:
+    """Remove ``layers`` (those still in the viewer) in one batch: napari's canvas collects
+    garbage after each removal outside a batch (about 0.35-0.6 s with torch loaded)."""
+    gone = [ly for ly in layers if has_layer(viewer, ly)]
     if not gone:
         return
     with batched(viewer):
@@ -69,21 +87,81 @@ def batched(viewer: Any) -> Iterator[None]:
         yield
 
 
-def upsert_layer(viewer: Any, name: str, data: Any, layer_type: str, **kwargs: Any) -> Any:
-    """Update the layer called ``name`` with new data and properties, or add it if missing.
+def plan_slots(
+    viewer: Any, tool: str, items: Sequence[Planned], slots: Collection[str] | None = None
+) -> list[Callable[[], Any]]:
+    """The ops that show ``items`` for ``tool`` in the layers it already has: first one batched
+    removal of its layers (in ``slots``, default all) that no item reuses, then one
+    ``upsert_layer`` per item, which renames and updates its layer in place or adds one.
 
-    A layer that ``updatable`` rejects is replaced, so repeated runs never pile up duplicates
-    (``plan_pair`` removes those first, in its one batch).
+    An item reuses the tool's layer of its name, else one of its slot, else any other that
+    ``updatable`` accepts. So the next pair (other files, other names) reuses the last pair's
+    layers: removing them cost napari a garbage collection (0.5-1.4 s frozen per row click).
+    A layer of an item's name that cannot take its data is removed first, so a rename never
+    collides with one of the tool's own layers (napari would suffix it: "name [1]").
     """
-    if name in viewer.layers:
-        layer = viewer.layers[name]
-        if updatable(layer, data, layer_type, kwargs):
-            kwargs.pop("rgb", None)
-            layer.data = data
-            for key, value in kwargs.items():
-                setattr(layer, key, value)
-            return layer
-        viewer.layers.remove(name)
+    own = tool_layers(viewer, tool, slots)
+    free = list(range(len(own)))
+    reuse: list[Any] = [None] * len(items)
+    for k, item in enumerate(items):  # by name; a misfit of that name goes, freeing the name
+        j = next((j for j in free if own[j].name == item.name), None)
+        if j is not None:
+            free.remove(j)
+            reuse[k] = own[j] if _fits(own[j], item) else None
+    for by_slot in (True, False):  # then one of its slot, then any that fits
+        for k, item in enumerate(items):
+            slot = item.slot if by_slot else None
+            j = (
+                None
+                if reuse[k] is not None
+                else next((j for j in free if _fits(own[j], item, slot)), None)
+            )
+            if j is not None:
+                free.remove(j)
+                reuse[k] = own[j]
+    kept = {id(unwrap(ly)) for ly in reuse if ly is not None}
+    ops: list[Callable[[], Any]] = [
+        partial(remove_layers, viewer, [ly for ly in own if id(unwrap(ly)) not in kept])
+    ]
+    for item, layer in zip(items, reuse, strict=True):
+        meta = dict(item.kwargs.get("metadata") or {})
+        meta[META_KEY] = {**meta.get(META_KEY, {}), "tool": tool, "slot": item.slot}
+        kwargs = {"visible": True, **item.kwargs, "metadata": meta}
+        ops.append(
+            partial(upsert_layer, viewer, item.name, item.data, item.layer_type, layer, **kwargs)
+        )
+    return ops
+
+
+def _fits(layer: Any, item: Planned, slot: str | None = None) -> bool:
+    """Whether ``item`` can reuse ``layer`` (in ``slot``, when given)."""
+    ok_slot = slot is None or bta_info(layer).get("slot") == slot
+    return ok_slot and updatable(layer, item.data, item.layer_type, item.kwargs)
+
+
+def upsert_layer(
+    viewer: Any, name: str, data: Any, layer_type: str, layer: Any = None, **kwargs: Any
+) -> Any:
+    """Give ``layer`` (one the plugin made) ``name``, ``data`` and the add kwargs in place, or
+    add a new layer when there is none (or it was deleted, or ``updatable`` rejects it).
+
+    An image gets the contrast limits a new layer of that data would get, unless given.
+    """
+    if (
+        layer is not None
+        and has_layer(viewer, layer)
+        and updatable(layer, data, layer_type, kwargs)
+    ):
+        kwargs.pop("rgb", None)
+        layer.data = data
+        if layer.name != name:
+            layer.name = name
+        if layer_type == "image" and "contrast_limits" not in kwargs:
+            layer.reset_contrast_limits_range()
+            layer.reset_contrast_limits()
+        for key, value in kwargs.items():
+            setattr(layer, key, value)
+        return layer
     add = getattr(viewer, f"add_{layer_type}")
     return add(data, name=name, **kwargs)
 
@@ -92,8 +170,7 @@ def updatable(layer: Any, data: Any, layer_type: str, kwargs: dict) -> bool:
     """Whether ``upsert_layer`` can give ``layer`` new ``data`` and ``kwargs`` in place: an
     image or shapes layer of the same dimensionality (and, for images, RGB or not).
 
-    Replacing a layer costs napari a garbage collection (0.3-0.9 s with torch loaded), and the
-    type is read behind napari's proxy (it named every layer "PublicOnlyProxy", so a re-run
+    The type is read behind napari's proxy (it named every layer "PublicOnlyProxy", so a re-run
     replaced each overlay one by one)."""
     layer = unwrap(layer)
     kind = type(layer).__name__.lower()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -17,20 +16,21 @@ import numpy as np
 from ._layers import (
     HEATMAP_KWARGS,
     META_KEY,
+    Planned,
     box_to_rectangle,
     has_layer,
     lift,
     n_leading,
     overlaps,
     placement,
-    remove_group,
-    updatable,
-    upsert_layer,
+    plan_slots,
 )
 
 COLOURS = {"A": "yellow", "B": "cyan"}
 EDIT_COLOUR = "#ff2d2d"
 """Red: where the copy differs locally from its source (a pasted or erased patch)."""
+OVERLAY_SLOTS = ("heatmap A", "heatmap B", "match A", "match B", "edits", "aligned")
+"""The slots of a pair's overlays: the next pair's overlays reuse these layers."""
 
 
 @dataclass
@@ -76,7 +76,8 @@ def plan_pair(
     provenance: dict,
 ) -> tuple[list[Callable[[], Any]], list[str]]:
     """The layer updates that show pair (a, b) as callables (``GradualLayers`` spreads them over
-    event-loop turns so napari redraws in between), and notes for the user.
+    event-loop turns so napari redraws in between), and notes for the user. The last pair's
+    overlays are renamed and updated in place, slot by slot (``plan_slots``).
 
     Overlays of a source layer that was deleted meanwhile are skipped (and noted), never made.
     """
@@ -86,7 +87,7 @@ def plan_pair(
         if not present[role]:
             notes.append(f"layer {src.name!r} was removed; its overlays are not shown")
     found = match is not None and getattr(match, "transform", None) is not None
-    planned: list[tuple[str, Any, str, dict]] = []
+    planned: list[Planned] = []
     stacked = present["A"] and present["B"] and overlaps(a.layer, b.layer)
     for role, src in (("A", a), ("B", b)):
         if not present[role] or match is None:
@@ -98,7 +99,8 @@ def plan_pair(
             heat = np.asarray(heat, dtype=np.float32)
             kwargs = placement(src.layer, src.index, src.shape, heat.shape[:2])
             kwargs.update(HEATMAP_KWARGS, metadata=meta, visible=not (stacked and role == "B"))
-            planned.append((f"BTA heatmap: {src.name}", lift(heat, lead), "image", kwargs))
+            name = f"BTA heatmap: {src.name}"
+            planned.append(Planned(f"heatmap {role}", name, lift(heat, lead), "image", kwargs))
         box = getattr(match, f"box_{role.lower()}", None)
         if found and box is not None:
             score = getattr(match, "confidence", 0.0)
@@ -111,8 +113,9 @@ def plan_pair(
                 edge_width=max(1.0, 0.006 * max(src.shape)),
                 metadata=meta,
             )
+            rect = [box_to_rectangle(box, lead)]
             planned.append(
-                (f"BTA match: {src.name}", [box_to_rectangle(box, lead)], "shapes", kwargs)
+                Planned(f"match {role}", f"BTA match: {src.name}", rect, "shapes", kwargs)
             )
     edits = getattr(match, "local_edits", None) if found else None
     if edits is not None and edits.box_a is not None and present["A"]:  # where B differs locally
@@ -126,9 +129,8 @@ def plan_pair(
             edge_width=max(1.0, 0.006 * max(a.shape)),
             metadata={META_KEY: {**provenance, "tool": tool, "overlay": True, "image": a.name}},
         )
-        planned.append(
-            (f"BTA local edits: {a.name}", [box_to_rectangle(edits.box_a, lead)], "shapes", kwargs)
-        )
+        rect = [box_to_rectangle(edits.box_a, lead)]
+        planned.append(Planned("edits", f"BTA local edits: {a.name}", rect, "shapes", kwargs))
     if found and aligned is not None and present["A"]:
         lead = n_leading(a.layer)
         arr = np.clip(np.asarray(aligned, dtype=np.float32), 0, 1)
@@ -142,22 +144,10 @@ def plan_pair(
         kwargs = placement(a.layer, a.index, a.shape)
         meta = {META_KEY: {**provenance, "tool": tool, "overlay": True, "image": a.name}}
         kwargs.update(rgb=rgb, opacity=0.6, contrast_limits=(0.0, 1.0), metadata=meta)
-        planned.append((f"BTA aligned: {b.name} -> {a.name}", lift(arr, lead), "image", kwargs))
-    keep = [  # what upsert_layer cannot update in place goes in the one batched removal
-        name
-        for name, data, kind, kw in planned
-        if name in viewer.layers and updatable(viewer.layers[name], data, kind, kw)
-    ] + _sources(tool, a, b)
-    ops: list[Callable[[], Any]] = [lambda: remove_group(viewer, tool, keep=keep)]
-    ops += [
-        partial(upsert_layer, viewer, name, data, kind, **kw) for name, data, kind, kw in planned
-    ]
-    return ops, notes
-
-
-def _sources(tool: str, a: Source, b: Source) -> list[str]:
-    """Names of the pair's own image layers (kept when a tool's group is replaced)."""
-    return [s.layer.name for s in (a, b) if s.layer is not None]
+        name = f"BTA aligned: {b.name} -> {a.name}"
+        planned.append(Planned("aligned", name, lift(arr, lead), "image", kwargs))
+    # the last pair's overlays are renamed and updated in place; the rest go in one batch
+    return plan_slots(viewer, tool, planned, slots=OVERLAY_SLOTS), notes
 
 
 def provenance(names: Sequence[str], decision: Any, checkpoint: str | None) -> dict:

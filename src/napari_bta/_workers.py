@@ -242,12 +242,14 @@ class WorkerControls:
         on_return: Callable[[Any], None] | None = None,
         on_cancel: Callable[[Cancelled], None] | None = None,
         on_yield: Callable[[Any], None] | None = None,
+        on_finished: Callable[[], None] | None = None,
         description: str | None = None,
         **kwargs: Any,
     ) -> StoppableWorker | None:
         """Start ``gen_fn(*args, stop=..., **kwargs)`` in a thread worker (None while busy).
 
-        ``on_yield`` gets what the work yields besides ``Progress`` (a partial result to show).
+        ``on_yield`` gets what the work yields besides ``Progress`` (a partial result to show);
+        ``on_finished`` runs when the work has ended in any way (not after the panel closed).
         """
         if self.busy or self.closed:
             return None
@@ -314,6 +316,8 @@ class WorkerControls:
         worker.errored.connect(errored)
         worker.aborted.connect(lambda: setattr(self.status, "value", f"{what}: cancelled"))
         worker.finished.connect(lambda: self._finished(worker))
+        if on_finished is not None:
+            worker.finished.connect(lambda: None if self.closed else on_finished())
         _quit_stops_workers()
         worker.start()
         return worker

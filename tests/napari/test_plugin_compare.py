@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_bta._compare import layer_items, to_rgb
+from napari_bta._layers import unwrap
 from napari_bta._overlays import Source, show_pair
 
 
@@ -234,8 +235,8 @@ def test_a_rerun_updates_its_overlays_in_place_and_removes_old_ones_in_one_batch
 ):
     """Through napari's proxy (as a panel sees the viewer) every overlay of a re-run was removed
     and added again, one by one: napari collected garbage per removed layer (0.6-0.9 s each
-    with torch loaded). Now the same overlays are updated in place, and another pair's
-    overlays replace the old ones with one removal batch."""
+    with torch loaded). Now the same overlays are updated in place, another pair's reuse them
+    (renamed), and what that pair has no use for goes in one removal batch."""
     import gc
 
     viewer = open_panel(make_napari_viewer(), "Compare")._viewer  # the proxy a panel gets
@@ -252,10 +253,12 @@ def test_a_rerun_updates_its_overlays_in_place_and_removes_old_ones_in_one_batch
     again, _ = show_pair(viewer, "compare", a, b, match, np.ones((60, 80)), {})
     assert not collections  # nothing removed
     assert [ly.name for ly in again] == [ly.name for ly in first]
-    assert all(x.__wrapped__ is y.__wrapped__ for x, y in zip(again, first, strict=True))
+    assert all(unwrap(x) is unwrap(y) for x, y in zip(again, first, strict=True))
     box = viewer.layers["BTA match: A"]
     assert np.asarray(box.data[0]).min(axis=0).tolist() == [9.5, 19.5]  # the new box
     assert box.shape_type == ["rectangle"] and box.features["confidence"].tolist() == [0.9]
+    heat_b = unwrap(viewer.layers["BTA heatmap: B"])
     show_pair(viewer, "compare", a, c, _match(a.shape, c.shape), None, {})
-    assert len(collections) == 1  # B's overlays and the aligned layer: one batch
+    assert len(collections) == 1  # only the aligned layer (none for this pair): one batch
     assert not [ly.name for ly in viewer.layers if ly.name.endswith(": B") or "-> " in ly.name]
+    assert unwrap(viewer.layers["BTA heatmap: C"]) is heat_b  # B's overlays renamed to C's

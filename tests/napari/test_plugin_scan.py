@@ -114,7 +114,7 @@ def test_scan_panel_shows_the_core_pairs_in_its_order_and_opens_them(
     assert panel.open_row(2) is None  # one job at a time, and the panel says so
     assert "click pair 3 again when it is done" in panel._status.value
     wait_idle(panel)
-    assert 1 <= len(collections) <= 2, len(collections)
+    assert len(collections) <= 1, len(collections)  # layers reused; a slot left over: one batch
     monkeypatch.setattr(gc, "collect", real_collect)
     names = {ly.name for ly in viewer.layers}
     assert a.name not in names or Path(core_pairs[1].path_a).name in a.name
@@ -257,6 +257,92 @@ def test_a_row_click_decodes_the_pair_in_the_worker(
     assert decoded_in and not any(decoded_in), "decoded on the UI thread"
     a = viewer.layers["A: " + Path(pair.path_a).name]
     assert a.rgb and f"BTA heatmap: {a.name}" in viewer.layers
+
+
+def _fake_pair(path_a, path_b):
+    """What ``open_row`` reads of a ``bta_core.scan.Pair`` (no scan needed to open a pair)."""
+    from types import SimpleNamespace
+
+    evidence = SimpleNamespace(local_edits=None)
+    decision = SimpleNamespace(evidence=evidence, explain=lambda: "planted copy", probability=1.0)
+    return SimpleNamespace(
+        path_a=str(path_a),
+        path_b=str(path_b),
+        decision=decision,
+        verdict="same",
+        decided_by="verified overlap",
+        score=0.9,
+    )
+
+
+def test_the_next_pair_reuses_the_last_pairs_layers_without_removing_any(
+    make_napari_viewer, open_panel, wait_idle, planted_folder, monkeypatch
+):
+    """Each row click removed the last pair's 7 layers (their names hold the file names, so none
+    was updated in place): napari collected garbage (0.5-1.4 s frozen viewer with torch loaded).
+    Now the next pair renames and updates the same layers, slot by slot, and removes none."""
+    import gc
+
+    from napari.layers import Image
+
+    from bta_core.imageio import load_named
+    from napari_bta._layers import bta_info, unwrap
+
+    folder, planted = planted_folder
+    source_of = {  # copy -> its source (False sorts first: the source)
+        Path(copy).name: Path(src)
+        for src, copy in (sorted(pair, key=lambda p: "copy_" in p) for pair in planted)
+    }
+    first = (source_of["copy_exact.png"], folder / "copy_exact.png")
+    second = (source_of["copy_flipped.png"], folder / "copy_flipped.png")
+    viewer = make_napari_viewer()
+    panel = open_panel(viewer, "Scan")
+    panel.pairs = [_fake_pair(*first), _fake_pair(*second)]
+    panel.open_row(0)
+    wait_idle(panel)
+    before = {id(unwrap(ly)) for ly in viewer.layers}
+    assert len(before) == 7, [ly.name for ly in viewer.layers]  # A, B and 5 overlays
+    removed, collections = [], []
+    viewer.layers.events.removed.connect(lambda event: removed.append(event.value.name))
+    real_collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *x: collections.append(1) or real_collect(*x))
+    panel.open_row(1)
+    wait_idle(panel)
+    monkeypatch.setattr(gc, "collect", real_collect)
+    assert not removed and not collections, removed
+    assert {id(unwrap(ly)) for ly in viewer.layers} == before  # the same layers, updated
+
+    # the layers show the second pair: names, data, provenance; none names the first pair
+    a_name, b_name = (f"{r}: {p.name}" for r, p in zip("AB", second, strict=True))
+    names = [ly.name for ly in viewer.layers]
+    assert len(set(names)) == len(names)
+    assert not [n for n in names if first[0].name in n or first[1].name in n], names
+    for name in (a_name, b_name, f"BTA heatmap: {a_name}", f"BTA heatmap: {b_name}"):
+        assert name in viewer.layers, names
+    assert f"BTA match: {b_name}" in viewer.layers
+    assert f"BTA aligned: {b_name} -> {a_name}" in viewer.layers
+    a, b = viewer.layers[a_name], viewer.layers[b_name]
+    np.testing.assert_array_equal(a.data, load_named(str(second[0])))
+    np.testing.assert_array_equal(b.data, load_named(str(second[1])))
+    fresh = Image(b.data, rgb=True)  # what a new layer of this image would show
+    assert b.rgb and b.contrast_limits == fresh.contrast_limits
+    assert b.translate[1] == a.data.shape[1] + 16  # beside the new A, not the old one
+    for layer in viewer.layers:
+        assert layer.visible
+        info = bta_info(layer)
+        assert info.get("path") or info.get("pair") == [a_name, b_name], (layer.name, info)
+    assert bta_info(a)["path"] == str(second[0])
+    heat = viewer.layers[f"BTA heatmap: {a_name}"]
+    assert heat.colormap.name == "inferno" and tuple(heat.contrast_limits) == (0.0, 1.0)
+
+    # a pair that fails to localise leaves none of the last pair's overlays (hidden) behind
+    def fail(*_args, **_kwargs):
+        raise ValueError("no match for this test")
+
+    monkeypatch.setattr("bta_core.match.match_images", fail)
+    panel.open_row(0)
+    wait_idle(panel)
+    assert [ly.name for ly in viewer.layers] == [f"A: {first[0].name}", f"B: {first[1].name}"]
 
 
 def test_scan_planes_separately_lists_the_channels_of_a_stack(
