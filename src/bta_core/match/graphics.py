@@ -4,12 +4,12 @@ Two figures made with one template share their graphics: an "A" in a white box a
 corner, a white gutter, a caption in black type. Those are sharp, high-contrast and identical,
 so they line up under the identity and can carry a keypoint match and its pixel agreement
 although no picture is shared. Graphics are drawn in pure white, and in pure black on white
-(type on a label or caption), and in flat black bands and gutters of a picture that has
-white; microscope pictures rarely are. A fluorescence picture's black background stays content
-unless the picture has a pure white pixel too (a saturated speck); then so much may be marked
-that ``panel_search.content_check`` falls back to the whole overlap. ``graphics_mask`` marks
-them at the matcher's working size, grown by the band-pass's reach, so ``content_check`` can
-ask whether a match still holds on the rest.
+(type on a label or caption), in pure colours (yellow letters, red arrows) and in flat black
+bands and gutters; microscope pictures rarely are. A saturated fluorescence picture (white
+cells on a flat black background) can be marked almost whole: ``panel_search.content_check``
+then falls back to the whole overlap. ``graphics_mask`` marks them at the matcher's working
+size, grown by the band-pass's reach, so ``panel_search.content_check`` can ask whether a
+match still holds on the rest.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 WHITE = 0.98
-"""Grey level (0-1) from which a pixel is white, as graphics are drawn."""
+"""Level (0-1) from which a channel is full, as graphics are drawn (white, pure colours)."""
 BLACK = 0.02
 """Grey level up to which a pixel is black: graphics when near white (type on a label)."""
 NEAR_WHITE = 4
@@ -30,27 +30,29 @@ REACH = 6
 
 def graphics_mask(rgb: np.ndarray, work_shape: tuple[int, ...]) -> np.ndarray:
     """Working-size mask (``work_shape``) of the graphics of ``rgb`` (full size, its own levels
-    in 0-1, not contrast-stretched: a stretch saturates the brightest cells too): white in every
-    channel, and black in every channel near white; a working pixel is marked when any
-    full-size pixel under it is."""
+    in 0-1, not contrast-stretched: a stretch saturates the brightest cells too): pure colours
+    (every channel at 0 or 1, not black: white, and the red, green, yellow... of labels and
+    arrows), black near them, and flat black; a working pixel is marked when any full-size
+    pixel under it is."""
     import cv2
 
     chans = [rgb[..., c] for c in range(rgb.shape[-1])] if rgb.ndim == 3 else [rgb]
-    white = np.logical_and.reduce([c >= WHITE for c in chans])  # per channel: fast
-    if not white.any():
+    high = [c >= WHITE for c in chans]  # per channel: fast
+    low = [c <= BLACK for c in chans]
+    pure = np.logical_and.reduce([h | lo for h, lo in zip(high, low, strict=True)])
+    pure &= np.logical_or.reduce(high)
+    if not pure.any():
         return np.zeros(work_shape[:2], dtype=bool)
-    dark = np.logical_and.reduce([c <= BLACK for c in chans]).view(np.uint8)
+    dark = np.logical_and.reduce(low).view(np.uint8)
 
     def square(r: int) -> np.ndarray:
         return np.ones((2 * r + 1, 2 * r + 1), np.uint8)
 
-    near = cv2.dilate(white.view(np.uint8), square(NEAR_WHITE))
+    near = cv2.dilate(pure.view(np.uint8), square(NEAR_WHITE))
     # a figure that has graphics draws its black gutters and bands flat: black whose whole
-    # neighbourhood is black (not a dark picture's noisy background, nor its darkest cells). A picture with any
-    # pure white pixel (a saturated speck) has its flat black marked too: ``content_check``
-    # then falls back to the whole overlap when too little is left
-    flat = cv2.dilate(cv2.erode(dark, square(FLAT)), square(FLAT))
-    marked = white | ((dark & near) | flat).astype(bool)
+    # neighbourhood is black (not a dark picture's noisy background, nor its darkest cells)
+    flat = cv2.erode(dark, square(FLAT))
+    marked = pure | ((dark & near) | cv2.dilate(flat, square(FLAT))).astype(bool)
     h, w = work_shape[:2]
     # any-pooling: the area mean of a working pixel's block is above 0 when any pixel is marked
     pooled = cv2.resize(

@@ -154,15 +154,26 @@ def search_panels(
             grey = np.clip(to_grey(crop, clip=False), 0, 1)  # its own stretch
             pair = (other, grey) if side == "b" else (grey, other)
             s = search(*pair)
-            c = s.best
-            if c is None or not _covers_the_panel(c, side, s.work_b if side == "b" else s.work_a):
+            if s.best is None:
                 continue
             work_crop, work_other = (s.work_b, s.work_a) if side == "b" else (s.work_a, s.work_b)
             if drawn_other is None or drawn_other.shape != work_other[:2]:
                 drawn_other = graphics_mask(whole_image, work_other)
             drawn = (drawn_other, graphics_mask(crop, work_crop))
-            if not content_check(c, ([], []), drawn if side == "b" else drawn[::-1], s, accept)[0]:
-                continue  # the panel's label and the other figure's agree, not its picture
+            drawn = drawn if side == "b" else drawn[::-1]
+            # the first accepted candidate that is the panel and not its label (a letter box
+            # lined up with the other figure's can come first)
+            c = next(
+                (
+                    c
+                    for c in [s.best, *(c for c in s.cands if c is not s.best and accept(c))]
+                    if _covers_the_panel(c, side, work_crop)
+                    and content_check(c, ([], []), drawn, s, accept)[0]
+                ),
+                None,
+            )
+            if c is None:
+                continue
             if best is not None and c.ncc <= best[0].ncc:
                 continue
             t = _offset(x0, y0)
