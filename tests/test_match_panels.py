@@ -189,3 +189,37 @@ def test_two_figures_sharing_one_panel_are_boxed_on_that_panel(bccd_images):
     x0, w = 130, shared.shape[1]
     assert r.box_a == pytest.approx((x0, 0, x0 + w, 256), abs=3)
     assert r.box_b == pytest.approx((0, 0, w, 256), abs=3)
+
+
+def _grid(panels: list[np.ndarray], gap: int = 10) -> np.ndarray:
+    """Four 300 px panels in a 2x2 white figure with a margin and gutters, each lettered A-D
+    in a white box at its top-left corner."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    size = 2 * 300 + 3 * gap
+    fig = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(fig)
+    for k, p in enumerate(panels):
+        y, x = gap + (k // 2) * (300 + gap), gap + (k % 2) * (300 + gap)
+        fig.paste(Image.fromarray((np.clip(p[:300, :300], 0, 1) * 255).astype(np.uint8)), (x, y))
+        draw.rectangle((x, y, x + 34, y + 40), fill="white")
+        draw.text((x + 6, y + 2), "ABCD"[k], fill="black", font=ImageFont.load_default(size=32))
+    return np.asarray(fig).astype(np.float32) / 255
+
+
+def test_a_moved_panel_shows_no_edits_but_a_patch_on_it_does(bccd_images):
+    """Panel A of one figure reused unchanged as panel D of another showed 15-16 "pasted or
+    erased?" cells along its border (cells across it compared the gutter and the neighbours;
+    a reviewer's figures, 2026-11-29); a patch cloned inside the panel must still show."""
+    tiles = [_fit(load_image(bccd_images[k]), 300) for k in (10, 60, 120, 160, 200, 240)]
+    one = _grid(tiles[:4])
+    other = _grid([tiles[4], tiles[5], tiles[2][::-1], tiles[0]])
+    r = match_images(one, other, heatmaps=False)
+    assert r.transform is not None and "panel" in r.info, r.info
+    assert r.local_edits is None or not r.local_edits.cells, r.local_edits
+    cloned = tiles[0].copy()
+    cloned[150:210, 150:210] = cloned[60:120, 60:120]
+    r = match_images(one, _grid([tiles[4], tiles[5], tiles[2][::-1], cloned]), heatmaps=False)
+    assert r.local_edits is not None and r.local_edits.cells, r.info
+    x0, y0, x1, y1 = r.local_edits.box_a
+    assert x0 <= 170 <= x1 and y0 <= 170 <= y1

@@ -55,18 +55,29 @@ def match_levels(src: np.ndarray, ref: np.ndarray, valid: np.ndarray) -> np.ndar
 
 
 def local_edits(
-    scaled: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], m_full: np.ndarray, grid: int
+    scaled: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    m_full: np.ndarray,
+    grid: int,
+    region_a: np.ndarray | None = None,
 ) -> LocalEdits | None:
     """Cells where the copy B, aligned by ``m_full`` (B -> A, full-size pixels), differs locally
     from A, compared at one common scale (``scaled``: what ``prepare.common_scale`` returns).
     The grid is ``grid`` cells along A's longer side, finer (up to 4x) when fewer than 8 cells
     lie wholly inside the overlap (a small crop of a large image); None if even then. The box
-    is in full-size pixels of A."""
+    is in full-size pixels of A. ``region_a``: a full-size mask of A to keep the comparison to
+    (a matched panel: cells across its border would compare the gutter and the neighbours)."""
     ga, gb, to_a, to_b = scaled
     m = to_a @ m_full @ np.linalg.inv(to_b)
+    keep = None
+    if region_a is not None:
+        import cv2
+
+        keep = cv2.resize(
+            region_a.astype(np.uint8), ga.shape[::-1], interpolation=cv2.INTER_NEAREST
+        ).astype(bool)
     found = None
     for g in (grid, 2 * grid, 4 * grid):
-        found = _local_edits(ga, gb, m, g)
+        found = _local_edits(ga, gb, m, g, keep)
         if found is not None:
             break
     if found is None or found.box_a is None or to_a[0, 0] == 1:
@@ -79,11 +90,17 @@ def local_edits(
 
 
 def _local_edits(
-    grey_a: np.ndarray, grey_b: np.ndarray, m_b_to_a: np.ndarray, grid: int
+    grey_a: np.ndarray,
+    grey_b: np.ndarray,
+    m_b_to_a: np.ndarray,
+    grid: int,
+    keep: np.ndarray | None = None,
 ) -> LocalEdits | None:
     from scipy.ndimage import gaussian_filter
 
     warped, valid = warp_image(grey_b, np.linalg.inv(m_b_to_a), grey_a.shape)
+    if keep is not None:
+        valid &= keep
     sigma = max(1.0, min(grey_a.shape) * EDIT_SMOOTHING)
     fill = fill_of_free_turn(grey_b, m_b_to_a, grey_a.shape, margin=int(np.ceil(3 * sigma)) + 2)
     if fill is not None:  # B's filled corners are not in A: not an edit

@@ -77,7 +77,7 @@ def panel_overlap(
     x0, y0, x1, y1 = panel["box"]
     inv = np.linalg.inv
     corners = panel_corners(panel["box"])  # full-size pixels of its image
-    edits = local_edits(common_scale(levels_a, levels_b), m_full, grid)
+    scaled = common_scale(levels_a, levels_b)
     if panel["image"] == "b":
         inside_b = np.zeros(levels_b.shape[:2], dtype=bool)
         inside_b[y0:y1, x0:x1] = True
@@ -87,11 +87,13 @@ def panel_overlap(
             levels_b.shape, map_points(inv(m_full), image_corners(levels_a.shape))
         )
         region = (*in_a.min(0), *in_a.max(0))
+        edits = local_edits(scaled, m_full, grid, mask_a)
         return _edits_within(edits, levels_a.shape, region), mask_a, mask_b & inside_b
     inside_a = np.zeros(levels_a.shape[:2], dtype=bool)
     inside_a[y0:y1, x0:x1] = True
     mask_a = polygon_mask(levels_a.shape, map_points(m_full, image_corners(levels_b.shape)))
     mask_b = polygon_mask(levels_b.shape, map_points(inv(m_full), corners))
+    edits = local_edits(scaled, m_full, grid, inside_a)
     return _edits_within(edits, levels_a.shape, (x0, y0, x1, y1)), mask_a & inside_a, mask_b
 
 
