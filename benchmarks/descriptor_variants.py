@@ -7,11 +7,13 @@ copy; negatives: clean image vs the same manipulation of up to 32 same-populatio
 other groups (the holdout protocol's hard negatives).
 
 * ``global``: cosine of the average-pooled features (what the model's projector sees);
-* ``global_whitened``: the same, whitened with the block's own images (a scan's collection);
+* ``global_whitened``: the same, whitened with the clean images of the block (a scan's
+  collection), the manipulated copies outside the fit and each pair's clean image left out
+  (``whitening.pair_similarity``);
 * ``global_whitened_ref``: whitened with the *other* data sets' val images instead (what a
   single-pair score could carry with it);
 * ``regions_whitened``: besides the global vector, 7x7-cell windows of the 448 px and 320 px
-  feature maps (crop-sized regions, 80 per image), whitened with the block's regions; the
+  feature maps (crop-sized regions, 80 per image), whitened with the clean images' regions; the
   global and best-region similarities are each standardised by the median/MAD of all the
   block's pairs and added;
 * ``grid3_whitened``: a 3x3 grid of per-cell vectors (layout), cell-whitened, best of the 8
@@ -22,6 +24,12 @@ other groups (the holdout protocol's hard negatives).
   regions against B's 8 orientations and B's regions against A), ``grid3_whitened`` and
   ``preblur_whitened`` (a fixed, label-free rule; chosen on bccd's val split);
   ``fused_no_d4``, ``fused_224`` and ``fused_224_d4`` leave parts of it out.
+
+Every whitening is fitted on the clean images only (since 2026-11-29). Fitting it on the
+clean images *and* every image's copy under the manipulation being scored, as before, let the
+whitening learn that manipulation's systematic shift and discount it (optimistic). Only the
+global cosines leave each pair's clean image out of the fit; the regions, grid and pre-blurred
+vectors keep it in (a copy's source inside the fit looks less alike: conservative).
 
     python benchmarks/descriptor_variants.py --out benchmarks/descriptor_variants_cpu.json
 """
@@ -45,7 +53,7 @@ from bta_core.data import decode_records, read_splits_csv
 from bta_core.evaluation.metrics import roc_auc, threshold_at_fpr
 from bta_core.evaluation.pairs import manipulate
 from bta_core.training.features import negative_partners
-from bta_core.whitening import Whitening, fit_whitening
+from bta_core.whitening import Whitening, fit_whitening, pair_similarity
 
 MANIPS = [
     "hflip",
@@ -85,6 +93,18 @@ def whiten(w: Whitening | None, x: torch.Tensor) -> torch.Tensor:
     return x if w is None else F.normalize((x - w.mean) @ w.matrix, dim=-1)
 
 
+def left_out_matrix(w: Whitening, a: torch.Tensor, b: torch.Tensor, rows: int = 16) -> torch.Tensor:
+    """All-pairs ``(len(a), len(b))`` whitened cosine, each ``a`` (fitted) left out of the
+    fit for its pairs, ``b`` (a copy, never fitted) compared from outside."""
+    out = []
+    for i in range(0, len(a), rows):
+        ai = a[i : i + rows]
+        aa = ai[:, None].expand(-1, len(b), -1).reshape(-1, a.shape[1])
+        bb = b[None].expand(len(ai), -1, -1).reshape(-1, b.shape[1])
+        out.append(pair_similarity(w, aa, bb, True, False).view(len(ai), len(b)))
+    return torch.cat(out)
+
+
 def robust_z(s: torch.Tensor) -> torch.Tensor:
     """Standardise an all-pairs similarity matrix by its off-diagonal median and MAD."""
     off = s[~torch.eye(len(s), dtype=torch.bool)]
@@ -109,31 +129,30 @@ def d4_grids(g: torch.Tensor) -> torch.Tensor:
 def similarity_matrices(clean: dict, manip: dict, ref: Whitening) -> dict[str, torch.Tensor]:
     """All-pairs (clean x manipulated) similarity of every variant, ``{variant: (N, N)}``."""
     ga, gb = clean["224"].mean((2, 3)), manip["224"].mean((2, 3))
-    w = fit_whitening(torch.cat([ga, gb]))
+    w = fit_whitening(ga)  # the clean images only: the copies stay outside the fit
     out = {
         "global": whiten(None, ga) @ whiten(None, gb).T,
-        "global_whitened": whiten(w, ga) @ whiten(w, gb).T,
+        "global_whitened": left_out_matrix(w, ga, gb),
         "global_whitened_ref": whiten(ref, ga) @ whiten(ref, gb).T,
     }
     ra = torch.cat([regions(clean["448"]), regions(clean["320"])], 1)
     rb = torch.cat([regions(manip["448"]), regions(manip["320"])], 1)
-    wr = fit_whitening(torch.cat([ra.flatten(0, 1)[::7], rb.flatten(0, 1)[::7]]))
+    wr = fit_whitening(ra.flatten(0, 1)[::7])
     ra, rb, gar, gbr = whiten(wr, ra), whiten(wr, rb), whiten(wr, ga), whiten(wr, gb)
     best_region = torch.maximum(
         torch.einsum("arc,bc->abr", ra, gbr).amax(-1), torch.einsum("brc,ac->abr", rb, gar).amax(-1)
     )
     out["regions_whitened"] = robust_z(out["global_whitened"]) + robust_z(best_region)
     ca, cb = F.adaptive_avg_pool2d(clean["224"], 3), F.adaptive_avg_pool2d(manip["224"], 3)
-    cells = torch.cat([ca, cb]).permute(0, 2, 3, 1).reshape(-1, ca.shape[1])
-    wc = fit_whitening(cells)
+    wc = fit_whitening(ca.permute(0, 2, 3, 1).reshape(-1, ca.shape[1]))
     ca = whiten(wc, ca.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     cb = whiten(wc, cb.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     out["grid3_whitened"] = torch.einsum("acxy,obcxy->oab", ca, d4_grids(cb)).div(9).amax(0)
     pa, pb = clean["224blur"].mean((2, 3)), manip["224blur"].mean((2, 3))
-    wp = fit_whitening(torch.cat([pa, pb]))
+    wp = fit_whitening(pa)
     out["preblur_whitened"] = whiten(wp, pa) @ whiten(wp, pb).T
     gbo = manip["224d4"].mean((3, 4))  # (8, N, C)
-    out["global_d4_whitened"] = torch.einsum("ac,obc->oab", whiten(w, ga), whiten(w, gbo)).amax(0)
+    out["global_d4_whitened"] = torch.stack([left_out_matrix(w, ga, g) for g in gbo]).amax(0)
     region_d4 = torch.einsum("arc,obc->oabr", ra, whiten(wr, gbo)).amax((0, 3))
     best_region_d4 = torch.maximum(region_d4, torch.einsum("brc,ac->abr", rb, gar).amax(-1))
     z = {k: robust_z(v) for k, v in out.items() if k.endswith("whitened")}

@@ -293,3 +293,77 @@ def test_eval_and_calibrate_name_the_files_they_skip(bccd_images, tiny_model, tm
     ckpt = save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
     calibrate(ckpt, [folder], split=None, out=tmp_path / "cal.safetensors", repeats=1)
     assert f"skipped {folder / 'broken.tif'}: " in capsys.readouterr().err
+
+
+def _toy_feature_set(shift: float = 3.0):
+    """A held-out test split of 24 images whose manipulated copies all share one systematic
+    shift (what a whitening fitted on the copies would learn and discount)."""
+    from bta_core.training.features import FeatureSet
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 24, 32
+    clean = torch.randn(n, d, generator=g)
+    offset = shift * torch.randn(d, generator=g)
+    copies = [clean + offset + 0.5 * torch.randn(n, d, generator=g)]
+    copies += [clean + 0.8 * torch.randn(n, d, generator=g) for _ in range(2)]
+    return FeatureSet(
+        name="toy",
+        clean=clean,
+        views=torch.zeros(0, 1, d),
+        manip=torch.stack(copies, 1),
+        groups=np.arange(n) // 2,
+        splits=np.array(["test"] * n),
+        population=np.array(["toy/a", "toy/b"] * (n // 2)),
+        trainval_index=np.zeros(0, dtype=np.int64),
+        test_index=np.arange(n),
+        test_views=["shifted", "paper_a", "paper_b"],
+        files=[f"{i}.png" for i in range(n)],
+    )
+
+
+def test_holdout_collection_whitening_fits_the_clean_images_only(monkeypatch):
+    """The adapted (collection) scores of the leave-one-out protocol whiten with the clean test
+    images only, as a scan of a folder of clean images and a few copies would: the copies stay
+    outside the fit and each pair's clean image is left out. Fitting the copies too (the
+    optimistic protocol used until 2026-11-29) would fail both checks below."""
+    import torch.nn.functional as F
+
+    from bta_core.evaluation import holdout
+    from bta_core.training.features import negative_partners
+    from bta_core.whitening import fit_whitening, pair_similarity
+
+    fs = _toy_feature_set()
+    fitted = []
+
+    def spy(x, *args, **kwargs):
+        fitted.append(x.clone())
+        return fit_whitening(x, *args, **kwargs)
+
+    monkeypatch.setattr(holdout, "fit_whitening", spy)
+    adapted = holdout.evaluate_heldout(fs, holdout.CollectionScorer(holdout.Scorer()), 0.5)
+    assert adapted["identity"]["min"] == pytest.approx(1.0)
+    gate = (holdout.CollectionScorer(holdout.Scorer()), 0.2)  # the scan's rule, as a gate
+    holdout.evaluate_heldout(fs, holdout.Scorer(), 0.5, gate=gate)
+    zc = F.normalize(fs.clean, dim=-1)
+    assert fitted and all(torch.equal(f, zc) for f in fitted)
+    # the same figures by hand: clean source in the fit and left out, copy outside it
+    res = holdout.evaluate_heldout(fs, holdout.CollectionScorer(holdout.Scorer()), 0.5)
+    zm = F.normalize(fs.manip[:, 0], dim=-1)
+    w = fit_whitening(zc)
+    ia, ib = negative_partners(fs.groups, fs.population, np.random.default_rng(0))
+    pos = pair_similarity(w, zc, zm, True, False).double().numpy()
+    neg = pair_similarity(w, zc[ia], zm[ib], True, False).double().numpy()
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    assert res["reuse"]["shifted"]["auc"] == pytest.approx(skm.roc_auc_score(y, np.r_[pos, neg]))
+    assert res["reuse"]["shifted"]["recall@thr"] == pytest.approx(float((pos >= 0.5).mean()))
+    # fitted on the clean images plus every shifted copy, the shift is discounted: the copies'
+    # whitened cosines rise (what the protocol must not measure)
+    w_both = fit_whitening(torch.cat([zc, zm]))
+    optimistic = pair_similarity(w_both, zc, zm).double().numpy()
+    assert optimistic.mean() > pos.mean() + 0.1
+    # reuse_mean leaves the trivial identity row out
+    manips = [k for k in res["reuse"] if k != "identity"]
+    assert res["reuse_mean"]["auc"] == pytest.approx(
+        np.mean([res["reuse"][m]["auc"] for m in manips])
+    )
+    assert "paper_at_0.5" not in res  # a whitened cosine is no probability

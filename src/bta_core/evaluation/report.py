@@ -76,13 +76,16 @@ def markdown_report(results: dict) -> str:
                     ]
                 )
             rows.append(
-                ["**mean**"]
+                ["**mean** (without identity)"]
                 + [
                     f"{_fmt(meth[n]['mean_recall@fpr'])} / {_fmt(meth[n]['mean_auc'])}"
                     for n in names
                 ]
             )
-            rows.append(["**min recall**"] + [_fmt(meth[n]["min_recall@fpr"]) for n in names])
+            rows.append(
+                ["**min recall** (without identity)"]
+                + [_fmt(meth[n]["min_recall@fpr"]) for n in names]
+            )
             if r["n_same_field_pairs"]:
                 rows.append(
                     [f"same field, other photo ({r['n_same_field_pairs']} pairs)"]
