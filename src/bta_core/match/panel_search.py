@@ -228,19 +228,15 @@ def content_check(
     panel's (``{"image", "box"}``), so its masks and local edits leave the other panels out.
     When graphics would leave fewer than ``CONTENT_MIN_PIXELS`` of an overlap that covers a
     quarter of both images (a saturated fluorescence picture: white specks on flat black),
-    they are not set aside. A match on
-    images without panels or graphics is kept as it is: ``(True, None)``.
-    ``panels``: A's and B's (``find_panels``)."""
+    they are not set aside. A match on images without panels or graphics is kept as it is:
+    ``(True, None)``. ``panels``: A's and B's (``find_panels``)."""
     panels_a, panels_b = panels
     ha, hb = found.bandpassed
-    drawn, valid = graphics[0].copy(), np.ones(ha.shape, dtype=bool)
+    to_b = np.linalg.inv(cand.matrix)  # working A -> working B
+    valid = warp_image(np.ones(hb.shape, np.float32), to_b, ha.shape)[1]  # B's footprint in A
+    drawn = graphics[0].copy()
     if graphics[1].any():
-        moved, valid = warp_image(
-            graphics[1].astype(np.float32), np.linalg.inv(cand.matrix), ha.shape
-        )
-        drawn |= (moved >= 0.5) & valid
-    else:
-        valid = warp_image(np.ones(hb.shape, np.float32), np.linalg.inv(cand.matrix), ha.shape)[1]
+        drawn |= (warp_image(graphics[1].astype(np.float32), to_b, ha.shape)[0] >= 0.5) & valid
     if not panels_a and not panels_b and not (drawn & valid).any():
         return True, None
     to_a_work = cand.matrix @ found.to_b  # full-size B -> working A
