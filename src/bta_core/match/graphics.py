@@ -24,6 +24,8 @@ NEAR_WHITE = 4
 """Full-size pixels from white within which black counts as type on a label or caption."""
 FLAT = 3
 """Half-width (full-size pixels) of the square that must be all black for black to be flat."""
+COLOURFUL = 100
+"""Spread of the channels (of 255) from which a flat pixel is a drawn colour."""
 REACH = 6
 """Working pixels the mask is grown by: the band-pass (sigma 4) spreads an edge this far."""
 
@@ -31,8 +33,8 @@ REACH = 6
 def graphics_mask(rgb: np.ndarray, work_shape: tuple[int, ...]) -> np.ndarray:
     """Working-size mask (``work_shape``) of the graphics of ``rgb`` (full size, its own levels
     in 0-1, not contrast-stretched: a stretch saturates the brightest cells too): pure colours
-    (every channel at 0 or 1, not black: white, and the red, green, yellow... of labels and
-    arrows), black near them, and flat black; a working pixel is marked when any full-size
+    (every channel at 0 or 1, not black: white, pure red, green, yellow...), strong colours
+    flat over 3x3 pixels (``_flat_colour``), black near them, and flat black; a working pixel is marked when any full-size
     pixel under it is."""
     import cv2
 
@@ -41,6 +43,8 @@ def graphics_mask(rgb: np.ndarray, work_shape: tuple[int, ...]) -> np.ndarray:
     low = [c <= BLACK for c in chans]
     pure = np.logical_and.reduce([h | lo for h, lo in zip(high, low, strict=True)])
     pure &= np.logical_or.reduce(high)
+    if len(chans) == 3:
+        pure |= _flat_colour(chans)
     if not pure.any():
         return np.zeros(work_shape[:2], dtype=bool)
     dark = np.logical_and.reduce(low).view(np.uint8)
@@ -60,3 +64,17 @@ def graphics_mask(rgb: np.ndarray, work_shape: tuple[int, ...]) -> np.ndarray:
     )
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     return cv2.dilate((pooled > 0).view(np.uint8), cross, iterations=REACH).astype(bool)
+
+
+def _flat_colour(chans: list[np.ndarray]) -> np.ndarray:
+    """Strong colour exactly flat over 3x3 pixels: drawn labels, arrows and frames in any
+    colour (gold, a dark red, a mid green). Microscope pictures hold under 0.01 % of it (450
+    real pictures of the three data sets), the labels of a reviewer's figures 0.2-1.7 %."""
+    import cv2
+
+    u8 = [np.clip(c * 255.0 + 0.5, 0, 255).astype(np.uint8) for c in chans]
+    k = np.ones((3, 3), np.uint8)
+    flat = np.logical_and.reduce([cv2.dilate(c, k) == cv2.erode(c, k) for c in u8])
+    top = np.maximum(np.maximum(u8[0], u8[1]), u8[2]).astype(np.int16)
+    bottom = np.minimum(np.minimum(u8[0], u8[1]), u8[2]).astype(np.int16)
+    return flat & (top - bottom >= COLOURFUL)
