@@ -117,15 +117,7 @@ def fit(
     src = np.ascontiguousarray(kp_b[pairs[:, 1]], np.float64)
     dst = np.ascontiguousarray(kp_a[pairs[:, 0]], np.float64)
     cv2.setRNGSeed(int(seed))
-    m, inl = cv2.estimateAffinePartial2D(
-        src.astype(np.float32),
-        dst.astype(np.float32),
-        method=cv2.RANSAC,
-        ransacReprojThreshold=RANSAC_PX,
-        maxIters=RANSAC_ITERS,
-        confidence=0.995,
-        refineIters=10,
-    )
+    m, inl = _ransac(cv2.estimateAffinePartial2D, src, dst)
     if m is not None and inl is not None:
         inl = inl.ravel().astype(bool)
         scale = float(np.hypot(m[0, 0], m[1, 0]))
@@ -142,6 +134,20 @@ def fit(
     return matrix, dst[inl], src[inl], len(pairs)
 
 
+def _ransac(estimate, src: np.ndarray, dst: np.ndarray):
+    """``estimate`` (an OpenCV 2-D transform estimator) fitted by RANSAC with the matcher's
+    tolerance: ``(2x3 matrix or None, inlier mask or None)``."""
+    return estimate(
+        src.astype(np.float32),
+        dst.astype(np.float32),
+        method=_cv2().RANSAC,
+        ransacReprojThreshold=RANSAC_PX,
+        maxIters=RANSAC_ITERS,
+        confidence=0.995,
+        refineIters=10,
+    )
+
+
 def _stretched_fit(
     src: np.ndarray, dst: np.ndarray, similar: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -149,16 +155,7 @@ def _stretched_fit(
     figure panel is dragged wider) that holds clearly more correspondences than the similarity
     (``similar`` inliers); else None. A 10 % stretch of a 600 px picture already puts its far
     side 30 px off any similarity, which then keeps only a band of it."""
-    cv2 = _cv2()
-    m, inl = cv2.estimateAffine2D(
-        src.astype(np.float32),
-        dst.astype(np.float32),
-        method=cv2.RANSAC,
-        ransacReprojThreshold=RANSAC_PX,
-        maxIters=RANSAC_ITERS,
-        confidence=0.995,
-        refineIters=10,
-    )
+    m, inl = _ransac(_cv2().estimateAffine2D, src, dst)
     if m is None or inl is None:
         return None
     inl = inl.ravel().astype(bool)

@@ -261,8 +261,8 @@ def content_check(
         check = Candidate(cand.matrix, cand.method, cand.inliers, cand.matches)
         check.pts_a, check.pts_b = cand.pts_a, cand.pts_b
         check.margin, check.coincidences, check.chance = cand.margin, cand.coincidences, cand.chance
-        check_alignment(ha, hb, check)  # the overlap figures of the whole ...
-        check_alignment(ha, hb, check, part)  # ... the agreement of these pixels
+        check.overlap_a, check.overlap_b = cand.overlap_a, cand.overlap_b  # of the whole ...
+        check_alignment(ha, hb, check, part)  # ... and the agreement of these pixels
         coarse_agreement(*found.lowpassed, check, part)
         # enough agreement left, or as much as the whole overlap had: graphics did not carry it
         return check.ncc >= min(CONTENT_NCC, CONTENT_KEEP * cand.ncc) and accept(check)
