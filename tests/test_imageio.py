@@ -47,11 +47,12 @@ def test_grey_tiff_is_replicated(tmp_path, real_rgb):
 
 def test_multichannel_16bit_tiff(tmp_path, real_rgb):
     """A 4-channel CYX uint16 stack made from a real image: rules for scaling and channels."""
-    chans = (
+    chans = (  # 12-bit camera-like values with a dark offset: real 16-bit data, stretched
         np.stack(
             [real_rgb[..., 0], real_rgb[..., 1], real_rgb[..., 2], 255 - real_rgb[..., 1]]
         ).astype(np.uint16)
-        * 257
+        * 16
+        + 300
     )
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, chans, photometric="minisblack", metadata={"axes": "CYX"})
@@ -435,3 +436,29 @@ def test_pages_written_one_by_one_are_all_read(tmp_path, real_rgb):
     with pytest.warns(ImageReadWarning, match=r"cut.tif: only 2 of 3 pages could be read"):
         items = list(iter_images(tmp_path / "cut.tif", split_channels=True))
     assert len(items) == 2
+
+
+def test_8bit_data_widened_to_16bit_read_as_the_8bit_file(tmp_path, shared_data):
+    """A 16-bit export of an 8-bit picture (x 257, or shifted by 8 bits; TIFF or 16-bit PNG) is
+    read with exactly the 8-bit file's pixels, not contrast-stretched: a dim fluorescence
+    picture stretched scored 0.36 against its own 8-bit file. Real 16-bit data still stretch."""
+    from PIL import Image
+
+    rows = (shared_data / "dsb2018" / "splits.csv").read_text().splitlines()[1:]
+    fluo = [r.split(",")[0] for r in rows if r.split(",")[3] == "fluorescence"]
+    src = shared_data / "dsb2018" / fluo[0]
+    eight = load_image(src)
+    grey8 = np.asarray(Image.open(src).convert("L"))
+    assert grey8.max() < 250  # a dim picture: stretching would change it
+    Image.fromarray(grey8).save(tmp_path / "grey8.png")
+    ref = load_image(tmp_path / "grey8.png")
+    rgb16 = np.asarray(Image.open(src).convert("RGB")).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "x257.tif", rgb16 * 257, photometric="rgb")
+    assert np.array_equal(load_image(tmp_path / "x257.tif"), eight)
+    tifffile.imwrite(tmp_path / "shift.tif", grey8.astype(np.uint16) << 8)
+    assert np.array_equal(load_image(tmp_path / "shift.tif"), ref)
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    assert np.array_equal(load_image(tmp_path / "grey16.png"), ref)
+    camera = grey8.astype(np.uint16) * 16 + 300  # 12-bit-like data with an offset
+    tifffile.imwrite(tmp_path / "camera.tif", camera)
+    assert load_image(tmp_path / "camera.tif").max() == 1.0  # stretched as before

@@ -19,7 +19,8 @@ Rules (also in docs/image-io.md):
   ``ImageReadWarning``), unless
   ``channels=[...]`` picks up to three channels (mapped to R, G, B) or ``split_channels`` makes
   each channel its own image.
-* Intensity: uint8 is divided by 255. Every other dtype (uint16, int, float) is scaled per
+* Intensity: uint8 is divided by 255, and so is 8-bit data widened to uint16 (every value a
+  multiple of 257, or of 256). Every other dtype (uint16, int, float) is scaled per
   channel from its 0.1st to 99.9th percentile to [0, 1] and clipped (robust to hot pixels;
   a constant image maps to 0). NaN / inf pixels are missing values: filled per channel with an
   ``ImageReadWarning``; an image with no finite value is refused. bool and complex data are
@@ -159,7 +160,8 @@ def _split_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
 
 
 def scale_intensity(channel: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Map one channel to float32 [0, 1]: uint8 / 255, others by robust percentiles.
+    """Map one channel to float32 [0, 1]: uint8 / 255 (and widened 8-bit data as its 8-bit
+    values, :func:`widened_8bit_step`), others by robust percentiles.
 
     NaN and infinite values are left out of the percentiles and come out as 0; values of any
     magnitude (float64 up to 1e308, 64-bit integers) give a finite result.
@@ -167,6 +169,9 @@ def scale_intensity(channel: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype == np.uint8:
         return channel.astype(np.float32) / 255.0
     x = np.asarray(channel)
+    step = widened_8bit_step(x)
+    if step:  # 8-bit data stored as 16-bit: read exactly as the 8-bit values
+        return (x // step).astype(np.float32) / 255.0
     vals = x
     if x.dtype.kind == "f":
         finite = np.isfinite(x)
@@ -185,6 +190,25 @@ def scale_intensity(channel: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.zeros(x.shape, np.float32)
     out = (x.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
     return np.nan_to_num(np.clip(out, 0.0, 1.0), nan=0.0)
+
+
+WIDENING_STEPS = (257, 256)
+"""How 8-bit data are widened to 16 bits: v x 257 (0-255 -> 0-65535) or a shift by 8 bits."""
+
+
+def widened_8bit_step(x: np.ndarray) -> int | None:
+    """The step when every value of a uint16 array is an 8-bit value widened by it, else None.
+
+    Such a file holds 8-bit data; it is read as those values / 255, like the 8-bit file it was
+    made from, instead of being contrast-stretched like 16-bit camera data. An all-zero array
+    gives None (nothing to tell).
+    """
+    if x.dtype != np.uint16 or x.size == 0 or not x.any():
+        return None
+    for step in WIDENING_STEPS:
+        if int(x.max()) <= 255 * step and not np.any(x % np.uint16(step)):
+            return step
+    return None
 
 
 _AVERAGED_SAID: set[int] = set()
