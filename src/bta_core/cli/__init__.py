@@ -31,7 +31,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "store a calibrated decision threshold in a checkpoint",
     ),
     "scan": ("bta_core.cli.scan", "find reused images across folders of TIFF/PNG/JPEG files"),
-    "match": ("bta_core.cli.match", "locate where two images match and recover the transform"),
+    "match": (
+        "bta_core.cli.match",
+        "locate where two images match and recover the transform; with one image, find its "
+        "panels repeated inside it",
+    ),
     "index": ("bta_core.cli.index", "build, grow or describe a persistent reference index"),
     "models": ("bta_core.cli.models", "list the bundled and cached models"),
 }

@@ -1,4 +1,6 @@
-"""``bta-core match A B``: locate where two images match and recover the transform from B to A."""
+"""``bta-core match A B``: locate where two images match and recover the transform from B to A.
+
+``bta-core match FIG`` (one image): find panels repeated inside one figure (``cli._within``)."""
 
 from __future__ import annotations
 
@@ -18,14 +20,22 @@ from ._help import add_device, int_in
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, add_help=add_help)
     parser.add_argument(
-        "image_a", help="first image file (the reference frame), or a plane of a stack: f.tif[c=1]"
+        "image_a",
+        help="first image file (the reference frame), or a plane of a stack: f.tif[c=1]; "
+        "alone: a figure whose panels are compared with each other",
     )
-    parser.add_argument("image_b", help="second image file or plane (mapped onto the first)")
+    parser.add_argument(
+        "image_b",
+        nargs="?",
+        default=None,
+        help="second image file or plane (mapped onto the first); leave out to look for "
+        "panels repeated inside the first",
+    )
     parser.add_argument(
         "--checkpoint",
         default=None,
         help="model checkpoint for the pair score and tile heatmaps (default: the bundled model "
-        "if installed, else keypoints only)",
+        "if installed, else keypoints only; one figure: no model unless given)",
     )
     parser.add_argument("--no-model", action="store_true", help="skip the model (keypoints only)")
     add_device(parser)
@@ -120,6 +130,11 @@ def result_stem(out: Path, args: argparse.Namespace) -> str:
 def main(args: argparse.Namespace) -> int:
     from ..imageio import load_named
     from ..output_files import check_out_dir
+
+    if args.image_b is None:
+        from ._within import main_within
+
+        return main_within(args, _load_model)
 
     if args.out:
         check_out_dir(args.out, create=False)

@@ -1,0 +1,163 @@
+"""``bta-core match FIG``: panels repeated inside one figure (``match.within``), printed,
+as JSON, and with ``--out`` a PNG of the figure with each repeated pair boxed, plus the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..match.within import FigureSearch, describe_pair, find_repeated_panels, render_repeats_png
+from ..output_files import json_dumps, json_text, output_set, short_name, write_text
+from ..verdict import Policy
+from ._console import shown
+
+
+def _resolved(name: object) -> str:
+    return str(Path(str(name)).resolve())
+
+
+def _base_stem(args: argparse.Namespace) -> str:
+    return "within_" + short_name(Path(args.image_a).stem)
+
+
+def result_stem(out: Path, args: argparse.Namespace) -> str:
+    """``within_FIG``, or ``within_FIG-2``, ``-3``... when that name holds the result of another
+    file of the same name; a rerun on the same file replaces its own result, and a name whose
+    JSON cannot be read is never overwritten."""
+    base = _base_stem(args)
+    for k in range(1, 10_000):
+        stem = base if k == 1 else f"{base}-{k}"
+        json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
+        if not json_path.exists() and not png_path.exists():
+            return stem
+        try:
+            doc = json.loads(json_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("resolved") == _resolved(args.image_a):
+            return stem
+    raise ValueError(f"{out}: too many results named {base}; use another --out")
+
+
+def _scorer(model, tta: str | None):
+    """The model's score of two panels with its calibrated probability (``PairScorer``)."""
+    from ..assess import set_model_score
+    from ..scoring import score_arrays
+    from ..verdict import Evidence
+
+    def score(a, b) -> tuple[float, float | None]:
+        ev = set_model_score(Evidence(), model, score_arrays(model, a, b, tta=tta))
+        return ev.model_score, ev.model_probability
+
+    return score
+
+
+def _write(out: Path, args: argparse.Namespace, image, search: FigureSearch, data: dict) -> None:
+    """The PNG and the JSON, staged and moved into ``out`` together (``output_set``)."""
+    stem = result_stem(out, args)
+    if stem != _base_stem(args) and not args.quiet:
+        print(
+            f"note: {shown(out / _base_stem(args))}.json holds the result of another file "
+            f"with this name; writing {shown(out / stem)}.png and .json instead",
+            file=sys.stderr,
+        )
+    data["png"] = str(out / f"{stem}.png")
+    data["json"] = str(out / f"{stem}.json")
+    with output_set(out) as staging:
+        render_repeats_png(image, search, staging / f"{stem}.png")
+        write_text(staging / f"{stem}.json", json_text(data))
+
+
+def main_within(args: argparse.Namespace, load_model) -> int:
+    """The one-image form of ``bta-core match``; ``load_model(args)`` as the two-image form
+    (the model is used only with ``--checkpoint``: see docs/match.md)."""
+    from ..imageio import load_named
+    from ..output_files import check_out_dir
+
+    if args.out:
+        check_out_dir(args.out, create=False)
+    image = load_named(args.image_a)
+    from ._progress import StepBar
+
+    bar = StepBar(total=2, enabled=not args.quiet)
+    try:
+        model = None
+        if args.checkpoint is not None and not args.no_model:
+            bar.stage("loading model")
+            model = load_model(args)
+        bar.stage("panel pairs", 1)
+        policy = Policy()
+        if model is not None:
+            from ..assess import policy_for
+
+            policy = policy_for(model)
+        search = find_repeated_panels(
+            image,
+            scorer=None if model is None else _scorer(model, args.tta),
+            policy=policy,
+            max_side=args.max_side,
+            on_progress=bar,
+        )
+    except ValueError as exc:  # "image: ..." names the array; the user knows the file
+        message = str(exc)
+        if message.startswith("image:"):
+            message = f"{args.image_a}:{message[len('image:') :]}"
+        raise ValueError(message) from None
+    finally:
+        bar.close()
+    data = {"image": str(args.image_a), "resolved": _resolved(args.image_a), **search.to_dict()}
+    if model is not None:
+        data["checkpoint"] = model.checkpoint_path
+        data["threshold"] = float(model.config.threshold)
+    if args.out:
+        _write(Path(args.out), args, image, search, data)
+    if args.json:
+        print(json_dumps(data))
+        return 0
+    for k, pair in enumerate(search.repeated, 1):
+        print(describe_pair(pair, k))
+    n_pairs, n_rep = len(search.pairs), len(search.repeated)
+    if search.note:
+        print(f"{shown(args.image_a)}: {search.note}")
+    print(
+        f"{len(search.panels)} panels, {n_pairs} pairs checked, {n_rep} repeated "
+        f"({search.seconds:.1f} s)"
+    )
+    if args.out:
+        print(f"wrote {shown(data['png'])} and {shown(data['json'])}")
+    return 0
+
+
+WITHIN_FILE = "within_figures.json"
+
+
+def scan_within_figures(items, out: str, say, tell) -> list[dict]:
+    """``scan --within-figures``: panels repeated inside each scanned (not reference) image,
+    one console line per repeated pair and ``OUT/within_figures.json`` (one object per image,
+    as ``match FIG --json``; written as a set of its own). Unreadable images are noted."""
+    from ..imageio import load_named
+
+    queries = [it for it in items if it.role == "query"]
+    say(f"looking for panels repeated inside {len(queries)} scanned images")
+    docs: list[dict] = []
+    for it in queries:
+        try:
+            search = find_repeated_panels(load_named(it.name))
+        except (OSError, ValueError) as exc:  # gone or changed since it was scanned
+            say(f"note: {shown(it.name)} not searched for repeated panels: {shown(exc)}")
+            continue
+        docs.append({"image": it.name, **search.to_dict()})
+        for k, pair in enumerate(search.repeated, 1):
+            tell(f"  inside {shown(it.name)}: {describe_pair(pair, k)}")
+    with output_set(out) as staging:
+        write_text(staging / WITHIN_FILE, json_text(docs))
+    figures = sum(bool(d["repeated"]) for d in docs)
+    pairs = sum(d["pairs_checked"] for d in docs)
+    tell(
+        f"panels repeated inside one image: {sum(len(d['repeated']) for d in docs)} pairs in "
+        f"{figures} of {len(docs)} images ({pairs} pairs of panels checked; "
+        f"{shown(out)}/{WITHIN_FILE})"
+    )
+    return docs
