@@ -43,7 +43,7 @@ def export_items(items: Sequence[Any], folder: str | Path) -> list[Path]:
 
     from bta_core.imageio import to_uint8
 
-    from ._compare import to_rgb
+    from ._planes import to_rgb
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def export_items(items: Sequence[Any], folder: str | Path) -> list[Path]:
 
 def export_layers(layers: Sequence[Any], folder: str | Path) -> list[Path]:
     """Write every plane of ``layers`` as an 8-bit RGB PNG into ``folder``."""
-    from ._compare import layer_items
+    from ._planes import layer_items
 
     return export_items([it for layer in layers for it in layer_items([layer])], folder)
 
@@ -214,7 +214,7 @@ class TrainPanel(Panel):
     def settings(self) -> dict:
         """The ``TrainConfig`` fields chosen in the panel (layers are exported to a temp folder)."""
         if self._source.value == "layers":
-            from ._compare import layer_items
+            from ._planes import layer_items
 
             names = list(self._layers.value)
             if not names:

@@ -225,6 +225,8 @@ class WorkerControls:
         self.bar = progress_bar
         self.description = description
         self.worker: StoppableWorker | None = None
+        self.current = description
+        """What the running (or last) work is called in the status line."""
         self.stop = threading.Event()
         self.closed = False
         self.cancel_button.enabled = False
@@ -253,7 +255,7 @@ class WorkerControls:
         """
         if self.busy or self.closed:
             return None
-        what = description or self.description
+        what = self.current = description or self.description
         self.stop = threading.Event()
         worker = StoppableWorker(gen_fn, *args, stop=self.stop, **kwargs)
         self.worker = worker
@@ -336,7 +338,7 @@ class WorkerControls:
         """Ask the running work to stop at the core's next check (the panel stays busy until then)."""
         if self.worker is not None:
             self.stop.set()
-            self.status.value = f"{self.description}: stopping..."
+            self.status.value = f"{self.current}: stopping..."
 
     def close(self, timeout_s: float = CLOSE_WAIT_S) -> bool:
         """Stop the work and wait for its thread to end; True when nothing is left running."""

@@ -2,7 +2,9 @@
 
 Run with ``xvfb-run -a -s "-screen 0 1600x1000x24" python tests/napari/make_screenshot.py``.
 Writes docs/napari-{model,compare,scan,train}-panel.png (and docs/napari-screenshot.png, the
-Compare one, which the README shows). Uses the bundled model and real images from
+Compare one, which the README shows); ``repeats`` (only when named) writes
+napari-repeats-panel.png, "Find repeated panels" on a figure built from BCCD fields.
+``BTA_SHOTS_DIR`` sets another output folder. Uses the bundled model and real images from
 ../shared/data (BCCD, DSB 2018); the training run is a short one at the panel's defaults.
 """
 
@@ -22,7 +24,7 @@ from qtpy.QtWidgets import QWidget
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("BTA_SHARED_DATA", ROOT.parent / "shared" / "data"))
-DOCS = ROOT / "docs"
+DOCS = Path(os.environ.get("BTA_SHOTS_DIR", ROOT / "docs"))
 SIZE = (1280, 800)
 
 
@@ -99,6 +101,49 @@ def compare_panel() -> None:
     viewer.close()
 
 
+def _figure() -> np.ndarray:
+    """Six BCCD fields on white with gutters and letters: panel D is panel A mirrored, panel F
+    a turned, enlarged crop of panel B."""
+    from PIL import Image, ImageDraw
+
+    side, gutter = 240, 10
+    files = sorted((DATA / "bccd" / "images").glob("*.jpg"))
+
+    def square(path: Path) -> np.ndarray:
+        rgb = _rgb(path)
+        top = (rgb.shape[0] - 480) // 2
+        crop = Image.fromarray(rgb[top : top + 480, 80:560])
+        return np.asarray(crop.resize((side, side), Image.LANCZOS))
+
+    panels = [square(files[k]) for k in (3, 40, 80, 0, 120, 0)]
+    panels[3] = panels[0][:, ::-1]
+    crop = Image.fromarray(panels[1][30:210, 40:220]).resize((side, side), Image.LANCZOS)
+    panels[5] = np.rot90(np.asarray(crop))
+    fig = np.full((2 * side + 3 * gutter, 3 * side + 4 * gutter, 3), 255, np.uint8)
+    for k, panel in enumerate(panels):
+        y, x = gutter + (k // 3) * (side + gutter), gutter + (k % 3) * (side + gutter)
+        fig[y : y + side, x : x + side] = panel
+    image = Image.fromarray(fig)
+    draw = ImageDraw.Draw(image)
+    for k in range(6):
+        y, x = gutter + (k // 3) * (side + gutter), gutter + (k % 3) * (side + gutter)
+        draw.rectangle((x, y, x + 20, y + 22), fill=(255, 255, 255))
+        draw.text((x + 6, y + 5), "ABCDEF"[k], fill=(0, 0, 0))
+    return np.asarray(image)
+
+
+def repeats_panel() -> None:
+    viewer, panel = _viewer("Compare")
+    viewer.add_image(_figure(), name="figure 3", rgb=True)
+    panel._layers.value = ["figure 3"]
+    panel.repeats.run()
+    _wait(panel)
+    viewer.reset_view()
+    _save(viewer, "Repeats")
+    print(panel._status.value)
+    viewer.close()
+
+
 def _scan_folder(folder: Path) -> None:
     from PIL import Image
 
@@ -167,6 +212,8 @@ def main() -> None:
                 scan_panel(Path(tmp))
             elif name == "train":
                 train_panel(Path(tmp))
+            elif name == "repeats":
+                repeats_panel()
 
 
 if __name__ == "__main__":
