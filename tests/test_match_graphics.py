@@ -153,3 +153,80 @@ def test_saturated_fluorescence_copies_still_match(shared_data):
                 match_images(image, np.ascontiguousarray(copy), heatmaps=False).transform
                 is not None
             )
+
+
+def _hot(t: np.ndarray) -> np.ndarray:
+    """The "hot" colour map (black, red, yellow, white) at levels ``t`` in 0-1, as RGB 0-255."""
+    return np.clip(np.stack([3 * t, 3 * t - 1, 3 * t - 2], -1), 0, 1) * 255
+
+
+def _dark_figure(panels: list[Image.Image]) -> np.ndarray:
+    """A dark fluorescence figure: four panels on black (every other one in green), each with a
+    green channel label in thin antialiased type and a colour bar with white ticks beside it."""
+    ps, g, bar = 256, 10, 50
+    fig = Image.new("RGB", (2 * (ps + bar) + g, 2 * ps + 3 * g), "black")
+    draw = ImageDraw.Draw(fig)
+    legend = Image.fromarray(
+        np.repeat(_hot(np.linspace(1, 0, ps - 40))[:, None], 14, 1).astype(np.uint8)
+    )
+    for k, panel in enumerate(panels):
+        grey = panel.convert("L")
+        if k % 2:
+            zero = Image.new("L", grey.size, 0)
+            grey = Image.merge("RGB", (zero, grey, zero))
+        r, c = divmod(k, 2)
+        x, y = c * (ps + bar + g), g + r * (ps + g)
+        fig.paste(grey.convert("RGB"), (x, y))
+        label = ("DAPI", "GFP", "Merge", "CTRL")[k]
+        draw.text(
+            (x + ps - 90, y + 6), label, fill=(0, 255, 0), font=ImageFont.load_default(size=22)
+        )
+        fig.paste(legend, (x + ps + 6, y + 20))
+        for j, tick in enumerate(("1.0", "0.5", "0")):
+            ty = y + 20 + j * (ps - 41) // 2
+            draw.line((x + ps + 20, ty, x + ps + 24, ty), fill="white")
+            draw.text(
+                (x + ps + 25, ty - 6), tick, fill="white", font=ImageFont.load_default(size=11)
+            )
+    return np.asarray(fig).astype(np.float32) / 255
+
+
+def test_coloured_type_and_colour_bars_of_dark_figures_are_graphics(nuclei_tiles):
+    """Two unrelated dark fluorescence figures of one template (green labels in thin type,
+    colour bars with ticks, on black) lined up their colour bars' edges and type under the
+    identity: a review found 2 of 22 such pairs `same` (118 inliers on labels and ticks)."""
+    a = _dark_figure(nuclei_tiles[0:4])
+    b = _jpeg(_dark_figure(nuclei_tiles[4:8]))
+    assert graphics_mask(a, a.shape)[50:210, 262:276].all()  # a colour bar, as drawn
+    for fig in (a, b):
+        assert graphics_mask(fig, fig.shape)[18:36, 168:216].mean() > 0.9  # "DAPI"
+    r = match_images(a, b, heatmaps=False)
+    assert r.transform is None, (r.inliers, r.info)
+
+
+def test_real_gfp_signal_is_not_taken_for_graphics(shared_data):
+    """Green fluorescence (phase_culture's GFP microtissues) is strongly coloured, thin in
+    places and on black, as green type is: the type must be marked, the signal not."""
+    from bta_core.match.graphics import _colour_bar, _thin_colour
+
+    root = shared_data / "phase_culture"
+    rows = list(csv.DictReader(open(root / "splits.csv")))
+    gfp = [r["file"] for r in rows if r["modality"] == "fluorescence-microtissue"][::3]
+    assert len(gfp) >= 8
+    for name in gfp:
+        grey = Image.open(root / name).convert("L").resize((300, 300), Image.LANCZOS)
+        zero = Image.new("L", grey.size, 0)
+        green = np.asarray(Image.merge("RGB", (zero, grey, zero))).astype(np.float32) / 255
+        for picture in (green, _jpeg(green)):
+            chans = [picture[..., c] for c in range(3)]
+            assert (_thin_colour(chans) | _colour_bar(chans)).mean() < 0.01, name
+            assert graphics_mask(picture, picture.shape).mean() < 0.2, name
+        # the channel's name above the picture, on the figure's black, as journals print it
+        labelled = Image.new("RGB", (300, 330), "black")
+        labelled.paste(Image.fromarray((green * 255).round().astype(np.uint8)), (0, 30))
+        font = ImageFont.load_default(size=22)
+        ImageDraw.Draw(labelled).text((8, 4), "GFP", fill=(0, 255, 0), font=font)
+        typed = _jpeg(np.asarray(labelled).astype(np.float32) / 255)
+        drawn = graphics_mask(typed, typed.shape)
+        assert drawn[10:24, 12:48].mean() > 0.9, name  # the type
+        assert drawn[60:].mean() < 0.2, name  # the picture

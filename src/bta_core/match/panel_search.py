@@ -16,11 +16,11 @@ import numpy as np
 from scipy.ndimage import binary_erosion
 
 from .edits import LocalEdits, local_edits
-from .graphics import graphics_mask
+from .graphics import WHITE, graphics_masks
 from .keypoints import Candidate, check_alignment, coarse_agreement
 from .panels import Box
 from .params import EXACT_NCC
-from .prepare import common_scale, to_grey
+from .prepare import common_scale, pixel_ncc, to_grey
 from .transform import image_corners, map_points, polygon_mask, warp_image
 
 EDGE_MARGIN = 12
@@ -39,9 +39,27 @@ onto another figure's, is all graphics and never falls back to itself)."""
 CONTENT_KEEP = 0.85
 """... unless it keeps this share of the whole overlap's agreement: a blurred copy of a
 picture with a few saturated (white) specks agrees 0.47 with or without them."""
+CELL = 32
+"""Side (working pixels) of the cells over which a content check's agreement must spread ..."""
+CELL_DETAIL = 0.002
+"""... counting cells whose band-passed pixels vary this much in both images ..."""
+CELLS_MIN = 5
+CELLS_AGREE = 0.25
+"""... when at least ``CELLS_MIN`` do, their median correlation must reach this (copies and
+reused panels 0.86-1.0; unrelated figures of one template, lined up on colour bars, labels and
+ticks, -0.03-0.14 in the figure pairs of docs/match.md)."""
 PANEL_MIN_COVER = 0.5
 """A panel's match must cover at least this share of the panel: a reused panel is copied
 mostly whole, while a panel letter or label box shared with the other figure covers a sliver."""
+PANEL_WHITE_SHARE = 0.2
+"""A panel's grey is stretched off its white pixels unless they are more than this share of it
+(a bright-field picture's own white background)."""
+LABEL_BOX_SIDE = 12
+LABEL_BOX_FILL = 0.95
+LABEL_BOX_MAX_SHARE = 0.1
+"""A white component is a label box when it is at least ``LABEL_BOX_SIDE`` pixels a side, at
+most this share of the panel, and its holes filled cover ``LABEL_BOX_FILL`` of its bounding
+box (a rectangle)."""
 PANEL_MIN_SPREAD = 0.2
 """The keypoints a panel's match rests on must span this share of the panel (their bounding
 box): a panel letter ("A" in the same corner of two unrelated figures) gathers them in one spot."""
@@ -131,6 +149,66 @@ def _offset(x0: int, y0: int) -> np.ndarray:
     return np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
 
 
+def panel_grey(rgb: np.ndarray) -> np.ndarray:
+    """Grey of one panel, stretched to its picture's levels (``prepare.to_grey``'s percentiles
+    taken off its white: a letter box in the corner of a dark fluorescence panel set the top
+    level, leaving the nuclei too dim for keypoints), with its white label boxes filled with
+    the picture's median (``label_boxes``): one panel mirrored onto its copy in another figure
+    put one box on the other's picture, and in a dark panel the boxes outweighed the nuclei."""
+    g = np.clip(to_grey(rgb, clip=False), 0, 1)
+    white = np.all(rgb >= WHITE, axis=-1) if rgb.ndim == 3 else rgb >= WHITE
+    if white.mean() > PANEL_WHITE_SHARE or not white.any():
+        return g
+    boxes = label_boxes(white)
+    lo, hi = np.percentile(g[~white], (0.5, 99.5))
+    if hi - lo >= 1e-6:
+        g = np.clip((g - lo) / (hi - lo), 0, 1).astype(np.float32)
+    if boxes.any():
+        g[boxes] = np.median(g[~boxes & ~white])
+    return g
+
+
+def label_boxes(white: np.ndarray) -> np.ndarray:
+    """The white label boxes of a panel (``white``: its pure white pixels): white components
+    that are filled rectangles once their holes (the letter) are filled, at least
+    ``LABEL_BOX_SIDE`` pixels a side, grown by a pixel (their antialiased border). Saturated
+    specks of a fluorescence picture are round or ragged."""
+    import cv2
+    from scipy.ndimage import binary_fill_holes
+
+    out = np.zeros(white.shape, dtype=bool)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(white.view(np.uint8), connectivity=8)
+    for k in range(1, n):
+        x, y, w, h, _ = stats[k]
+        if min(w, h) < LABEL_BOX_SIDE or w * h > LABEL_BOX_MAX_SHARE * white.size:
+            continue  # a speck, or a white frame around the picture
+        filled = binary_fill_holes(labels[y : y + h, x : x + w] == k)
+        if filled.mean() >= LABEL_BOX_FILL:
+            out[y : y + h, x : x + w] |= filled
+    if out.any():
+        out = cv2.dilate(out.view(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return out
+
+
+def panel_greys(rgb: np.ndarray, grey: np.ndarray, boxes: list[Box]) -> np.ndarray:
+    """The whole ``grey`` of a figure with each of its panels (``boxes``) stretched on its own
+    (``panel_grey``: a dark panel in a figure of bright ones keeps its keypoints) and its
+    gutters and margins taking the nearest panel pixel's level: a white gutter blurred into a
+    panel's border outweighed a phase picture's coarse detail, which a panel searched on its own
+    (cut at its border) does not have."""
+    from scipy.ndimage import distance_transform_edt
+
+    if not boxes:
+        return grey
+    out = grey.copy()
+    outside = np.ones(grey.shape, dtype=bool)
+    for y0, y1, x0, x1 in boxes:
+        out[y0:y1, x0:x1] = panel_grey(rgb[y0:y1, x0:x1])
+        outside[y0:y1, x0:x1] = False
+    iy, ix = distance_transform_edt(outside, return_distances=False, return_indices=True)
+    return out[iy, ix]
+
+
 def search_panels(
     images: tuple[np.ndarray, np.ndarray],
     greys: tuple[np.ndarray, np.ndarray],
@@ -147,21 +225,21 @@ def search_panels(
     best: tuple[Candidate, dict] | None = None
     inv = np.linalg.inv
     for side, image, whole_image, other, boxes in (
-        ("b", images[1], images[0], greys[0], panels[1]),
-        ("a", images[0], images[1], greys[1], panels[0]),
+        ("b", images[1], images[0], panel_greys(images[0], greys[0], panels[0]), panels[1]),
+        ("a", images[0], images[1], panel_greys(images[1], greys[1], panels[1]), panels[0]),
     ):
         drawn_other = None  # the other image's graphics, at the working size of its search
         for y0, y1, x0, x1 in boxes:
             crop = image[y0:y1, x0:x1]
-            grey = np.clip(to_grey(crop, clip=False), 0, 1)  # its own stretch
+            grey = panel_grey(crop)  # its own stretch
             pair = (other, grey) if side == "b" else (grey, other)
             s = search(*pair)
             if s.best is None:
                 continue
             work_crop, work_other = (s.work_b, s.work_a) if side == "b" else (s.work_a, s.work_b)
-            if drawn_other is None or drawn_other.shape != work_other[:2]:
-                drawn_other = graphics_mask(whole_image, work_other)
-            drawn = (drawn_other, graphics_mask(crop, work_crop))
+            if drawn_other is None or drawn_other[0].shape != work_other[:2]:
+                drawn_other = graphics_masks(whole_image, work_other)
+            drawn = (drawn_other, graphics_masks(crop, work_crop))
             drawn = drawn if side == "b" else drawn[::-1]
             # the first accepted candidate that is the panel and not its label (a letter box
             # lined up with the other figure's can come first)
@@ -200,7 +278,7 @@ def holding_candidate(
     other keypoint candidates) that holds on content (``content_check``), and the one panel it
     holds on, if so; ``(None, None)`` when none does (figures aligned on their gutters and
     labels: their panels are then tried one by one). ``images``: A and B as float RGB."""
-    graphics = (graphics_mask(images[0], found.work_a), graphics_mask(images[1], found.work_b))
+    graphics = (graphics_masks(images[0], found.work_a), graphics_masks(images[1], found.work_b))
     first = found.best
     for cand in [first, *(c for c in found.cands if c is not first and accept(c))]:
         holds, shared = content_check(cand, panels, graphics, found, accept)
@@ -212,7 +290,7 @@ def holding_candidate(
 def content_check(
     cand: Candidate,
     panels: tuple[list[Box], list[Box]],
-    graphics: tuple[np.ndarray, np.ndarray],
+    graphics: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
     found: Any,
     accept: Callable[[Candidate], bool],
 ) -> tuple[bool, dict | None]:
@@ -228,16 +306,25 @@ def content_check(
     panel's (``{"image", "box"}``), so its masks and local edits leave the other panels out.
     When graphics would leave fewer than ``CONTENT_MIN_PIXELS`` of an overlap that covers a
     quarter of both images (a saturated fluorescence picture: white specks on flat black),
-    they are not set aside. A match on images without panels or graphics is kept as it is:
+    they are not set aside, unless the images are figures (``panels``): then, as for a
+    smaller overlap (a panel against a figure), their flat black is kept (dark fluorescence
+    panels beside white letter boxes: their backgrounds are as flat as a gutter). A match on images without panels or graphics is kept as it is:
     ``(True, None)``. ``panels``: A's and B's (``find_panels``)."""
     panels_a, panels_b = panels
     ha, hb = found.bandpassed
     to_b = np.linalg.inv(cand.matrix)  # working A -> working B
     valid = warp_image(np.ones(hb.shape, np.float32), to_b, ha.shape)[1]  # B's footprint in A
-    drawn = graphics[0].copy()
-    if graphics[1].any():
-        drawn |= (warp_image(graphics[1].astype(np.float32), to_b, ha.shape)[0] >= 0.5) & valid
-    if not panels_a and not panels_b and not (drawn & valid).any():
+
+    def union(k: int) -> np.ndarray:  # A's graphics and B's mapped into A
+        both = graphics[0][k].copy()
+        if graphics[1][k].any():
+            both |= (
+                warp_image(graphics[1][k].astype(np.float32), to_b, ha.shape)[0] >= 0.5
+            ) & valid
+        return both
+
+    drawn, marked = union(0), union(1)
+    if not panels_a and not panels_b and not (marked & valid).any():
         return True, None
     to_a_work = cand.matrix @ found.to_b  # full-size B -> working A
 
@@ -252,8 +339,18 @@ def content_check(
         if masks:
             region &= np.logical_or.reduce(masks)
     large = min(cand.overlap_a, cand.overlap_b) >= CONTENT_LARGE_OVERLAP
-    if not large or (region & valid & ~drawn).sum() >= CONTENT_MIN_PIXELS:
+    if (region & valid & ~marked).sum() >= CONTENT_MIN_PIXELS:
+        region &= ~marked
+    elif (panels_a or panels_b or not large) and (
+        region & valid & ~drawn
+    ).sum() >= CONTENT_MIN_PIXELS:
+        # flat black took the rest: a figure's dark panels, their backgrounds beside their
+        # letter boxes (or a dark panel matched on its own), not a lone saturated picture
         region &= ~drawn
+    elif not large:
+        region &= ~marked
+
+    hb_in_a = warp_image(hb, to_b, ha.shape)[0]
 
     def holds(part: np.ndarray) -> bool:
         if part.sum() < 64:
@@ -264,8 +361,10 @@ def content_check(
         check.overlap_a, check.overlap_b = cand.overlap_a, cand.overlap_b  # of the whole ...
         check_alignment(ha, hb, check, part)  # ... and the agreement of these pixels
         coarse_agreement(*found.lowpassed, check, part)
+
         # enough agreement left, or as much as the whole overlap had: graphics did not carry it
-        return check.ncc >= min(CONTENT_NCC, CONTENT_KEEP * cand.ncc) and accept(check)
+        agree = check.ncc >= min(CONTENT_NCC, CONTENT_KEEP * cand.ncc) and accept(check)
+        return agree and _cells_agree(ha, hb_in_a, part)
 
     whole = holds(region)
     side, boxes, masks = ("a", panels_a, masks_a) if len(panels_a) > 1 else ("b", panels_b, masks_b)
@@ -275,6 +374,24 @@ def content_check(
             y0, y1, x0, x1 = boxes[agree[0]]
             return True, {"image": side, "box": [x0, y0, x1, y1]}
     return whole, None
+
+
+def _cells_agree(ha: np.ndarray, hb: np.ndarray, part: np.ndarray) -> bool:
+    """Whether the agreement of ``part`` is spread over it: the median correlation of its
+    ``CELL``-pixel cells with detail in both band-passed images (``hb`` warped into A) is at
+    least ``CELLS_AGREE`` (when ``CELLS_MIN`` have detail). Two figures of one template agreed
+    on their colour bars' edges while every cell of their pictures differed."""
+    agreement = []
+    h, w = ha.shape
+    for y in range(0, h - CELL // 2, CELL):
+        for x in range(0, w - CELL // 2, CELL):
+            inside = part[y : y + CELL, x : x + CELL]
+            if inside.mean() < 0.5:
+                continue
+            a, b = ha[y : y + CELL, x : x + CELL][inside], hb[y : y + CELL, x : x + CELL][inside]
+            if min(a.std(), b.std()) >= CELL_DETAIL:
+                agreement.append(pixel_ncc(a, b))
+    return len(agreement) < CELLS_MIN or float(np.median(agreement)) >= CELLS_AGREE
 
 
 def _polygon_of(box: Box, to_work: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
