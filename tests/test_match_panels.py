@@ -257,3 +257,119 @@ def test_a_dark_fluorescence_panel_reused_in_another_figure_is_found(shared_data
     assert r.transform is not None and "panel" in r.info, r.info
     assert r.box_a == pytest.approx((10, 10, 310, 310), abs=4)
     assert r.box_b == pytest.approx((320, 320, 620, 620), abs=4)
+
+
+def _jpeg(fig: np.ndarray, quality: int = 85) -> np.ndarray:
+    """``fig`` saved as JPEG and read back."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(fig, 0, 1) * 255).round().astype(np.uint8)).save(
+        buf, "JPEG", quality=quality
+    )
+    return np.asarray(Image.open(buf).convert("RGB")).astype(np.float32) / 255
+
+
+CAPTION = (
+    "Figure 4. Panels of one experiment: the fields A-F, scale bars 20 um, n = 3.",
+    "Each field imaged at 20x in one of three cultures; one representative shown.",
+)
+
+
+def _captioned(
+    panels: list[np.ndarray],
+    cols: int,
+    gutter: int = 10,
+    paper: float = 1.0,
+    caption: tuple[str, ...] = CAPTION,
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Square panels in rows of ``cols`` on a figure of colour ``paper`` (1 white, 0 black),
+    with gutters and margins ``gutter`` wide, a letter in each panel's corner, a scale bar in
+    each, and the lines of ``caption`` one gutter under the panels (in the opposite colour,
+    right across the columns). Returns the figure and the panels' boxes ``(y0, y1, x0, x1)``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    side = panels[0].shape[0]
+    rows = -(-len(panels) // cols)
+    bottom = gutter + rows * (side + gutter)
+    w = gutter + cols * (side + gutter)
+    ink = (0, 0, 0) if paper else (255, 255, 255)
+    size = (w, bottom + 4 + 17 * len(caption) + 3)
+    fig = Image.new("RGB", size, (255, 255, 255) if paper else (0, 0, 0))
+    draw = ImageDraw.Draw(fig)
+    boxes = []
+    for k, p in enumerate(panels):
+        y, x = gutter + (k // cols) * (side + gutter), gutter + (k % cols) * (side + gutter)
+        fig.paste(Image.fromarray((np.clip(p, 0, 1) * 255).astype(np.uint8)), (x, y))
+        draw.text((x + 6, y + 4), "ABCDEF"[k], fill="white", font=ImageFont.load_default(size=18))
+        draw.rectangle((x + side - 60, y + side - 14, x + side - 14, y + side - 10), fill="white")
+        boxes.append((y, y + side, x, x + side))
+    for k, line in enumerate(caption):
+        draw.text(
+            (gutter, bottom + 4 + 17 * k), line, fill=ink, font=ImageFont.load_default(size=14)
+        )
+    return np.asarray(fig).astype(np.float32) / 255, boxes
+
+
+def _near(found: list, boxes: list, tol: int = 3) -> bool:
+    """Each box found lies within ``tol`` px of its panel, one for one."""
+    return len(found) == len(boxes) and all(
+        max(abs(a - b) for a, b in zip(f, t, strict=True)) <= tol
+        for f, t in zip(found, boxes, strict=True)
+    )
+
+
+@pytest.mark.parametrize("n, cols, gutter, lines", [(2, 2, 11, 1), (5, 3, 10, 2)])
+def test_a_caption_under_the_panels_does_not_join_them(bccd_images, n, cols, gutter, lines):
+    """A caption one gutter under the panels, its type right across the columns: the gutter
+    above it was only a gutter when the caption's rows just past it were dark enough (its
+    first rows are the tops of capitals: mostly white, not unlike a white gutter), else the
+    bottom row of panels and the caption were one piece. Two smears in a row saved as JPEG
+    got no panels at all; a grid's bottom panels were one."""
+    panels = [_fit(load_image(bccd_images[20 + 30 * k]), 240)[:, :240] for k in range(n)]
+    fig, boxes = _captioned(panels, cols, gutter, caption=CAPTION[:lines])
+    for version in (fig, _jpeg(fig)):
+        assert _near(find_panels(version), boxes), find_panels(version)
+
+
+def _noisy_dark_fields(shared_data, n: int) -> list[np.ndarray]:
+    """``n`` dark fluorescence fields of different groups (DSB2018 test split, 256 px, mean
+    grey 10-16 of 255) whose background lies at least 5 grey levels off black: the darkest
+    first. (A background within 2-3 levels of a black gutter is not told from it.)"""
+    tiles = [t for t in _dark_tiles(shared_data, 40) if np.median(t[:, :, 0]) >= 4.5 / 255]
+    return [t[:256, :256] for t in tiles[:n]]
+
+
+@pytest.mark.parametrize("quality", [None, 85])
+def test_black_gutters_between_dark_fluorescence_pictures_are_cut(shared_data, quality):
+    """A black gutter beside dark fluorescence pictures has their background's colour, so it
+    was not told from it and no panels were found. It is exactly uniform, while the pictures'
+    background is noisy: two rows of three fields on black, with a white caption under them,
+    as PNG and as JPEG q85."""
+    fields = _noisy_dark_fields(shared_data, 6)
+    fig, boxes = _captioned(fields, 3, gutter=8, paper=0.0)
+    fig = fig if quality is None else _jpeg(fig, quality)
+    assert _near(find_panels(fig), boxes), find_panels(fig)
+    two, boxes = _captioned(fields[:2], 2, gutter=6, paper=0.0)
+    assert _near(find_panels(two), boxes), find_panels(two)
+
+
+def test_real_dark_single_pictures_stay_uncut(shared_data):
+    """The rule for black gutters must not cut a dark picture at its empty rows: every test
+    fluorescence picture of DSB2018 and every test microtissue of phase_culture (pillars,
+    dark fluorescence), as it is and saved as JPEG q85, is one picture."""
+    import csv
+
+    cut = []
+    for ds, kinds in (("dsb2018", "fluorescence"), ("phase_culture", "microtissue")):
+        for row in csv.DictReader(open(shared_data / ds / "splits.csv")):
+            if row["split"] == "test" and kinds in row["modality"]:
+                image = load_image(shared_data / ds / row["file"])[..., :3]
+                if image.ndim == 2:
+                    image = np.repeat(image[..., None], 3, axis=-1)
+                for version in (image, _jpeg(image)):
+                    if find_panels(version):
+                        cut.append(row["file"])
+    assert cut == []

@@ -1,12 +1,14 @@
 """Panels of a composite figure: the rectangles between its gutters.
 
-A journal figure puts several images side by side, separated by strips of one colour (white,
-or black beside bright panels). Matched as a whole, a panel that is darker or smaller than its neighbours is lost: the
-grey stretch, keypoint thresholds and correlation statistics are those of the whole figure. The
+A journal figure puts several images side by side, separated by strips of one colour (white
+or black). Matched as a whole, a panel that is darker or smaller than its neighbours is lost:
+the grey stretch, keypoint thresholds and correlation statistics are those of the whole figure. The
 matcher (``locate``) therefore tries each panel on its own when the whole image did not match.
 
 A gutter is a run of rows (or columns) whose pixels all have one colour (range at most
-``GUTTER_TOLERANCE`` of the image's range), unlike the content on either side of it. Cuts
+``GUTTER_TOLERANCE`` of the image's range), unlike the content on either side of it; or unlike
+one side when the other is only a caption strip up to the border; or exactly uniform beside
+a dark picture's noisy background (a black gutter between fluorescence panels). Cuts
 alternate rows, columns, rows (an X-Y cut of depth 3); pieces smaller than ``MIN_PANEL_SIDE``
 pixels or ``MIN_PANEL_FRACTION`` of the side are labels or decoration and are dropped.
 """
@@ -26,6 +28,12 @@ RINGING = 3
 """...after skipping this many: JPEG ringing beside a gutter."""
 MIN_GUTTER = 2
 """Gutters narrower than this many pixels are ignored (a one-pixel line can be content)."""
+EXACT = 0.025
+"""A drawn gutter's lines are exactly uniform: range at most this share of full scale (white;
+JPEG q85 ringing included)..."""
+NOISE = 0.01
+"""...while a dark picture's background beside it lies off its colour by more than this share
+of full scale at most pixels (its noise; grey levels, not a share of a dark image's range)."""
 MIN_PANEL_SIDE = 48
 MIN_PANEL_FRACTION = 0.08
 MAX_PANELS = 12
@@ -47,15 +55,73 @@ def _split(s: int, e: int, steps: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
+def _exact_core(part: np.ndarray, axis: int, s: int, e: int, exact: float) -> tuple[int, int]:
+    """The longest run of lines in ``[s, e)`` whose pixel range is at most ``exact`` and
+    within ``exact / 2`` of the run's flattest line (a dark picture's flat lines beside a
+    drawn gutter are flat, but less so)."""
+    across = 1 - axis
+    sub = part[s:e] if axis == 0 else part[:, s:e]
+    spread = (sub.max(axis=across) - sub.min(axis=across)).max(axis=-1)
+    tight = spread <= min(exact, float(spread.min()) + exact / 2)
+    runs = _runs(tight)
+    if not runs:
+        return s, s
+    a, b = max(runs, key=lambda r: r[1] - r[0])
+    return s + a, s + b
+
+
+def _noisy_sides(
+    part: np.ndarray, axis: int, s: int, e: int, colour: np.ndarray, noise: float
+) -> list[bool | None]:
+    """For each side of the run ``[s, e)``: whether the picture lines there (past JPEG
+    ringing) lie off its colour by more than ``noise`` at most of their pixels, as a dark
+    picture's noisy background does beside an exactly uniform drawn gutter; None past the
+    border."""
+    n = part.shape[axis]
+    out: list[bool | None] = []
+    for lo, hi in (
+        (s - RINGING - SIDE_LINES, s - RINGING),
+        (e + RINGING, e + RINGING + SIDE_LINES),
+    ):
+        lo, hi = max(lo, 0), min(hi, n)
+        if (lo == 0 and s == 0) or (hi == n and e == n):
+            out.append(None)
+            continue
+        if hi <= lo:  # closer to the border than the ringing: a strip, judged by the caller
+            out.append(False)
+            continue
+        side = part[lo:hi] if axis == 0 else part[:, lo:hi]
+        out.append(float(np.median(np.abs(side - colour).max(axis=-1))) > noise)
+    return out
+
+
+def _is_gutter(tests: list[bool | None], strips: list[bool]) -> bool:
+    """A run with these side tests (True: unlike it, None: past the border) and these sides
+    that are only a thin strip up to the border is a gutter (or a margin): each side unlike
+    it, past the border, or a strip (a caption line), and at least one side unlike it."""
+    ok = all(t is None or t or strip for t, strip in zip(tests, strips, strict=True))
+    return ok and any(t for t in tests)
+
+
 def _segments(
-    part: np.ndarray, axis: int, tol: float, contrast: float, min_side: int
+    part: np.ndarray,
+    axis: int,
+    tol: float,
+    contrast: float,
+    min_side: int,
+    exact: float = 0.0,
+    noise: float = np.inf,
 ) -> list[tuple[int, int]]:
     """The content runs of ``part`` between gutters along ``axis`` (0: cut rows, 1: columns).
 
     A gutter is a run of one-colour lines whose colour is unlike the lines on each side of it
     (the empty rows of a dark fluorescence image are like their neighbours: background, not a
     gutter). Inside the content it must be ``MIN_GUTTER`` lines wide; at the border any run is
-    margin."""
+    margin. Two exceptions: a side that is only a strip narrower than ``min_side`` up to the
+    border (a caption line under the panels) need not differ; and a run of lines exactly
+    uniform (range at most ``exact``) with a noisy background on its sides (a black gutter
+    beside dark pictures) is a gutter although its colour is theirs. A margin must also be
+    unlike the median of the lines beside it, not only their mean (a scale bar's)."""
     across = 1 - axis  # the lines run across this axis
     colours = part.mean(axis=across)  # (n, C)
     flat = (part.max(axis=across) - part.min(axis=across)).max(axis=-1) <= tol
@@ -68,13 +134,38 @@ def _segments(
         if e - s < MIN_GUTTER and 0 < s and e < n:
             continue
         colour = colours[s:e].mean(axis=0)
+        strips = [0 < s < min_side, 0 < n - e < min_side]
         # the lines just past the run, beyond a JPEG's ringing (which keeps them near the
         # gutter's colour without being flat)
         before = colours[max(0, s - RINGING - SIDE_LINES) : max(0, s - RINGING)]
         after = colours[e + RINGING : e + RINGING + SIDE_LINES]
         sides = [before if len(before) else colours[:s], after if len(after) else colours[e:]]
-        if all(np.abs(side.mean(axis=0) - colour).max() > contrast for side in sides if len(side)):
+        unlike = [
+            bool(np.abs(side.mean(axis=0) - colour).max() > contrast) if len(side) else None
+            for side in sides
+        ]
+        if (s == 0 or e == n) and any(unlike):
+            # a margin is unlike most of the picture beside it, not only its labels (the
+            # dark rows under a panel's white scale bar are picture, not margin)
+            k = 1 if s == 0 else 0
+            lo, hi = (
+                (e + RINGING, e + RINGING + SIDE_LINES)
+                if k
+                else (s - RINGING - SIDE_LINES, s - RINGING)
+            )
+            lines = part[max(lo, 0) : hi] if axis == 0 else part[:, max(lo, 0) : hi]
+            if lines.size:
+                median = np.median(lines.reshape(-1, lines.shape[-1]), axis=0)
+                unlike[k] = bool(unlike[k] and np.abs(median - colour).max() > contrast)
+        if _is_gutter(unlike, strips):
             gutter[s:e] = True
+            continue
+        cs, ce = _exact_core(part, axis, s, e, exact)
+        if ce - cs < MIN_GUTTER or (0 < cs and s == 0) or (ce < n and e == n):
+            continue  # a margin's exact core must reach the border
+        noisy = _noisy_sides(part, axis, cs, ce, colours[cs:ce].mean(axis=0), noise)
+        if _is_gutter(noisy, [0 < cs < min_side, 0 < n - ce < min_side]):
+            gutter[cs:ce] = True
     return [(s, e) for s, e in _runs(~gutter) if e - s >= min_side]
 
 
@@ -87,6 +178,7 @@ def find_panels(image: np.ndarray) -> list[Box]:
     img = np.asarray(img, dtype=np.float32)
     h, w = img.shape[:2]
     spread = float(img.max() - img.min())
+    unit = 1.0 if float(img.max()) <= 1.0 else 255.0  # grey levels 0-1 or 0-255
     if spread <= 0:
         return []
     tol = GUTTER_TOLERANCE * spread
@@ -104,7 +196,9 @@ def find_panels(image: np.ndarray) -> list[Box]:
         part = img[y0:y1, x0:x1]
         side = h if axis == 0 else w
         min_side = max(MIN_PANEL_SIDE, int(MIN_PANEL_FRACTION * side))
-        segs = _segments(part, axis, tol, GUTTER_CONTRAST * spread, min_side)
+        segs = _segments(
+            part, axis, tol, GUTTER_CONTRAST * spread, min_side, EXACT * unit, NOISE * unit
+        )
         if not segs:
             return []
         boxes = [
