@@ -156,6 +156,8 @@ def test_cli_one_figure_prints_and_writes_png_and_json(shared_data, tmp_path, ca
     assert cli.main(["match", str(path), "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0].startswith("#1 panel 1 ") and "same: perceptual hash" in text[0]
+    # said with the panels' numbers: "B is A" would read as the figure's own letters
+    assert "panel 4 is panel 1 mirrored" in text[0] and "B is A" not in text[0]
     assert text[1].startswith("4 panels, 6 pairs checked, 1 repeated")
     png, doc = out / "within_figure.png", json.loads((out / "within_figure.json").read_text())
     assert Image.open(png).size == Image.open(path).size

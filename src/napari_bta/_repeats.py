@@ -186,25 +186,19 @@ def pair_rows(search: Any) -> list[list[str]]:
 
 
 def pair_line(pair: Any, number: int) -> str:
-    """Short text for one pair: its number, panels, the core's explanation and, where that
-    does not say it, how B maps onto A (``describe_pair`` without the pixel boxes)."""
-    from bta_core.verdict import VERIFIED_OVERLAP
-
-    how = pair.how() if pair.transform and pair.decision.decided_by != VERIFIED_OVERLAP else ""
-    line = f"#{number} panels {pair.index_a + 1} ~ {pair.index_b + 1}: {pair.decision.explain()}"
-    return line + (f" [{how}]" if how else "")
+    """Short text for one pair: its number, panels and the core's explanation
+    (``describe_pair`` without the pixel boxes)."""
+    return f"#{number} panels {pair.index_a + 1} ~ {pair.index_b + 1}: {pair.explain()}"
 
 
 def search_status(name: str, search: Any) -> str:
     """The status line after a search: "no panels found", or the counts as the CLI prints them."""
+    from bta_core.match.within import describe_counts
+
     if not search.panels:
-        return f"Repeated panels in {name}: no panels found (one picture, no gutters)"
-    counts = (
-        f"{len(search.panels)} panels, {len(search.pairs)} pairs checked, "
-        f"{len(search.repeated)} repeated"
-    )
+        return f"Repeated panels in {name}: no panels found (no gutters detected)"
     note = f" ({search.note})" if search.note and len(search.panels) < 2 else ""
-    return f"Repeated panels in {name}: {counts}{note}"
+    return f"Repeated panels in {name}: {describe_counts(search)}{note}"
 
 
 class RepeatsSection:

@@ -100,7 +100,8 @@ def test_find_repeated_panels_boxes_the_mirrored_copy(
     assert row[3] == pair.decision.decided_by and row[4] == pair.how() != ""
     assert "mirror" in row[4] or "flip" in row[4]
     assert panel._status.value.endswith("4 panels, 6 pairs checked, 1 repeated")
-    assert section.detail.value.startswith(f"#1 panels 1 ~ 4: {pair.decision.explain()}")
+    assert section.detail.value.startswith(f"#1 panels 1 ~ 4: {pair.explain()}")
+    assert "panel 4 is panel 1 mirrored" in section.detail.value  # not "B is A"
     assert table.item(0, 4).toolTip().startswith("#1 panel 1 [8, 8, 248, 248] ~ panel 4")
     # a click on the row selects the pair's two boxes and zooms onto them
     zoom = view_camera(viewer).zoom

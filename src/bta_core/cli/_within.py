@@ -8,7 +8,13 @@ import json
 import sys
 from pathlib import Path
 
-from ..match.within import FigureSearch, describe_pair, find_repeated_panels, render_repeats_png
+from ..match.within import (
+    FigureSearch,
+    describe_counts,
+    describe_pair,
+    find_repeated_panels,
+    render_repeats_png,
+)
 from ..output_files import json_dumps, json_text, output_set, short_name, write_text
 from ..verdict import Policy
 from ._console import shown
@@ -118,13 +124,9 @@ def main_within(args: argparse.Namespace, load_model) -> int:
         return 0
     for k, pair in enumerate(search.repeated, 1):
         print(describe_pair(pair, k))
-    n_pairs, n_rep = len(search.pairs), len(search.repeated)
     if search.note:
         print(f"{shown(args.image_a)}: {search.note}")
-    print(
-        f"{len(search.panels)} panels, {n_pairs} pairs checked, {n_rep} repeated "
-        f"({search.seconds:.1f} s)"
-    )
+    print(f"{describe_counts(search)} ({search.seconds:.1f} s)")
     if args.out:
         print(f"wrote {shown(data['png'])} and {shown(data['json'])}")
     return 0
@@ -142,6 +144,7 @@ def scan_within_figures(items, out: str, say, tell) -> list[dict]:
     queries = [it for it in items if it.role == "query"]
     say(f"looking for panels repeated inside {len(queries)} scanned images")
     docs: list[dict] = []
+    header = False
     for it in queries:
         try:
             search = find_repeated_panels(load_named(it.name))
@@ -150,6 +153,9 @@ def scan_within_figures(items, out: str, say, tell) -> list[dict]:
             continue
         docs.append({"image": it.name, **search.to_dict()})
         for k, pair in enumerate(search.repeated, 1):
+            if not header:
+                tell("panels repeated inside one image (files named as scanned):")
+                header = True
             tell(f"  inside {shown(it.name)}: {describe_pair(pair, k)}")
     with output_set(out) as staging:
         write_text(staging / WITHIN_FILE, json_text(docs))

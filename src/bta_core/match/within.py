@@ -33,6 +33,7 @@ from ..verdict import (
     DIFFERENT,
     IDENTICAL_PIXELS,
     PERCEPTUAL_HASH,
+    SUSPECT,
     VERIFIED_OVERLAP,
     Decision,
     Policy,
@@ -53,7 +54,10 @@ Box = tuple[int, int, int, int]
 PairScorer = Callable[[np.ndarray, np.ndarray], tuple[float, float | None]]
 """``scorer(panel_a, panel_b) -> (raw model score, calibrated probability or None)``."""
 
-NO_PANELS = "no panels found: the image is one picture (no gutters between panels)"
+NO_PANELS = (
+    "no panels found: no gutters between panels were detected, so nothing was compared "
+    "(one picture; or gutters too thin in a JPEG, or broken by letters, to be seen)"
+)
 MAX_LABELS = 0.2
 """Largest share of a panel taken for labels that is set aside before hashing and matching it:
 above it the panel is mostly pure white (a saturated picture), used as it is."""
@@ -108,11 +112,25 @@ class PanelPair:
         return None
 
     def how(self) -> str:
-        """The orientation and scale in words (empty when nothing says it)."""
+        """The orientation and scale in words, with the panels' numbers (empty when nothing
+        says it)."""
         if self.transform is not None:
             t = self.transform
-            return f"{t.describe()}, scale {t.scale:.2f}"
-        return describe_d4(self.orientation) if self.orientation else ""
+            return self.named(f"{t.describe()}, scale {t.scale:.2f}")
+        return self.named(describe_d4(self.orientation)) if self.orientation else ""
+
+    def named(self, text: str) -> str:
+        """``text`` with "B is A" said as "panel 4 is panel 1" (1-based, reading order): "A" and
+        "B" would read as the figure's own panel letters."""
+        return text.replace("B is A", f"panel {self.index_b + 1} is panel {self.index_a + 1}")
+
+    def explain(self) -> str:
+        """The decision's explanation with the panels' numbers, and the scale of a keypoint
+        match when the hash decided (a verified overlap says its own)."""
+        scale = ""
+        if self.transform is not None and self.decision.decided_by != VERIFIED_OVERLAP:
+            scale = f" [matched at scale {self.transform.scale:.2f}]"
+        return self.named(self.decision.explain()) + scale
 
     def to_dict(self) -> dict:
         return {
@@ -346,14 +364,29 @@ def find_repeated_panels(
 
 
 def describe_pair(pair: PanelPair, number: int) -> str:
-    """One console line: the number drawn on the figure, both panels, verdict and how."""
+    """One console line: the number drawn on the figure, both panels (numbered from 1 in
+    reading order), the verdict and why (``PanelPair.explain``)."""
+    a, b = pair.index_a + 1, pair.index_b + 1
     region = f" (regions {list(pair.region_a)} ~ {list(pair.region_b)})" if pair.region_a else ""
-    how = pair.how()
     return (
-        f"#{number} panel {pair.index_a + 1} {list(pair.panel_a)} ~ panel {pair.index_b + 1} "
-        f"{list(pair.panel_b)}{region}: {pair.decision.explain()}"
-        + (f" [{how}]" if pair.transform and pair.decision.decided_by != VERIFIED_OVERLAP else "")
+        f"#{number} panel {a} {list(pair.panel_a)} ~ panel {b} {list(pair.panel_b)}{region}: "
+        + (pair.explain())
     )
+
+
+def describe_counts(search: FigureSearch) -> str:
+    """``N panels, M pairs checked, K repeated`` (and how many of those are model-only)."""
+
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}" + ("" if count == 1 else "s")
+
+    rep = search.repeated
+    line = f"{n(len(search.panels), 'panel')}, {n(len(search.pairs), 'pair')} checked, "
+    line += f"{len(rep)} repeated"
+    suspect = sum(p.decision.verdict == SUSPECT for p in rep)
+    if suspect:
+        line += f" ({len(rep) - suspect} same, {suspect} suspect: model score only)"
+    return line
 
 
 PALETTE = [
