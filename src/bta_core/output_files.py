@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -124,6 +124,24 @@ def short_name(*parts: str, limit: int = 120) -> str:
         p.encode("utf-8", "surrogateescape")[:keep].decode("utf-8", "ignore") for p in parts
     )
     return f"{short}-{digest}"
+
+
+def free_stem(out: Path, base: str, owns: Callable[[dict], bool]) -> str:
+    """The file name (no suffix) for a result in ``out``: ``base``, or ``base-2``, ``-3``...
+    when that name holds another input's result. ``owns(doc)`` says whether a stored JSON is
+    this input's own (a rerun replaces it); a name whose JSON cannot be read is never taken."""
+    for k in range(1, 10_000):
+        stem = base if k == 1 else f"{base}-{k}"
+        json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
+        if not json_path.exists() and not png_path.exists():
+            return stem
+        try:
+            doc = json.loads(json_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and owns(doc):
+            return stem
+    raise ValueError(f"{out}: too many results named {base}; use another --out")
 
 
 def check_out_dir(path: str | os.PathLike, flag: str = "--out", create: bool = True) -> Path:

@@ -4,7 +4,6 @@ as JSON, and with ``--out`` a PNG of the figure with each repeated pair boxed, p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from ..match.within import (
     find_repeated_panels,
     render_repeats_png,
 )
-from ..output_files import json_dumps, json_text, output_set, short_name, write_text
+from ..output_files import free_stem, json_dumps, json_text, output_set, short_name, write_text
 from ..verdict import Policy
 from ._console import shown
 
@@ -32,19 +31,8 @@ def result_stem(out: Path, args: argparse.Namespace) -> str:
     """``within_FIG``, or ``within_FIG-2``, ``-3``... when that name holds the result of another
     file of the same name; a rerun on the same file replaces its own result, and a name whose
     JSON cannot be read is never overwritten."""
-    base = _base_stem(args)
-    for k in range(1, 10_000):
-        stem = base if k == 1 else f"{base}-{k}"
-        json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
-        if not json_path.exists() and not png_path.exists():
-            return stem
-        try:
-            doc = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(doc, dict) and doc.get("resolved") == _resolved(args.image_a):
-            return stem
-    raise ValueError(f"{out}: too many results named {base}; use another --out")
+    mine = _resolved(args.image_a)
+    return free_stem(out, _base_stem(args), lambda doc: doc.get("resolved") == mine)
 
 
 def _scorer(model, tta: str | None):

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -112,19 +111,9 @@ def result_stem(out: Path, args: argparse.Namespace) -> str:
     ``match_A__B-2``, ``-3``... when that name holds the result of other files of the same
     names (``supp/figure1.png`` and ``Fig 3/figure1.png`` against one B). A rerun of the same
     pair replaces its own result; a name whose JSON cannot be read is never overwritten."""
-    base = _base_stem(args)
-    for k in range(1, 10_000):
-        stem = base if k == 1 else f"{base}-{k}"
-        json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
-        if not json_path.exists() and not png_path.exists():
-            return stem
-        try:
-            doc = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if _same_inputs(doc, args):
-            return stem
-    raise ValueError(f"{out}: too many results named {base}; use another --out")
+    from ..output_files import free_stem
+
+    return free_stem(out, _base_stem(args), lambda doc: _same_inputs(doc, args))
 
 
 def main(args: argparse.Namespace) -> int:
