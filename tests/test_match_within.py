@@ -4,6 +4,7 @@ built from real BCCD and DSB2018 pictures."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 
@@ -12,8 +13,14 @@ import pytest
 from PIL import Image, ImageDraw
 
 from bta_core import cli
-from bta_core.imageio import load_image
-from bta_core.match.within import NO_PANELS, find_repeated_panels, render_repeats_png
+from bta_core.imageio import load_image, load_named
+from bta_core.match.within import (
+    NO_PANELS,
+    describe_counts,
+    describe_pair,
+    find_repeated_panels,
+    render_repeats_png,
+)
 
 SIDE, GUTTER = 240, 8
 
@@ -230,24 +237,36 @@ def test_scan_within_figures_lists_the_repeated_panels_of_each_file(
 ):
     folder = tmp_path / "figures"
     folder.mkdir()
-    bccd_with_copy(shared_data, folder, "flip")  # figures/figure.jpg: panel D is A mirrored
+    path, _ = bccd_with_copy(shared_data, folder, "flip")  # panel D is A mirrored
+    fig = path.rename(folder / "fig <&> 'A'.jpg")  # a name the report must escape
     Image.open(split_files(shared_data, "bccd", "brightfield-smear")[9]).save(folder / "one.png")
     out = tmp_path / "scan"
     argv = ["scan", str(folder), "--checkpoint", str(trained_checkpoint), "--device", "cpu"]
     argv += ["--no-cache", "--out", str(out), "--within-figures", "--json", "--quiet"]
     assert cli.main(argv) == 0
     docs = {Path(d["image"]).name: d for d in json.loads(capsys.readouterr().out)["within_figures"]}
-    assert set(docs) == {"figure.jpg", "one.png"}
-    assert len(docs["figure.jpg"]["repeated"]) == 1 and docs["one.png"]["note"] == NO_PANELS
-    assert docs["figure.jpg"]["repeated"][0]["orientation"] == "flip"
+    assert set(docs) == {fig.name, "one.png"}
+    assert len(docs[fig.name]["repeated"]) == 1 and docs["one.png"]["note"] == NO_PANELS
+    assert docs[fig.name]["repeated"][0]["orientation"] == "flip"
     stored = json.loads((out / "within_figures.json").read_text())
     assert [d["image"] for d in stored] == [d["image"] for d in docs.values()]
-    # without the flag: no search, no file
+    # report.html: the figure with its pair boxed, its line, the counts; one.png only counted
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Panels repeated inside one figure" in page
+    section = page[page.index("Panels repeated inside one figure") :]
+    assert "<b>fig &lt;&amp;&gt; &#x27;A&#x27;.jpg</b>" in section and "one.png" not in section
+    search = find_repeated_panels(load_named(str(fig)))
+    assert html.escape(describe_pair(search.repeated[0], 1)) in section
+    assert html.escape(describe_counts(search)) in section
+    assert "1 repeated pair in 1 of 2 images searched" in section and "1 with none" in section
+    assert section.count('src="data:image/jpeg;base64,') == 1
+    # without the flag: no search, no file, no section
     out2 = tmp_path / "scan2"
     argv = [a if a != str(out) else str(out2) for a in argv if a != "--within-figures"]
     assert cli.main(argv) == 0
     assert "within_figures" not in json.loads(capsys.readouterr().out)
     assert not (out2 / "within_figures.json").exists()
+    assert "Panels repeated inside one figure" not in (out2 / "report.html").read_text("utf-8")
 
 
 def test_labels_are_drawn_rectangles_and_corner_type_not_a_pictures_white(shared_data):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..match.within import (
     FigureSearch,
@@ -17,6 +18,9 @@ from ..match.within import (
 from ..output_files import free_stem, json_dumps, json_text, output_set, short_name, write_text
 from ..verdict import Policy
 from ._console import shown
+
+if TYPE_CHECKING:
+    from ..scan import ScanResult
 
 
 def _resolved(name: object) -> str:
@@ -120,18 +124,18 @@ def main_within(args: argparse.Namespace, load_model) -> int:
     return 0
 
 
-WITHIN_FILE = "within_figures.json"
-
-
-def scan_within_figures(items, out: str, say, tell) -> list[dict]:
+def scan_within_figures(result: ScanResult, args: argparse.Namespace, say, tell) -> list[dict]:
     """``scan --within-figures``: panels repeated inside each scanned (not reference) image,
-    one console line per repeated pair and ``OUT/within_figures.json`` (one object per image,
-    as ``match FIG --json``; written as a set of its own). Unreadable images are noted."""
+    one console line per repeated pair; then the scan's outputs are written with them
+    (``write_outputs(within=...)``: their section of report.html and
+    ``OUT/within_figures.json``, one object per image as ``match FIG --json``, in one set).
+    Unreadable images are noted."""
     from ..imageio import load_named
+    from ..scan.outputs import WITHIN_FILE, write_outputs
 
-    queries = [it for it in items if it.role == "query"]
+    queries = [it for it in result.items if it.role == "query"]
     say(f"looking for panels repeated inside {len(queries)} scanned images")
-    docs: list[dict] = []
+    found: list[tuple[str, FigureSearch]] = []
     header = False
     for it in queries:
         try:
@@ -139,19 +143,22 @@ def scan_within_figures(items, out: str, say, tell) -> list[dict]:
         except (OSError, ValueError) as exc:  # gone or changed since it was scanned
             say(f"note: {shown(it.name)} not searched for repeated panels: {shown(exc)}")
             continue
-        docs.append({"image": it.name, **search.to_dict()})
+        found.append((it.name, search))
         for k, pair in enumerate(search.repeated, 1):
             if not header:
                 tell("panels repeated inside one image (files named as scanned):")
                 header = True
             tell(f"  inside {shown(it.name)}: {describe_pair(pair, k)}")
-    with output_set(out) as staging:
-        write_text(staging / WITHIN_FILE, json_text(docs))
+    out = args.out
+    write_outputs(
+        result, out, report_pairs=args.report_pairs, match_top=args.match_top, within=found
+    )
+    docs = [{"image": name, **search.to_dict()} for name, search in found]
     figures = sum(bool(d["repeated"]) for d in docs)
     pairs = sum(d["pairs_checked"] for d in docs)
     tell(
         f"panels repeated inside one image: {sum(len(d['repeated']) for d in docs)} pairs in "
         f"{figures} of {len(docs)} images ({pairs} pairs of panels checked; "
-        f"{shown(out)}/{WITHIN_FILE})"
+        f"{shown(out)}/{WITHIN_FILE} and report.html)"
     )
     return docs

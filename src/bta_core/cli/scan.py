@@ -201,7 +201,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--within-figures",
         action="store_true",
         help="also look for panels repeated inside each scanned image (as 'bta-core match FIG'; "
-        "about 1 s per figure of 4-6 panels on a CPU): OUT/within_figures.json",
+        "about 1 s per figure of 4-6 panels on a CPU): report.html and OUT/within_figures.json",
     )
     parser.add_argument(
         "--json",
@@ -282,12 +282,15 @@ def main(args: argparse.Namespace) -> int:
         f"bta-core scan: model {shown(model.checkpoint_path or 'in-memory model')} on "
         f"{describe_device(device)}"
     )
+    # --within-figures: the outputs are written once its search is done (_within); a torchrun
+    # scan writes them first (its ranks need out_dir) and again then
+    later = args.within_figures and rank is None and not args.shard
     common = dict(
         threshold=args.threshold,
         top_k=args.top,
         within=not args.cross_only,
         within_files=args.within_files,
-        out_dir=args.out,
+        out_dir=None if later else args.out,
         faiss_above=args.faiss_above,
         faiss_k=args.faiss_k,
         max_pairs=args.max_pairs,
@@ -389,7 +392,7 @@ def main(args: argparse.Namespace) -> int:
     if args.within_figures:
         from ._within import scan_within_figures
 
-        within = scan_within_figures(result.items, args.out, say, tell)
+        within = scan_within_figures(result, args, say, tell)
     tell(f"wrote {shown(args.out)}/pairs.csv, pairs.json, report.html, skipped.csv")
     if args.json:
         summary = summary_dict(result, args.out)

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..checkpoint import atomic_write
 from ..model import BTAModel
@@ -17,6 +18,9 @@ from ..verdict import SAME
 from .groups import CopyGroup, copy_groups, group_numbers
 from .records import Pair, ScanResult, Skipped
 from .report import render_report
+
+if TYPE_CHECKING:
+    from ..match.within import FigureSearch
 
 PAIR_COLUMNS = (
     "path_a",
@@ -105,11 +109,14 @@ def write_outputs(
     model: BTAModel | None = None,
     notes: dict[frozenset[str], str] | None = None,
     on_progress: ProgressFn | None = None,
+    within: Sequence[tuple[str, FigureSearch]] | None = None,
 ) -> dict[str, str]:
     """Write pairs.csv, pairs.json, skipped.csv and report.html into ``out_dir`` as one set.
 
     The four files are staged and moved in together (``output_files.output_set``): an error
     while writing leaves the previous set untouched, concurrent runs never mix their files.
+    ``within`` (``scan --within-figures``: each image's name and ``FigureSearch``) adds its
+    section to the report and ``within_figures.json`` to the set.
     """
     out = Path(out_dir)
     tta = result.stats.get("tta")
@@ -125,8 +132,12 @@ def write_outputs(
         match_top=match_top,
         notes=notes,
         on_progress=on_progress,
+        within=within,
     )
     with output_set(out) as staging:
+        if within is not None:
+            docs = [{"image": name, **search.to_dict()} for name, search in within]
+            write_text(staging / WITHIN_FILE, json_text(docs))
         write_text(staging / "pairs.csv", pairs_csv_text(result.pairs, tta, result.groups))
         write_text(staging / "skipped.csv", skipped_csv_text(result.skipped))
         write_text(staging / "pairs.json", json_text(doc))
@@ -136,3 +147,5 @@ def write_outputs(
 
 
 OUTPUT_FILES = ("pairs.csv", "pairs.json", "skipped.csv", "report.html")
+WITHIN_FILE = "within_figures.json"
+"""Written with the set by ``scan --within-figures`` (``within``)."""

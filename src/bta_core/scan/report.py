@@ -6,7 +6,8 @@ card per pair worth reviewing (``same`` or ``suspect``, best first by ``verdict.
 verdict and evidence, both thumbnails with their path relative to the scanned folders (full path
 on hover), a known description when the caller has one (the demo's planted pairs), and for the
 best pairs a full-width figure of where the two images match (click to enlarge). ``different``
-pairs appear only when asked for (``extra_pairs``). Every file name is HTML-escaped.
+pairs appear only when asked for (``extra_pairs``). With ``within`` (``scan --within-figures``)
+a section lists the panels repeated inside one figure. Every file name is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +40,9 @@ from .groups import CopyGroup, group_numbers, groups_text, listed_groups
 from .records import Pair, ScanImage, ScanResult
 from .verify import load_scan_image
 
+if TYPE_CHECKING:
+    from ..match.within import FigureSearch
+
 THUMB_SIZE = 220
 REVIEW_CAP = 1000
 """At most this many same/suspect cards in one page (the CSV and JSON list every pair)."""
@@ -45,6 +50,8 @@ MATCH_DPI = 100
 GROUPS_SHOWN = 50
 GROUP_MEMBERS_SHOWN = 24
 """Thumbnails per group (2,000 identical blank frames must not make a 50 MB page)."""
+WITHIN_SIZE = 640
+"""Longest side of a figure with its repeated panels boxed (its boxes and numbers must show)."""
 
 SAME_KINDS = (IDENTICAL_PIXELS, PERCEPTUAL_HASH, VERIFIED_OVERLAP)
 
@@ -202,15 +209,73 @@ def _groups_section(groups: Sequence[CopyGroup], figure) -> str:
     )
 
 
-def _jpeg_uri(png_path: str, quality: int = 88) -> str:
-    """A rendered figure as an inline JPEG: a fifth of the PNG's size, so a report of many
-    pairs stays small enough to open and mail."""
+def _jpeg_uri(png_path: str, quality: int = 88, size: int | None = None) -> str:
+    """A rendered figure as an inline JPEG (at most ``size`` pixels a side when given): a fifth
+    of the PNG's size, so a report of many pairs stays small enough to open and mail."""
     from PIL import Image
 
     buf = io.BytesIO()
     with Image.open(png_path) as im:
-        im.convert("RGB").save(buf, format="JPEG", quality=quality)
+        rgb = im.convert("RGB")
+        if size is not None:
+            rgb.thumbnail((size, size))
+        rgb.save(buf, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _repeats_uri(name: str, search: FigureSearch) -> str:
+    """The figure with its repeated pairs boxed (``render_repeats_png``) as an inline JPEG of
+    at most ``WITHIN_SIZE`` pixels a side; "" when the file cannot be read any more."""
+    import tempfile
+
+    from ..imageio import load_named
+    from ..match.within import render_repeats_png
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = render_repeats_png(load_named(name), search, os.path.join(tmp, "repeats.png"))
+            return _jpeg_uri(str(path), size=WITHIN_SIZE)
+    except Exception:  # changed or gone since the search: the lines below still say it
+        return ""
+
+
+def _within_section(within: Sequence[tuple[str, FigureSearch]], shown_name, full_name) -> str:
+    """Panels repeated inside one figure (``scan --within-figures``): per figure with repeats
+    its boxed image, its counts and one line per pair; figures without are only counted."""
+    from ..match.within import describe_counts, describe_pair
+
+    cards = []
+    for name, search in within:
+        if not search.repeated:
+            continue
+        uri = _repeats_uri(name, search)
+        img = (
+            f'<figure class="match"><img class="zoom" style="width:auto;max-width:100%" '
+            f'alt="{shown_name(name)}" title="click to enlarge" src="{uri}"></figure>'
+            if uri
+            else '<p class="note">(unreadable)</p>'
+        )
+        lines = "".join(
+            f"<li>{_esc(describe_pair(p, k))}</li>" for k, p in enumerate(search.repeated, 1)
+        )
+        cards.append(
+            f'<section class="pair with-figure"><div class="head">'
+            f'<div class="path" title="{full_name(name)}"><b>{shown_name(name)}</b></div>'
+            f'{_esc(describe_counts(search))}<ul class="evidence">{lines}</ul></div>{img}</section>'
+        )
+    n_pairs = sum(len(s.repeated) for _, s in within)
+    checked = sum(len(s.pairs) for _, s in within)
+    rest = len(within) - len(cards)
+    counts = (
+        f"{_count(n_pairs, 'repeated pair')} in {len(cards)} of {_count(len(within), 'image')} "
+        f"searched ({_count(checked, 'pair')} of panels checked)"
+        + (f"; {rest} with none" if rest else "")
+        + ". Boxes of one colour and number: one pair (thick: same, thin: suspect)."
+    )
+    return (
+        '<section class="within"><h2>Panels repeated inside one figure</h2>'
+        f'<p class="meta">{counts}</p>{"".join(cards)}</section>'
+    )
 
 
 def _legend(phash_max: int) -> str:
@@ -268,9 +333,11 @@ def render_report(
     match_top: int = 0,
     notes: dict[frozenset[str], str] | None = None,
     on_progress: ProgressFn | None = None,
+    within: Sequence[tuple[str, FigureSearch]] | None = None,
 ) -> str:
     """The report page. ``match_top``: match figures for the best N same/suspect pairs;
-    ``notes``: known descriptions keyed by ``frozenset({name_a, name_b})``."""
+    ``notes``: known descriptions keyed by ``frozenset({name_a, name_b})``; ``within``: each
+    searched image's name and its ``FigureSearch`` (``scan --within-figures``)."""
     items = {it.name: it for it in result.items}
     root = common_root(result.items)
     thumbs: dict[str, str] = {}
@@ -376,6 +443,13 @@ def render_report(
         skipped_html = f'<h2 id="skipped">Skipped files ({len(result.skipped)})</h2><ul>{rows}</ul>'
     empty = "" if cards else '<p class="none">No pair is same or suspect.</p>'
     groups_html = _groups_section(groups, image_cell_small)
+    within_html = ""
+    if within is not None:
+        within_html = _within_section(
+            within,
+            lambda n: _esc(display_name(n, items.get(n), root)),
+            lambda n: _esc(os.path.abspath(items[n].path) if n in items else n),
+        )
     filters = "".join(
         f'<label><input type="checkbox" data-verdict="{v}" checked> {v}</label>'
         for v in (SAME, SUSPECT, DIFFERENT)
@@ -388,6 +462,6 @@ def render_report(
         f'<header><h1>{_esc(summary_text(result.pairs))}</h1><p class="meta">{facts}</p>'
         f"{_legend(int(stats.get('phash_max_distance', DEFAULT_PHASH_MAX_DISTANCE)))}"
         f'<p class="filters">Show: {filters}</p></header>'
-        f"<main>{groups_html}{''.join(cards)}{empty}</main>{skipped_html}"
+        f"<main>{groups_html}{''.join(cards)}{empty}{within_html}</main>{skipped_html}"
         f"<script>{_asset('report.js')}</script></body></html>\n"
     )
