@@ -45,6 +45,19 @@ def set_model_score(evidence: Evidence, model: Any, score: float | None) -> Evid
     return evidence
 
 
+def pair_scorer(model: Any, tta: str | None = None):
+    """``scorer(a, b) -> (raw model score, calibrated probability or None)`` of two float RGB
+    images, as ``match.within.find_repeated_panels`` takes it (CLI and napari alike)."""
+
+    def score(a: np.ndarray, b: np.ndarray) -> tuple[float, float | None]:
+        from .scoring import score_arrays
+
+        evidence = set_model_score(Evidence(), model, score_arrays(model, a, b, tta=tta))
+        return float(evidence.model_score), evidence.model_probability
+
+    return score
+
+
 def fingerprint_evidence(image_a: np.ndarray, image_b: np.ndarray) -> Evidence:
     """The first two kinds of evidence: identical pixels and the perceptual-hash distance."""
     fa, fb = fingerprint(image_a), fingerprint(image_b)

@@ -67,20 +67,6 @@ def figure_item(layer: Any, point: Any = None) -> Item:
     return item
 
 
-def model_scorer(model: Any) -> Callable[[np.ndarray, np.ndarray], tuple[float, float | None]]:
-    """The model's raw score of two panels and its calibrated probability (``PairScorer``), as
-    ``bta-core match FIG --checkpoint`` scores them."""
-    from bta_core.assess import set_model_score
-    from bta_core.scoring import score_arrays
-    from bta_core.verdict import Evidence
-
-    def score(a: np.ndarray, b: np.ndarray) -> tuple[float, float | None]:
-        evidence = set_model_score(Evidence(), model, score_arrays(model, a, b))
-        return float(evidence.model_score), evidence.model_probability
-
-    return score
-
-
 def search_job(
     item: Item,
     model: Any = None,
@@ -97,9 +83,9 @@ def search_job(
             model = loaded = yield from run_with_progress(load_model, stop=stop)
             checkpoint = "bundled default model"
         prepare_torch_import()
-        from bta_core.assess import policy_for
+        from bta_core.assess import pair_scorer, policy_for
 
-        scorer, policy = model_scorer(model), policy_for(model)
+        scorer, policy = pair_scorer(model), policy_for(model)
         checkpoint = checkpoint or getattr(model, "checkpoint_path", None)
     from bta_core.match.within import find_repeated_panels
 

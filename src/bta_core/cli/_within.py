@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..assess import pair_scorer, policy_for
 from ..match.within import (
     FigureSearch,
     describe_counts,
@@ -37,19 +38,6 @@ def result_stem(out: Path, args: argparse.Namespace) -> str:
     JSON cannot be read is never overwritten."""
     mine = _resolved(args.image_a)
     return free_stem(out, _base_stem(args), lambda doc: doc.get("resolved") == mine)
-
-
-def _scorer(model, tta: str | None):
-    """The model's score of two panels with its calibrated probability (``PairScorer``)."""
-    from ..assess import set_model_score
-    from ..scoring import score_arrays
-    from ..verdict import Evidence
-
-    def score(a, b) -> tuple[float, float | None]:
-        ev = set_model_score(Evidence(), model, score_arrays(model, a, b, tta=tta))
-        return ev.model_score, ev.model_probability
-
-    return score
 
 
 def _write(out: Path, args: argparse.Namespace, image, search: FigureSearch, data: dict) -> None:
@@ -86,14 +74,12 @@ def main_within(args: argparse.Namespace, load_model) -> int:
             bar.stage("loading model")
             model = load_model(args)
         bar.stage("panel pairs", 1)
-        policy = Policy()
+        policy, scorer = Policy(), None
         if model is not None:
-            from ..assess import policy_for
-
-            policy = policy_for(model)
+            policy, scorer = policy_for(model), pair_scorer(model, args.tta)
         search = find_repeated_panels(
             image,
-            scorer=None if model is None else _scorer(model, args.tta),
+            scorer=scorer,
             policy=policy,
             max_side=args.max_side,
             on_progress=bar,
