@@ -13,6 +13,7 @@ STAGE_UNITS = {
     "fingerprints": "pair",
     "embed": "file",
     "keypoints": "image",
+    "repeated panels": "image",
 }
 LOG_INTERVAL = 10.0
 """Seconds between redraws of a stage bar when stderr is not a terminal (a log file)."""

@@ -110,12 +110,15 @@ def main_within(args: argparse.Namespace, load_model) -> int:
     return 0
 
 
-def scan_within_figures(result: ScanResult, args: argparse.Namespace, say, tell) -> list[dict]:
+def scan_within_figures(
+    result: ScanResult, args: argparse.Namespace, say, tell, on_progress=None
+) -> list[dict]:
     """``scan --within-figures``: panels repeated inside each scanned (not reference) image,
     one console line per repeated pair; then the scan's outputs are written with them
     (``write_outputs(within=...)``: their section of report.html and
     ``OUT/within_figures.json``, one object per image as ``match FIG --json``, in one set).
-    Unreadable images are noted."""
+    Unreadable images are noted. ``on_progress(done, total, {"stage": "repeated panels"})``
+    after each image, and for the report's pairs as the scan reports them."""
     from ..imageio import load_named
     from ..scan.outputs import WITHIN_FILE, write_outputs
 
@@ -123,12 +126,15 @@ def scan_within_figures(result: ScanResult, args: argparse.Namespace, say, tell)
     say(f"looking for panels repeated inside {len(queries)} scanned images")
     found: list[tuple[str, FigureSearch]] = []
     header = False
-    for it in queries:
+    for done, it in enumerate(queries, 1):
         try:
             search = find_repeated_panels(load_named(it.name))
         except (OSError, ValueError) as exc:  # gone or changed since it was scanned
             say(f"note: {shown(it.name)} not searched for repeated panels: {shown(exc)}")
             continue
+        finally:
+            if on_progress is not None:
+                on_progress(done, len(queries), {"stage": "repeated panels"})
         found.append((it.name, search))
         for k, pair in enumerate(search.repeated, 1):
             if not header:
@@ -137,7 +143,12 @@ def scan_within_figures(result: ScanResult, args: argparse.Namespace, say, tell)
             tell(f"  inside {shown(it.name)}: {describe_pair(pair, k)}")
     out = args.out
     write_outputs(
-        result, out, report_pairs=args.report_pairs, match_top=args.match_top, within=found
+        result,
+        out,
+        report_pairs=args.report_pairs,
+        match_top=args.match_top,
+        on_progress=on_progress,
+        within=found,
     )
     docs = [{"image": name, **search.to_dict()} for name, search in found]
     figures = sum(bool(d["repeated"]) for d in docs)

@@ -392,7 +392,10 @@ def main(args: argparse.Namespace) -> int:
     if args.within_figures:
         from ._within import scan_within_figures
 
-        within = scan_within_figures(result, args, say, tell)
+        try:
+            within = scan_within_figures(result, args, say, tell, on_progress=bars)
+        finally:
+            bars.close()
     tell(f"wrote {shown(args.out)}/pairs.csv, pairs.json, report.html, skipped.csv")
     if args.json:
         summary = summary_dict(result, args.out)
